@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Idempotent set-up of everything the build and the VM tests need:
+# apt packages (with the two backports suites), the Rust library source,
+# bindgen, the Debian kernel source and a Rust-enabled test kernel.
+# Every slow artifact is cached outside the clone, under $VBRS_CACHE,
+# keyed by what built it.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/.." && pwd)
+cache=${VBRS_CACHE:-$HOME/.cache/virtio-balloon-rs}
+kver_pkg=${VBRS_KERNEL_PKG:-linux-source-7.3}
+jobs=${JOBS:-$(nproc)}
+mkdir -p "$cache"
+
+say() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+	if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# --- 1. apt packages ----------------------------------------------------------
+apt_sources=/etc/apt/sources.list.d/virtio-balloon-rs-backports.sources
+packages_base="build-essential flex bison libelf-dev cpio kmod rsync busybox-static bc libssl-dev xz-utils"
+packages_bpo="clang-19 libclang-19-dev lld-19 llvm-19 qemu-system-x86"
+
+need_apt=0
+for p in $packages_base $packages_bpo; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_apt=1
+done
+if [ ! -f "$apt_sources" ]; then
+	# Read the mirror from the machine's own apt configuration; never hard-code a host.
+	mirror=""
+	for f in /etc/apt/sources.list.d/debian.sources; do
+		[ -f "$f" ] || continue
+		mirror=$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' "$f")
+	done
+	if [ -z "$mirror" ] && [ -f /etc/apt/sources.list ]; then
+		mirror=$(awk '/^deb / && $2 !~ /security/ { print $2; exit }' /etc/apt/sources.list)
+	fi
+	[ -n "$mirror" ] || die "cannot find the Debian mirror in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list"
+	say "adding bookworm-backports and trixie-backports from $mirror"
+	as_root tee "$apt_sources" >/dev/null <<SRC
+Types: deb
+URIs: $mirror
+Suites: bookworm-backports trixie-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+	need_apt=1
+	as_root rm -f "$cache/.apt-updated"
+fi
+if [ "$need_apt" = 1 ]; then
+	say "installing apt packages"
+	as_root apt-get update -q
+	touch "$cache/.apt-updated"
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $packages_base
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm-backports $packages_bpo
+fi
+export LIBCLANG_PATH=/usr/lib/llvm-19/lib
+
+# --- 2. Rust library source matching rustc ------------------------------------
+rustc_ver=$(rustc --version | awk '{print $2}')
+rust_lib_src=""
+sysroot=$(rustc --print sysroot)
+if [ -d "$sysroot/lib/rustlib/src/rust/library/core" ]; then
+	rust_lib_src="$sysroot/lib/rustlib/src/rust/library"
+elif rustup component add rust-src >/dev/null 2>&1 && [ -d "$sysroot/lib/rustlib/src/rust/library/core" ]; then
+	rust_lib_src="$sysroot/lib/rustlib/src/rust/library"
+else
+	dst="$cache/rust-src-$rustc_ver"
+	if [ ! -d "$dst/library/core" ]; then
+		say "fetching Debian's rust-src for rustc $rustc_ver"
+		[ -f "$cache/.apt-updated" ] || { as_root apt-get update -q; touch "$cache/.apt-updated"; }
+		ver=$(apt-cache madison rust-src | awk -F'|' '{gsub(/ /, "", $2); print $2}' |
+			grep -E "^${rustc_ver}\+|^${rustc_ver}-|^${rustc_ver}~" | head -1 || true)
+		[ -n "$ver" ] || die "no Debian rust-src package matches rustc $rustc_ver (apt-cache madison rust-src)"
+		tmp=$(mktemp -d)
+		(cd "$tmp" && apt-get download -q "rust-src=$ver")
+		dpkg -x "$tmp"/rust-src_*.deb "$tmp/x"
+		lib=$(find "$tmp/x/usr/src" -maxdepth 3 -type d -name library | head -1)
+		[ -n "$lib" ] || die "Debian rust-src $ver has no library directory"
+		rm -rf "$dst"; mkdir -p "$dst"
+		mv "$lib" "$dst/library"
+		rm -rf "$tmp"
+	fi
+	rust_lib_src="$dst/library"
+fi
+export RUST_LIB_SRC="$rust_lib_src"
+
+# --- 3. bindgen -----------------------------------------------------------------
+bindgen_dir="$cache/bindgen-0.73.2"
+if [ ! -x "$bindgen_dir/bin/bindgen" ]; then
+	say "installing bindgen-cli 0.73.2 (cargo install --locked)"
+	cargo install --locked --root "$bindgen_dir" bindgen-cli@0.73.2
+fi
+export PATH="$bindgen_dir/bin:$PATH"
+
+# --- 4. kernel source -----------------------------------------------------------
+src_root="$cache/src"
+if [ ! -f "$src_root/.done-$kver_pkg" ]; then
+	say "fetching Debian $kver_pkg"
+	[ -f "$cache/.apt-updated" ] || { as_root apt-get update -q; touch "$cache/.apt-updated"; }
+	tmp=$(mktemp -d)
+	(cd "$tmp" && apt-get download -q -t trixie-backports "$kver_pkg")
+	dpkg -x "$tmp"/"$kver_pkg"_*.deb "$tmp/x"
+	tarball=$(find "$tmp/x/usr/src" -name 'linux-source-*.tar.*' | head -1)
+	[ -n "$tarball" ] || die "$kver_pkg has no source tarball"
+	rm -rf "$src_root"; mkdir -p "$src_root"
+	say "unpacking $(basename "$tarball")"
+	tar -C "$src_root" -xf "$tarball"
+	rm -rf "$tmp"
+	touch "$src_root/.done-$kver_pkg"
+fi
+ksrc=$(find "$src_root" -mindepth 1 -maxdepth 1 -type d -name 'linux-source-*' | head -1)
+[ -n "$ksrc" ] || die "no kernel tree under $src_root"
+
+# --- 5. the test kernel ----------------------------------------------------------
+fragment="$here/kernel.config"
+key=$( { echo "$kver_pkg"; rustc --version; gcc --version | head -1; cat "$fragment"; } | sha256sum | cut -c1-16)
+kbuild="$cache/kbuild-$key"
+mkdir -p "$kbuild"
+kmake() { make -C "$ksrc" O="$kbuild" RUST_LIB_SRC="$RUST_LIB_SRC" "$@"; }
+if [ ! -f "$kbuild/.config-verified" ]; then
+	say "configuring the test kernel in $kbuild"
+	kmake -s tinyconfig
+	args=()
+	while read -r line; do
+		line=${line%%#*}; line=$(echo "$line" | xargs)
+		[ -n "$line" ] || continue
+		name=${line%%=*}; val=${line#*=}
+		case "$val" in
+		y) args+=(--enable "$name") ;;
+		m) args+=(--module "$name") ;;
+		n) args+=(--disable "$name") ;;
+		*) args+=(--set-val "$name" "$val") ;;
+		esac
+	done <"$fragment"
+	"$ksrc/scripts/config" --file "$kbuild/.config" "${args[@]}"
+	kmake -s olddefconfig
+	# Some options only appear once their dependencies are set: apply twice.
+	"$ksrc/scripts/config" --file "$kbuild/.config" "${args[@]}"
+	kmake -s olddefconfig
+	kmake -s rustavailable || die "the kernel does not accept this Rust toolchain (make rustavailable)"
+	bad=0
+	while read -r line; do
+		line=${line%%#*}; line=$(echo "$line" | xargs)
+		[ -n "$line" ] || continue
+		name=${line%%=*}; val=${line#*=}
+		if [ "$val" = n ]; then
+			grep -q "^CONFIG_$name=" "$kbuild/.config" && { say "option $name should be off"; bad=1; }
+		else
+			grep -qx "CONFIG_$name=$val" "$kbuild/.config" || { say "option $name=$val did not land"; bad=1; }
+		fi
+	done <"$fragment"
+	[ "$bad" = 0 ] || die "the kernel config fragment did not apply (see above)"
+	touch "$kbuild/.config-verified"
+fi
+if [ ! -f "$kbuild/.built" ] || [ "$fragment" -nt "$kbuild/.built" ]; then
+	say "building the test kernel with -j$jobs (about 5 minutes on 2 cores)"
+	kmake -j"$jobs" bzImage modules
+	touch "$kbuild/.built"
+fi
+
+# Record where everything is, for the Makefile and the VM tests.
+cat >"$cache/env.mk" <<ENV
+KSRC := $ksrc
+KDIR_TEST := $kbuild
+RUST_LIB_SRC := $RUST_LIB_SRC
+LIBCLANG_PATH := $LIBCLANG_PATH
+BINDGEN_DIR := $bindgen_dir/bin
+ENV
+say "ready: kernel $kbuild/arch/x86/boot/bzImage"

@@ -1,0 +1,125 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Finds the files a test VM needs: the guest kernel and the driver modules.
+//!
+//! Each file comes from an environment variable if it is set, else from the
+//! repository's Makefile (`make -s -C <repo> print-<thing>`), which knows
+//! where the set-up script built the test kernel and where Kbuild left our
+//! module. A missing file is an error that says how to build it; the tests
+//! turn it into a failure, never a skip.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::err;
+use crate::repo_top;
+use crate::Result;
+
+/// One file the VM needs, with the ways to find and to build it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Artifact {
+    /// What the file is, for error messages.
+    pub what: &'static str,
+    /// The environment variable that overrides the Makefile.
+    pub env_var: &'static str,
+    /// The Makefile target that prints the path.
+    pub make_target: &'static str,
+    /// The command that builds the file when it is missing.
+    pub how_to_build: &'static str,
+}
+
+/// The guest kernel (`bzImage` of the test kernel build).
+pub const BZIMAGE: Artifact = Artifact {
+    what: "guest kernel bzImage",
+    env_var: "VBRS_BZIMAGE",
+    make_target: "print-bzimage",
+    how_to_build: "run `make setup` to build the test kernel",
+};
+
+/// Our driver, `virtio_balloon_rs.ko`.
+pub const RS_MODULE: Artifact = Artifact {
+    what: "Rust driver module virtio_balloon_rs.ko",
+    env_var: "VBRS_MODULE",
+    make_target: "print-module",
+    how_to_build: "run `make test` (it builds the module first) or `make`",
+};
+
+/// The in-tree C driver, `virtio_balloon.ko`, from the test kernel build.
+pub const C_MODULE: Artifact = Artifact {
+    what: "C reference driver virtio_balloon.ko",
+    env_var: "VBRS_C_MODULE",
+    make_target: "print-c-module",
+    how_to_build: "run `make setup` to build the test kernel and its modules",
+};
+
+impl Artifact {
+    /// Finds the file: from the environment variable, else from the Makefile.
+    ///
+    /// The path must name an existing file; anything else is an error whose
+    /// message names the file and the command that builds it.
+    pub fn find(&self) -> Result<PathBuf> {
+        let path = match std::env::var_os(self.env_var) {
+            Some(value) if !value.is_empty() => PathBuf::from(value),
+            _ => self.ask_make()?,
+        };
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(err!(
+                "missing {}: {} does not exist; {} (or set {})",
+                self.what,
+                path.display(),
+                self.how_to_build,
+                self.env_var
+            ))
+        }
+    }
+
+    fn ask_make(&self) -> Result<PathBuf> {
+        let top = repo_top();
+        let output = Command::new("make")
+            .arg("-s")
+            .arg("-C")
+            .arg(&top)
+            .arg(self.make_target)
+            .output()
+            .map_err(|e| {
+                err!(
+                    "missing {}: {} is unset and `make` could not run ({e}); {}",
+                    self.what,
+                    self.env_var,
+                    self.how_to_build
+                )
+            })?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let printed = stdout.lines().map(str::trim).rfind(|l| !l.is_empty());
+        match printed {
+            Some(line) if output.status.success() => Ok(PathBuf::from(line)),
+            _ => Err(err!(
+                "missing {}: {} is unset and `make -s -C {} {}` failed ({}: {}); {}",
+                self.what,
+                self.env_var,
+                top.display(),
+                self.make_target,
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim(),
+                self.how_to_build
+            )),
+        }
+    }
+}
+
+/// Path of the guest kernel, see [`BZIMAGE`].
+pub fn bzimage() -> Result<PathBuf> {
+    BZIMAGE.find()
+}
+
+/// Path of our driver module, see [`RS_MODULE`].
+pub fn rs_module() -> Result<PathBuf> {
+    RS_MODULE.find()
+}
+
+/// Path of the in-tree C driver module, see [`C_MODULE`].
+pub fn c_module() -> Result<PathBuf> {
+    C_MODULE.find()
+}

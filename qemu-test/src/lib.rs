@@ -1,0 +1,100 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! VM test bench for the virtio-balloon-rs guest driver.
+//!
+//! The crate boots a small guest under QEMU (a Rust-built initramfs with a
+//! static busybox, the driver modules and a memory hog), drives the shell on a
+//! serial port, talks QMP to the balloon device and checks the kernel log.
+//! [`Vm`] is the entry point; [`artifacts`] finds the kernel and modules.
+
+pub mod artifacts;
+pub mod console;
+pub mod initramfs;
+pub mod qemu;
+pub mod qmp;
+pub mod serial;
+
+pub use console::check_clean_console;
+pub use qemu::Vm;
+pub use qemu::VmConfig;
+pub use qmp::Qmp;
+
+/// Errors of the VM bench, as one human-readable message.
+///
+/// The tests turn every error into a panic, so a message that says what went
+/// wrong and where to look is all an error needs to carry.
+///
+/// `Debug` prints the bare message, so a test returning `Result` shows it
+/// readably when it fails.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Error(pub String);
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<std::io::Error> for Error {
+    fn from(err: std::io::Error) -> Self {
+        Error(err.to_string())
+    }
+}
+
+/// Result type of the VM bench.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Builds an [`Error`] from a format string, like `format!`.
+#[macro_export]
+macro_rules! err {
+    ($($arg:tt)*) => {
+        $crate::Error(format!($($arg)*))
+    };
+}
+
+/// Adds context to the error of a `Result`.
+pub trait Context<T> {
+    /// Prefixes the error message with `what: `.
+    fn context(self, what: impl std::fmt::Display) -> Result<T>;
+}
+
+impl<T, E: std::fmt::Display> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: impl std::fmt::Display) -> Result<T> {
+        self.map_err(|err| Error(format!("{what}: {err}")))
+    }
+}
+
+/// One mebibyte in bytes.
+pub const MIB: u64 = 1024 * 1024;
+
+/// The top of the repository: the parent of this crate's directory.
+pub fn repo_top() -> std::path::PathBuf {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| manifest.to_path_buf())
+}
+
+/// The cargo target directory (`CARGO_TARGET_DIR` or `<repo>/target`).
+pub fn target_dir() -> std::path::PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => {
+            let dir = std::path::PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                repo_top().join(dir)
+            }
+        }
+        None => repo_top().join("target"),
+    }
+}

@@ -1,0 +1,833 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Boots a test guest under QEMU and drives it: shell commands on a serial
+//! port, QMP on a socket, the kernel log on another serial port.
+//!
+//! The kernel console is `ttyS0` (`console.log`); the test shell runs on
+//! `ttyS1` (`shell.log`), so kernel messages never mix into command output.
+//! QEMU connects to sockets this side listens on, before the guest runs, so
+//! no byte of either port is lost. Each VM keeps its logs in
+//! `<target>/vm-logs/<name>-<timestamp>/`; a VM dropped without a clean
+//! [`Vm::shutdown`] prints where they are and the tail of the kernel log.
+
+use std::fs::File;
+use std::io::ErrorKind;
+use std::io::Write;
+use std::os::unix::net::UnixListener;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+use std::time::SystemTime;
+
+use crate::artifacts;
+use crate::console::last_lines;
+use crate::console::ConsoleRules;
+use crate::err;
+use crate::initramfs;
+use crate::qmp::Qmp;
+use crate::serial::find_bytes;
+use crate::serial::Serial;
+use crate::serial::WaitEnd;
+use crate::Context;
+use crate::Result;
+
+/// Time a guest may take from QEMU start to the init ready marker.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Time [`Vm::sh_ok`] and the other helpers give one shell command.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Time [`Vm::shutdown`] waits for QEMU to exit after `poweroff -f`.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Time QEMU gets to connect its chardevs after it starts.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Lines of the kernel log printed when a VM goes away uncleanly.
+const TAIL_LINES: usize = 60;
+
+/// Returns a number no other call in this process returns.
+pub fn unique_number() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// How QEMU runs the guest CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualisation (`-accel kvm -cpu host`).
+    Kvm,
+    /// Emulation (`-accel tcg -cpu max`).
+    Tcg,
+}
+
+impl Accel {
+    /// Chooses the accelerator: `VBRS_ACCEL=kvm|tcg` if set, else KVM only
+    /// when `/dev/kvm` exists and the CPU has `vmx` or `svm`, else TCG.
+    ///
+    /// The CPU-flag test matters: a nested `/dev/kvm` without those flags
+    /// (as on the build machines here) opens fine but cannot run a guest.
+    pub fn detect() -> Result<Self> {
+        match std::env::var("VBRS_ACCEL").ok().as_deref() {
+            Some("kvm") => return Ok(Accel::Kvm),
+            Some("tcg") => return Ok(Accel::Tcg),
+            Some("") | None => {}
+            Some(other) => return Err(err!("VBRS_ACCEL={other}: expected kvm or tcg")),
+        }
+        let cpu_flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let has_vt = cpu_flags
+            .lines()
+            .filter(|line| line.starts_with("flags"))
+            .any(|line| line.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+        if has_vt && Path::new("/dev/kvm").exists() {
+            Ok(Accel::Kvm)
+        } else {
+            Ok(Accel::Tcg)
+        }
+    }
+
+    fn qemu_args(self) -> [&'static str; 4] {
+        match self {
+            Accel::Kvm => ["-accel", "kvm", "-cpu", "host"],
+            Accel::Tcg => ["-accel", "tcg", "-cpu", "max"],
+        }
+    }
+}
+
+/// What to boot: memory, CPUs, balloon options, modules, extra arguments.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Name of the VM, used in the log directory name.
+    pub name: String,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// Number of vCPUs.
+    pub smp: u32,
+    /// Extra options of `-device virtio-balloon-pci,id=balloon0`, such as
+    /// `deflate-on-oom=on` (comma-separated, no leading comma).
+    pub balloon_options: String,
+    /// Extra kernel command line, appended to the defaults.
+    pub cmdline: String,
+    /// Extra QEMU arguments.
+    pub qemu_args: Vec<String>,
+    /// Put our module at [`initramfs::RS_MODULE_PATH`].
+    pub rs_module: bool,
+    /// Put the C driver at [`initramfs::C_MODULE_PATH`].
+    pub c_module: bool,
+    /// Extra files: (guest path, host path).
+    pub files: Vec<(String, PathBuf)>,
+    /// Accelerator; `None` means [`Accel::detect`].
+    pub accel: Option<Accel>,
+    /// Time allowed for the boot.
+    pub boot_timeout: Duration,
+}
+
+impl VmConfig {
+    /// A 2 GiB, 2-vCPU guest with both driver modules in its initramfs.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            memory_mib: 2048,
+            smp: 2,
+            balloon_options: String::new(),
+            cmdline: String::new(),
+            qemu_args: Vec::new(),
+            rs_module: true,
+            c_module: true,
+            files: Vec::new(),
+            accel: None,
+            boot_timeout: BOOT_TIMEOUT,
+        }
+    }
+
+    /// Sets the guest RAM in MiB.
+    pub fn memory_mib(mut self, mib: u64) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    /// Sets the number of vCPUs.
+    pub fn smp(mut self, cpus: u32) -> Self {
+        self.smp = cpus;
+        self
+    }
+
+    /// Sets the extra balloon device options, e.g. `deflate-on-oom=on`.
+    pub fn balloon_options(mut self, options: &str) -> Self {
+        self.balloon_options = options.trim_start_matches(',').to_string();
+        self
+    }
+
+    /// Appends to the kernel command line.
+    pub fn cmdline(mut self, extra: &str) -> Self {
+        if !self.cmdline.is_empty() {
+            self.cmdline.push(' ');
+        }
+        self.cmdline.push_str(extra);
+        self
+    }
+
+    /// Appends QEMU arguments.
+    pub fn qemu_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.qemu_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Chooses whether our module is in the initramfs (default: yes).
+    pub fn rs_module(mut self, include: bool) -> Self {
+        self.rs_module = include;
+        self
+    }
+
+    /// Chooses whether the C driver is in the initramfs (default: yes).
+    pub fn c_module(mut self, include: bool) -> Self {
+        self.c_module = include;
+        self
+    }
+
+    /// Adds a host file to the initramfs at `guest` (mode 0755).
+    pub fn file(mut self, guest: &str, host: impl Into<PathBuf>) -> Self {
+        self.files.push((guest.to_string(), host.into()));
+        self
+    }
+
+    /// Forces an accelerator instead of [`Accel::detect`].
+    pub fn accel(mut self, accel: Accel) -> Self {
+        self.accel = Some(accel);
+        self
+    }
+
+    /// Sets the boot timeout.
+    pub fn boot_timeout(mut self, timeout: Duration) -> Self {
+        self.boot_timeout = timeout;
+        self
+    }
+}
+
+/// A running test guest. Dropping it always kills QEMU.
+#[derive(Debug)]
+pub struct Vm {
+    config: VmConfig,
+    child: Child,
+    qmp: Qmp,
+    console: Serial,
+    shell: Serial,
+    shell_input: UnixStream,
+    /// Where the next search for a shell marker starts.
+    shell_cursor: usize,
+    next_command: u64,
+    log_dir: PathBuf,
+    run_dir: PathBuf,
+    boot_time: Duration,
+    clean_exit: bool,
+}
+
+impl Vm {
+    /// Builds the initramfs, starts QEMU and waits for the guest shell.
+    pub fn boot(config: VmConfig) -> Result<Vm> {
+        let started = Instant::now();
+        let bzimage = artifacts::bzimage()?;
+        let mut spec = initramfs::InitramfsSpec::default();
+        if config.rs_module {
+            spec = spec.file(initramfs::RS_MODULE_PATH, artifacts::rs_module()?);
+        }
+        if config.c_module {
+            spec = spec.file(initramfs::C_MODULE_PATH, artifacts::c_module()?);
+        }
+        for (guest, host) in &config.files {
+            spec = spec.file(guest.clone(), host.clone());
+        }
+        let accel = match config.accel {
+            Some(accel) => accel,
+            None => Accel::detect()?,
+        };
+
+        let log_dir = make_log_dir(&config.name)?;
+        // Socket paths must fit in 108 bytes: keep them out of the repo.
+        let run_dir =
+            std::env::temp_dir().join(format!("vbrs-{}-{}", std::process::id(), unique_number()));
+        std::fs::create_dir_all(&run_dir)
+            .context(format_args!("creating {}", run_dir.display()))?;
+        let initrd = run_dir.join("initramfs.cpio.gz");
+        let built = initramfs::build(&spec, &initrd);
+        if let Err(e) = built {
+            let _ = std::fs::remove_dir_all(&run_dir);
+            return Err(e);
+        }
+
+        let listen = |name: &str| -> Result<(PathBuf, UnixListener)> {
+            let path = run_dir.join(format!("{name}.sock"));
+            let listener =
+                UnixListener::bind(&path).context(format_args!("binding {}", path.display()))?;
+            listener
+                .set_nonblocking(true)
+                .context("making a listener non-blocking")?;
+            Ok((path, listener))
+        };
+        let (console_path, console_listener) = listen("console")?;
+        let (shell_path, shell_listener) = listen("shell")?;
+        let (qmp_path, qmp_listener) = listen("qmp")?;
+
+        let mut cmdline = String::from("console=ttyS0 panic=-1");
+        if !config.cmdline.is_empty() {
+            cmdline.push(' ');
+            cmdline.push_str(&config.cmdline);
+        }
+        let mut balloon = String::from("virtio-balloon-pci,id=balloon0");
+        if !config.balloon_options.is_empty() {
+            balloon.push(',');
+            balloon.push_str(&config.balloon_options);
+        }
+        let qemu = std::env::var("VBRS_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
+        let mut command = Command::new(&qemu);
+        command
+            .arg("-name")
+            .arg(format!("vbrs-{}", config.name))
+            .args(["-machine", "q35"])
+            .args(accel.qemu_args())
+            .arg("-m")
+            .arg(config.memory_mib.to_string())
+            .arg("-smp")
+            .arg(config.smp.to_string())
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+            ])
+            .arg("-kernel")
+            .arg(&bzimage)
+            .arg("-initrd")
+            .arg(&initrd)
+            .arg("-append")
+            .arg(&cmdline)
+            .arg("-chardev")
+            .arg(format!("socket,id=console,path={}", console_path.display()))
+            .args(["-serial", "chardev:console"])
+            .arg("-chardev")
+            .arg(format!("socket,id=shell,path={}", shell_path.display()))
+            .args(["-serial", "chardev:shell"])
+            .arg("-chardev")
+            .arg(format!("socket,id=qmp,path={}", qmp_path.display()))
+            .args(["-mon", "chardev=qmp,mode=control"])
+            .arg("-device")
+            .arg(&balloon)
+            .args(&config.qemu_args);
+
+        let qemu_log_path = log_dir.join("qemu.log");
+        let mut qemu_log = File::create(&qemu_log_path)
+            .context(format_args!("creating {}", qemu_log_path.display()))?;
+        let _ = writeln!(qemu_log, "# {command:?}");
+        let stdout = qemu_log.try_clone().context("cloning qemu.log")?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(qemu_log)
+            .spawn()
+            .context(format_args!("starting {qemu} (is QEMU installed?)"))?;
+
+        let mut starting = Starting {
+            child: Some(child),
+            log_dir: log_dir.clone(),
+            run_dir: run_dir.clone(),
+        };
+        let connect_deadline = Instant::now() + CONNECT_TIMEOUT;
+        let console_stream = starting.accept(&console_listener, "console", connect_deadline)?;
+        let shell_stream = starting.accept(&shell_listener, "shell", connect_deadline)?;
+        let qmp_stream = starting.accept(&qmp_listener, "qmp", connect_deadline)?;
+
+        let open_log = |name: &str| -> Result<File> {
+            let path = log_dir.join(name);
+            File::create(&path).context(format_args!("creating {}", path.display()))
+        };
+        let console = Serial::spawn(console_stream, open_log("console.log")?, "console")
+            .context("starting the console reader")?;
+        let shell_input = shell_stream
+            .try_clone()
+            .context("cloning the shell socket")?;
+        let shell = Serial::spawn(shell_stream, open_log("shell.log")?, "shell")
+            .context("starting the shell reader")?;
+        let qmp = Qmp::handshake(qmp_stream, Some(open_log("qmp.log")?));
+
+        let child = starting.take_child()?;
+        let qmp = match qmp {
+            Ok(qmp) => qmp,
+            Err(e) => {
+                let mut child = child;
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(err!(
+                    "{e}; logs in {}\n{}",
+                    log_dir.display(),
+                    read_tail(&qemu_log_path)
+                ));
+            }
+        };
+        let mut vm = Vm {
+            config,
+            child,
+            qmp,
+            console,
+            shell,
+            shell_input,
+            shell_cursor: 0,
+            next_command: 0,
+            log_dir,
+            run_dir,
+            boot_time: Duration::ZERO,
+            clean_exit: false,
+        };
+        let deadline = started + vm.config.boot_timeout;
+        let marker = format!("{}\n", initramfs::READY_MARKER);
+        match vm
+            .shell
+            .wait_for(deadline, |data| find_bytes(data, marker.as_bytes(), 0))
+        {
+            Ok(at) => vm.shell_cursor = at + marker.len(),
+            Err(end) => {
+                return Err(vm.failure(&format!(
+                    "the guest did not reach the init ready marker ({})",
+                    describe(end, vm.config.boot_timeout)
+                )))
+            }
+        }
+        vm.boot_time = started.elapsed();
+        Ok(vm)
+    }
+
+    /// Runs `command` in the guest shell; returns its exit code and output.
+    ///
+    /// The command runs as `{ command; } </dev/null` in a long-lived
+    /// `sh` (so `cd` and variables persist), stdout and stderr mixed. The
+    /// output is what the guest printed between two markers; output of
+    /// background jobs may land in it. Lines must stay under 4 KiB (the tty
+    /// line limit). After a timeout the shell is still busy: treat the VM
+    /// as broken.
+    pub fn run(&mut self, command: &str, timeout: Duration) -> Result<(i32, String)> {
+        let id = self.next_command;
+        self.next_command += 1;
+        let begin = format!("@@BEGIN_{id}@@\n");
+        let done = format!("@@DONE_{id} ");
+        // The markers are split by quotes in what is sent, so an echo of the
+        // input could never look like them.
+        let script = format!(
+            "echo '@@BEG''IN_{id}@@'; {{ {command}\n}} </dev/null; echo \"@@DO\"\"NE_{id} $?\"\n"
+        );
+        self.shell.log_note(&format!("\n$ {command}\n"));
+        self.shell_input
+            .write_all(script.as_bytes())
+            .context("writing to the guest shell")?;
+        let from = self.shell_cursor;
+        let deadline = Instant::now() + timeout;
+        let found = self.shell.wait_for(deadline, |data| {
+            let start = find_bytes(data, begin.as_bytes(), from)? + begin.len();
+            let end = find_bytes(data, done.as_bytes(), start)?;
+            let code_start = end + done.len();
+            let code_end = find_bytes(data, b"\n", code_start)?;
+            Some((start, end, code_start, code_end))
+        });
+        let (start, end, code_start, code_end) = match found {
+            Ok(found) => found,
+            Err(end) => {
+                return Err(self.failure(&format!(
+                    "guest command `{command}` did not finish ({})",
+                    describe(end, timeout)
+                )))
+            }
+        };
+        let text = self.shell.text();
+        let bytes = text.as_bytes();
+        let output = String::from_utf8_lossy(&bytes[start..end]).into_owned();
+        let code_text = String::from_utf8_lossy(&bytes[code_start..code_end]);
+        let code = code_text
+            .trim()
+            .parse::<i32>()
+            .map_err(|_| err!("guest command `{command}`: bad exit status {code_text:?}"))?;
+        self.shell_cursor = code_end + 1;
+        Ok((code, output))
+    }
+
+    /// Runs `command`, fails unless it exits with 0, returns its output.
+    pub fn sh_ok(&mut self, command: &str) -> Result<String> {
+        let (code, output) = self.run(command, COMMAND_TIMEOUT)?;
+        if code == 0 {
+            Ok(output)
+        } else {
+            Err(err!(
+                "guest command `{command}` exited with {code}; output:\n{output}"
+            ))
+        }
+    }
+
+    /// Reads a `/proc/meminfo` field (e.g. `MemTotal`) in kB.
+    pub fn meminfo(&mut self, field: &str) -> Result<u64> {
+        let meminfo = self.sh_ok("cat /proc/meminfo")?;
+        parse_meminfo(&meminfo, field)
+            .ok_or_else(|| err!("/proc/meminfo has no {field}:\n{meminfo}"))
+    }
+
+    /// The guest's kernel log, from `dmesg`.
+    pub fn dmesg(&mut self) -> Result<String> {
+        self.sh_ok("dmesg")
+    }
+
+    /// Loads a module from a guest path with `insmod`.
+    pub fn insmod(&mut self, guest_path: &str, params: &str) -> Result<()> {
+        self.sh_ok(&format!("insmod {guest_path} {params}"))
+            .map(|_| ())
+    }
+
+    /// Loads our driver, `virtio_balloon_rs.ko`.
+    pub fn insmod_rs(&mut self) -> Result<()> {
+        if !self.config.rs_module {
+            return Err(err!("this VM was booted without the Rust module"));
+        }
+        self.insmod(initramfs::RS_MODULE_PATH, "")
+    }
+
+    /// Loads the in-tree C driver, `virtio_balloon.ko`.
+    pub fn insmod_c(&mut self) -> Result<()> {
+        if !self.config.c_module {
+            return Err(err!("this VM was booted without the C module"));
+        }
+        self.insmod(initramfs::C_MODULE_PATH, "")
+    }
+
+    /// Unloads a module with `rmmod`.
+    pub fn rmmod(&mut self, name: &str) -> Result<()> {
+        self.sh_ok(&format!("rmmod {name}")).map(|_| ())
+    }
+
+    /// The kernel taint mask, from `/proc/sys/kernel/tainted`.
+    pub fn tainted(&mut self) -> Result<u64> {
+        let text = self.sh_ok("cat /proc/sys/kernel/tainted")?;
+        text.trim()
+            .parse()
+            .map_err(|_| err!("bad /proc/sys/kernel/tainted: {text:?}"))
+    }
+
+    /// Checks the kernel log so far with `rules` and the taint mask (only
+    /// `O` and `E`, out-of-tree and unsigned modules, are allowed).
+    pub fn check_console(&mut self, rules: ConsoleRules) -> Result<()> {
+        /// TAINT_OOT_MODULE (O) and TAINT_UNSIGNED_MODULE (E).
+        const ALLOWED_TAINT: u64 = (1 << 12) | (1 << 13);
+        let tainted = self.tainted()?;
+        rules.check(&self.console_log()).map_err(crate::Error)?;
+        if tainted & !ALLOWED_TAINT != 0 {
+            return Err(err!(
+                "kernel taint mask {tainted:#x} has more than out-of-tree/unsigned module"
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`Vm::check_console`] with the strict rules.
+    pub fn check_clean(&mut self) -> Result<()> {
+        self.check_console(ConsoleRules::strict())
+    }
+
+    /// Waits until the kernel log contains `text`; returns the whole log.
+    pub fn wait_console(&mut self, text: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        match self
+            .console
+            .wait_for(deadline, |data| find_bytes(data, text.as_bytes(), 0))
+        {
+            Ok(_) => Ok(self.console_log()),
+            Err(end) => Err(self.failure(&format!(
+                "the kernel log did not show {text:?} ({})",
+                describe(end, timeout)
+            ))),
+        }
+    }
+
+    /// The kernel log (serial console) so far.
+    pub fn console_log(&self) -> String {
+        self.console.text()
+    }
+
+    /// Everything the guest shell printed so far.
+    pub fn shell_log(&self) -> String {
+        self.shell.text()
+    }
+
+    /// The QMP connection.
+    pub fn qmp(&mut self) -> &mut Qmp {
+        &mut self.qmp
+    }
+
+    /// The directory with this VM's logs.
+    pub fn log_dir(&self) -> &Path {
+        &self.log_dir
+    }
+
+    /// Time from [`Vm::boot`] to the ready marker.
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    /// The configuration the VM was booted with.
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// Powers the guest off (`poweroff -f`) and waits for QEMU to exit.
+    ///
+    /// After a clean exit the log directory is removed, unless
+    /// `VBRS_KEEP_LOGS` is set. If QEMU does not exit in time it is killed
+    /// and this is an error.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.shell.log_note("\n$ poweroff -f\n");
+        // The shell may already be gone; waiting for QEMU says what happened.
+        let _ = self.shell_input.write_all(b"poweroff -f\n");
+        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => {
+                    self.clean_exit = true;
+                    return Ok(());
+                }
+                Ok(Some(status)) => {
+                    return Err(self.failure(&format!("QEMU exited with {status} at shutdown")))
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Ok(None) => {
+                    return Err(self.failure(&format!(
+                        "QEMU did not exit within {SHUTDOWN_TIMEOUT:?} of poweroff -f"
+                    )))
+                }
+                Err(e) => return Err(err!("waiting for QEMU: {e}")),
+            }
+        }
+    }
+
+    /// Builds an error for `what` with the state of the VM and its logs.
+    fn failure(&mut self, what: &str) -> crate::Error {
+        let exited = match self.child.try_wait() {
+            Ok(Some(status)) => format!("QEMU exited ({status})"),
+            _ => "QEMU is running".to_string(),
+        };
+        err!(
+            "{what}; {exited}; logs in {}\n--- kernel log (tail) ---\n{}\n--- shell (tail) ---\n{}\n--- qemu ---\n{}",
+            self.log_dir.display(),
+            last_lines(&self.console.text(), 25),
+            last_lines(&self.shell.text(), 10),
+            read_tail(&self.log_dir.join("qemu.log"))
+        )
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+        let keep = std::env::var_os("VBRS_KEEP_LOGS").is_some();
+        if self.clean_exit && !keep {
+            let _ = std::fs::remove_dir_all(&self.log_dir);
+            return;
+        }
+        if !self.clean_exit || std::thread::panicking() {
+            eprintln!(
+                "=== VM {} did not shut down cleanly; logs in {} ===\n--- last {TAIL_LINES} kernel log lines ---\n{}\n--- end of kernel log ---",
+                self.config.name,
+                self.log_dir.display(),
+                last_lines(&self.console.text(), TAIL_LINES)
+            );
+        }
+    }
+}
+
+/// A QEMU process whose sockets are not all connected yet; killed if dropped.
+struct Starting {
+    child: Option<Child>,
+    log_dir: PathBuf,
+    run_dir: PathBuf,
+}
+
+impl Starting {
+    /// Accepts QEMU's connection on `listener`, failing if QEMU exits.
+    fn accept(
+        &mut self,
+        listener: &UnixListener,
+        what: &str,
+        deadline: Instant,
+    ) -> Result<UnixStream> {
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    stream
+                        .set_nonblocking(false)
+                        .context("making a socket blocking")?;
+                    return Ok(stream);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(err!("accepting QEMU's {what} connection: {e}")),
+            }
+            let exited = match self.child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some(status.to_string()),
+                Some(Ok(None)) => None,
+                Some(Err(e)) => Some(e.to_string()),
+                None => Some("not started".into()),
+            };
+            if let Some(status) = exited {
+                return Err(err!(
+                    "QEMU exited before connecting its {what} socket ({status}):\n{}",
+                    read_tail(&self.log_dir.join("qemu.log"))
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(err!(
+                    "QEMU did not connect its {what} socket in {CONNECT_TIMEOUT:?}; logs in {}",
+                    self.log_dir.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn take_child(&mut self) -> Result<Child> {
+        self.child
+            .take()
+            .ok_or_else(|| err!("QEMU process already taken"))
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(&self.run_dir);
+            eprintln!("QEMU failed to start; logs in {}", self.log_dir.display());
+        }
+    }
+}
+
+/// Says how a wait ended, for error messages.
+fn describe(end: WaitEnd, timeout: Duration) -> String {
+    match end {
+        WaitEnd::Timeout => format!("timed out after {timeout:?}"),
+        WaitEnd::Closed => "the guest serial port closed: QEMU exited".to_string(),
+    }
+}
+
+/// Reads the last lines of a small log file, or says why it cannot.
+fn read_tail(path: &Path) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => last_lines(&text, 20),
+        Err(e) => format!("({}: {e})", path.display()),
+    }
+}
+
+/// Finds `field` in `/proc/meminfo` text and returns its value in kB.
+pub fn parse_meminfo(meminfo: &str, field: &str) -> Option<u64> {
+    meminfo.lines().find_map(|line| {
+        let (name, rest) = line.split_once(':')?;
+        if name.trim() != field {
+            return None;
+        }
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Creates `<target>/vm-logs/<name>-<UTC timestamp>-<pid>-<n>/`.
+fn make_log_dir(name: &str) -> Result<PathBuf> {
+    let safe_name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let dir = crate::target_dir().join("vm-logs").join(format!(
+        "{safe_name}-{}-{}-{}",
+        utc_timestamp(SystemTime::now()),
+        std::process::id(),
+        unique_number()
+    ));
+    std::fs::create_dir_all(&dir).context(format_args!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Formats a time as `YYYYmmdd-HHMMSS` in UTC.
+fn utc_timestamp(time: SystemTime) -> String {
+    let secs = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meminfo_fields_parse() {
+        let text =
+            "MemTotal:        2052964 kB\nMemFree:         1990000 kB\nHugePages_Total:       0\n";
+        assert_eq!(parse_meminfo(text, "MemTotal"), Some(2_052_964));
+        assert_eq!(parse_meminfo(text, "MemFree"), Some(1_990_000));
+        assert_eq!(parse_meminfo(text, "HugePages_Total"), Some(0));
+        assert_eq!(parse_meminfo(text, "Mem"), None);
+    }
+
+    #[test]
+    fn timestamps_are_utc_civil_dates() {
+        let at = |secs| utc_timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(0), "19700101-000000");
+        assert_eq!(at(951_782_400), "20000229-000000");
+        assert_eq!(at(1_767_225_599), "20251231-235959");
+    }
+
+    #[test]
+    fn config_builder_sets_fields() {
+        let config = VmConfig::new("x")
+            .memory_mib(512)
+            .smp(1)
+            .balloon_options(",deflate-on-oom=on")
+            .cmdline("a=1")
+            .cmdline("b=2")
+            .qemu_args(["-s"])
+            .rs_module(false);
+        assert_eq!(config.memory_mib, 512);
+        assert_eq!(config.balloon_options, "deflate-on-oom=on");
+        assert_eq!(config.cmdline, "a=1 b=2");
+        assert_eq!(config.qemu_args, vec!["-s".to_string()]);
+        assert!(!config.rs_module && config.c_module);
+    }
+}

@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Helpers shared by the VM scenario tests.
+//!
+//! Each test file includes this with `mod common;` and uses what it needs.
+
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the helpers"
+)]
+
+use std::time::Duration;
+
+use qemu_test::err;
+use qemu_test::Result;
+use qemu_test::Vm;
+use qemu_test::MIB;
+
+/// Guest RAM of the standard test VM, in MiB.
+pub const GUEST_MIB: u64 = 2048;
+
+/// Time a 1 GiB inflate or deflate may take under TCG (the C driver needs
+/// about one second).
+pub const BALLOON_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Which driver a test loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// The in-tree C driver, `virtio_balloon.ko`.
+    C,
+    /// Our driver, `virtio_balloon_rs.ko`.
+    Rs,
+}
+
+impl Driver {
+    /// The module name as `lsmod` and `rmmod` know it.
+    pub fn module_name(self) -> &'static str {
+        match self {
+            Driver::C => "virtio_balloon",
+            Driver::Rs => "virtio_balloon_rs",
+        }
+    }
+
+    /// Loads this driver in `vm`.
+    pub fn insmod(self, vm: &mut Vm) -> Result<()> {
+        match self {
+            Driver::C => vm.insmod_c(),
+            Driver::Rs => vm.insmod_rs(),
+        }
+    }
+}
+
+/// Asks for a guest size of `mib` MiB and waits until `actual` gets there.
+pub fn balloon_to_mib(vm: &mut Vm, mib: u64) -> Result<Duration> {
+    vm.qmp().balloon_and_wait(mib * MIB, BALLOON_TIMEOUT)
+}
+
+/// The balloon's `actual` in MiB.
+pub fn actual_mib(vm: &mut Vm) -> Result<u64> {
+    Ok(vm.qmp().query_balloon()? / MIB)
+}
+
+/// Checks that `MemTotal` is exactly `expected_kb`.
+pub fn expect_memtotal(vm: &mut Vm, expected_kb: u64) -> Result<()> {
+    let memtotal = vm.meminfo("MemTotal")?;
+    if memtotal == expected_kb {
+        Ok(())
+    } else {
+        Err(err!(
+            "MemTotal is {memtotal} kB, expected {expected_kb} kB (off by {} kB)",
+            memtotal as i64 - expected_kb as i64
+        ))
+    }
+}
+
+/// Reads a `/proc/vmstat` counter.
+pub fn vmstat(vm: &mut Vm, counter: &str) -> Result<u64> {
+    let text = vm.sh_ok("cat /proc/vmstat")?;
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(' ')?;
+            (name == counter).then(|| value.trim().parse().ok())?
+        })
+        .ok_or_else(|| err!("/proc/vmstat has no {counter}"))
+}
+
+/// Fails with `what` unless `condition` holds.
+pub fn ensure(condition: bool, what: impl FnOnce() -> String) -> Result<()> {
+    if condition {
+        Ok(())
+    } else {
+        Err(qemu_test::Error(what()))
+    }
+}

@@ -1,0 +1,27 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Raw bindings to the virtio, balloon and mm headers and to `helpers.c`,
+//! generated at build time by the module's own bindgen run (see `Kbuild`).
+//!
+//! Only [`crate::virtio`] and [`crate::mm`] use them.
+
+#![allow(
+    dead_code,
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    improper_ctypes,
+    unreachable_pub,
+    unsafe_op_in_unsafe_fn,
+    missing_docs,
+    clippy::all,
+    clippy::undocumented_unsafe_blocks
+)]
+
+use kernel::ffi;
+
+type __kernel_size_t = usize;
+type __kernel_ssize_t = isize;
+type __kernel_ptrdiff_t = isize;
+
+include!("bindings_generated.rs");

@@ -1,0 +1,144 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * One-line wrappers around static inline functions and macros; see helpers.h.
+ */
+#include <linux/balloon.h>
+#include <linux/list.h>
+#include <linux/mm.h>
+#include <linux/scatterlist.h>
+#include <linux/virtio.h>
+#include <linux/virtio_config.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+
+#include "helpers.h"
+
+u64 vbrs_virtio_features(const struct virtio_device *vdev)
+{
+	return vdev->features;
+}
+
+void vbrs_virtio_clear_feature(struct virtio_device *vdev, unsigned int fbit)
+{
+	__virtio_clear_bit(vdev, fbit);
+}
+
+int vbrs_virtio_find_vqs(struct virtio_device *vdev, unsigned int nvqs,
+			 struct virtqueue *vqs[], struct virtqueue_info vqs_info[])
+{
+	return virtio_find_vqs(vdev, nvqs, vqs, vqs_info, NULL);
+}
+
+void vbrs_virtio_del_vqs(struct virtio_device *vdev)
+{
+	vdev->config->del_vqs(vdev);
+}
+
+void vbrs_virtio_device_ready(struct virtio_device *vdev)
+{
+	virtio_device_ready(vdev);
+}
+
+u32 vbrs_virtio_cread_le32(struct virtio_device *vdev, unsigned int offset)
+{
+	__le32 val;
+
+	vdev->config->get(vdev, offset, &val, sizeof(val));
+	return le32_to_cpu(val);
+}
+
+void vbrs_virtio_cwrite_le32(struct virtio_device *vdev, unsigned int offset, u32 val)
+{
+	__le32 le = cpu_to_le32(val);
+
+	vdev->config->set(vdev, offset, &le, sizeof(le));
+}
+
+int vbrs_virtqueue_add_outbuf(struct virtqueue *vq, void *buf, unsigned int len, void *token)
+{
+	struct scatterlist sg;
+
+	sg_init_one(&sg, buf, len);
+	return virtqueue_add_outbuf(vq, &sg, 1, token, GFP_KERNEL);
+}
+
+long vbrs_wait_for_buf(struct wait_queue_head *wq, struct virtqueue *vq, long timeout)
+{
+	unsigned int len;
+
+	return wait_event_timeout(*wq, virtqueue_get_buf(vq, &len), timeout);
+}
+
+void vbrs_init_waitqueue_head(struct wait_queue_head *wq)
+{
+	init_waitqueue_head(wq);
+}
+
+void vbrs_wake_up(struct wait_queue_head *wq)
+{
+	wake_up(wq);
+}
+
+void vbrs_init_delayed_work(struct delayed_work *dwork, void (*func)(struct work_struct *))
+{
+	INIT_DELAYED_WORK(dwork, func);
+}
+
+struct delayed_work *vbrs_to_delayed_work(struct work_struct *work)
+{
+	return to_delayed_work(work);
+}
+
+bool vbrs_queue_freezable_delayed_work(struct delayed_work *dwork, unsigned long delay)
+{
+	return queue_delayed_work(system_freezable_wq, dwork, delay);
+}
+
+bool vbrs_mod_freezable_delayed_work(struct delayed_work *dwork, unsigned long delay)
+{
+	return mod_delayed_work(system_freezable_wq, dwork, delay);
+}
+
+bool vbrs_virt_addr_valid(const void *addr)
+{
+	return virt_addr_valid(addr);
+}
+
+void vbrs_init_list_head(struct list_head *list)
+{
+	INIT_LIST_HEAD(list);
+}
+
+void vbrs_page_list_add(struct page *page, struct list_head *list)
+{
+	list_add(&page->lru, list);
+}
+
+struct page *vbrs_page_list_pop(struct list_head *list)
+{
+	struct page *page = list_first_entry_or_null(list, struct page, lru);
+
+	if (page)
+		list_del(&page->lru);
+	return page;
+}
+
+unsigned long vbrs_page_to_pfn(struct page *page)
+{
+	return page_to_pfn(page);
+}
+
+void vbrs_put_page(struct page *page)
+{
+	put_page(page);
+}
+
+void vbrs_balloon_devinfo_init(struct balloon_dev_info *info)
+{
+	balloon_devinfo_init(info);
+}
+
+unsigned long vbrs_totalram_pages(void)
+{
+	return totalram_pages();
+}

@@ -1,0 +1,49 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * One-line wrappers around the static inline functions and macros of the
+ * virtio, workqueue, wait-queue and mm headers, so that Rust can call them.
+ * No logic lives here: see virtio.rs and mm.rs for the safe layer.
+ */
+#ifndef VBRS_HELPERS_H
+#define VBRS_HELPERS_H
+
+#include <linux/types.h>
+
+struct virtio_device;
+struct virtqueue;
+struct virtqueue_info;
+struct wait_queue_head;
+struct delayed_work;
+struct work_struct;
+struct list_head;
+struct page;
+struct balloon_dev_info;
+
+u64 vbrs_virtio_features(const struct virtio_device *vdev);
+void vbrs_virtio_clear_feature(struct virtio_device *vdev, unsigned int fbit);
+int vbrs_virtio_find_vqs(struct virtio_device *vdev, unsigned int nvqs,
+			 struct virtqueue *vqs[], struct virtqueue_info vqs_info[]);
+void vbrs_virtio_del_vqs(struct virtio_device *vdev);
+void vbrs_virtio_device_ready(struct virtio_device *vdev);
+u32 vbrs_virtio_cread_le32(struct virtio_device *vdev, unsigned int offset);
+void vbrs_virtio_cwrite_le32(struct virtio_device *vdev, unsigned int offset, u32 val);
+int vbrs_virtqueue_add_outbuf(struct virtqueue *vq, void *buf, unsigned int len, void *token);
+long vbrs_wait_for_buf(struct wait_queue_head *wq, struct virtqueue *vq, long timeout);
+void vbrs_init_waitqueue_head(struct wait_queue_head *wq);
+void vbrs_wake_up(struct wait_queue_head *wq);
+
+void vbrs_init_delayed_work(struct delayed_work *dwork, void (*func)(struct work_struct *));
+struct delayed_work *vbrs_to_delayed_work(struct work_struct *work);
+bool vbrs_queue_freezable_delayed_work(struct delayed_work *dwork, unsigned long delay);
+bool vbrs_mod_freezable_delayed_work(struct delayed_work *dwork, unsigned long delay);
+bool vbrs_virt_addr_valid(const void *addr);
+
+void vbrs_init_list_head(struct list_head *list);
+void vbrs_page_list_add(struct page *page, struct list_head *list);
+struct page *vbrs_page_list_pop(struct list_head *list);
+unsigned long vbrs_page_to_pfn(struct page *page);
+void vbrs_put_page(struct page *page);
+void vbrs_balloon_devinfo_init(struct balloon_dev_info *info);
+unsigned long vbrs_totalram_pages(void);
+
+#endif /* VBRS_HELPERS_H */

@@ -1,0 +1,571 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Safe abstractions over the C virtio driver API.
+//!
+//! Shaped so that it could become `kernel::virtio`: a [`Driver`] trait, a
+//! [`Registration`] that registers it with the virtio bus, a [`Device`] for
+//! feature bits, config space and status, [`Virtqueues`] found on it, and
+//! the two kernel objects the driver sleeps and defers on ([`WaitQueue`],
+//! [`DelayedWork`]). Every `unsafe` block of the module that touches virtio
+//! lives here.
+
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+
+use kernel::error::to_result;
+use kernel::prelude::*;
+use kernel::types::Opaque;
+
+use crate::bindings;
+
+/// A virtio device as seen by the driver bound to it.
+///
+/// # Invariants
+///
+/// The wrapped `virtio_device` is valid for as long as a `&Device` exists:
+/// references are only handed out inside the bus callbacks.
+#[repr(transparent)]
+pub struct Device(Opaque<bindings::virtio_device>);
+
+impl Device {
+    /// Wraps a pointer the virtio core passed to a callback.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must point to a valid `virtio_device` for the lifetime `'a`.
+    unsafe fn from_raw<'a>(ptr: *mut bindings::virtio_device) -> &'a Self {
+        // SAFETY: `Device` is `repr(transparent)` over the C struct and the
+        // caller guarantees validity for `'a`.
+        unsafe { &*ptr.cast::<Self>() }
+    }
+
+    fn as_raw(&self) -> *mut bindings::virtio_device {
+        self.0.get()
+    }
+
+    /// The generic `struct device`, for `dev_*!` messages.
+    pub fn as_dev(&self) -> &kernel::device::Device {
+        // SAFETY: `dev` is embedded in a valid `virtio_device` (type
+        // invariant) and lives as long as `self`; the two bindgen runs
+        // describe the same C type.
+        unsafe {
+            let dev = core::ptr::addr_of_mut!((*self.as_raw()).dev);
+            kernel::device::Device::from_raw(dev.cast())
+        }
+    }
+
+    /// The lower 64 negotiated feature bits.
+    pub fn features(&self) -> u64 {
+        // SAFETY: `self` is a valid virtio device (type invariant).
+        unsafe { bindings::vbrs_virtio_features(self.as_raw()) }
+    }
+
+    /// Withdraws a feature during [`Driver::validate`], before negotiation ends.
+    pub fn clear_feature(&self, bit: u32) {
+        // SAFETY: `self` is valid; clearing a bit before FEATURES_OK is what
+        // the `validate` callback is for.
+        unsafe { bindings::vbrs_virtio_clear_feature(self.as_raw(), bit) }
+    }
+
+    /// Reads a little-endian 32-bit config field at `offset`.
+    pub fn read_config_le32(&self, offset: usize) -> u32 {
+        // SAFETY: `self` is valid; the transport bounds-checks `offset`.
+        unsafe { bindings::vbrs_virtio_cread_le32(self.as_raw(), offset as u32) }
+    }
+
+    /// Writes a little-endian 32-bit config field at `offset`, in one access.
+    pub fn write_config_le32(&self, offset: usize, value: u32) {
+        // SAFETY: `self` is valid; the transport bounds-checks `offset`.
+        unsafe { bindings::vbrs_virtio_cwrite_le32(self.as_raw(), offset as u32, value) }
+    }
+
+    /// Sets DRIVER_OK: the device may use the queues from now on.
+    pub fn ready(&self) {
+        // SAFETY: `self` is valid; called once the queues are set up.
+        unsafe { bindings::vbrs_virtio_device_ready(self.as_raw()) }
+    }
+
+    /// Resets the device: it forgets every buffer and stops interrupts.
+    pub fn reset(&self) {
+        // SAFETY: `self` is valid.
+        unsafe { bindings::virtio_reset_device(self.as_raw()) }
+    }
+
+    /// Finds the queues named in `names`, in order, each with a completion
+    /// callback that wakes `T::queue_done`.
+    pub fn find_vqs<T: Driver>(&self, names: &[&'static CStr]) -> Result<Virtqueues> {
+        let count = names.len();
+        if count > MAX_QUEUES {
+            return Err(EINVAL);
+        }
+        let mut info: [bindings::virtqueue_info; MAX_QUEUES] = Default::default();
+        for (slot, name) in info.iter_mut().zip(names) {
+            slot.name = name.as_char_ptr();
+            slot.callback = Some(queue_callback::<T>);
+        }
+        let mut vqs = [core::ptr::null_mut(); MAX_QUEUES];
+        // SAFETY: `self` is valid; `vqs` and `info` hold `count` entries and
+        // outlive the call; the names are `'static`.
+        to_result(unsafe {
+            bindings::vbrs_virtio_find_vqs(
+                self.as_raw(),
+                count as u32,
+                vqs.as_mut_ptr(),
+                info.as_mut_ptr(),
+            )
+        })?;
+        Ok(Virtqueues {
+            vqs,
+            count,
+            _not_send_before_owned: PhantomData,
+        })
+    }
+
+    /// Deletes the queues; the device must have been reset first.
+    pub fn del_vqs(&self, queues: Virtqueues) {
+        drop(queues);
+        // SAFETY: `self` is valid and the `Virtqueues` (the only handles to
+        // the queues) has been consumed, so nothing uses them any more.
+        unsafe { bindings::vbrs_virtio_del_vqs(self.as_raw()) }
+    }
+}
+
+/// A handle to the bound device, kept in the driver's state so that work
+/// items can reach the device.
+///
+/// # Invariants
+///
+/// Only created by the probe callback; valid until the driver state that
+/// holds it is dropped at the end of remove.
+pub struct DeviceHandle(NonNull<bindings::virtio_device>);
+
+// SAFETY: the device may be used from any thread; the driver serialises
+// what needs serialising.
+unsafe impl Send for DeviceHandle {}
+// SAFETY: same.
+unsafe impl Sync for DeviceHandle {}
+
+impl DeviceHandle {
+    /// The device.
+    pub fn get(&self) -> &Device {
+        // SAFETY: valid while the driver state exists (type invariant).
+        unsafe { Device::from_raw(self.0.as_ptr()) }
+    }
+}
+
+/// Most queues a device may have through this layer.
+pub const MAX_QUEUES: usize = 5;
+
+/// The virtqueues of one device, owned until [`Device::del_vqs`].
+///
+/// # Invariants
+///
+/// The first `count` pointers are valid virtqueues of the device until this
+/// value is handed back to [`Device::del_vqs`].
+pub struct Virtqueues {
+    vqs: [*mut bindings::virtqueue; MAX_QUEUES],
+    count: usize,
+    _not_send_before_owned: PhantomData<()>,
+}
+
+// SAFETY: virtqueues may be used from any thread as long as accesses to one
+// queue are serialised, which `&mut` in `Virtqueue::send` guarantees.
+unsafe impl Send for Virtqueues {}
+
+impl Virtqueues {
+    /// The queue at `index`, if the device has it.
+    pub fn get_mut(&mut self, index: usize) -> Option<Virtqueue<'_>> {
+        if index >= self.count {
+            return None;
+        }
+        Some(Virtqueue {
+            vq: NonNull::new(self.vqs[index])?,
+            _owner: PhantomData,
+        })
+    }
+}
+
+/// One virtqueue, borrowed from its [`Virtqueues`].
+pub struct Virtqueue<'a> {
+    vq: NonNull<bindings::virtqueue>,
+    _owner: PhantomData<&'a mut Virtqueues>,
+}
+
+/// Why a buffer did not make the round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// The queue did not take the buffer.
+    Queue(Error),
+    /// The device did not hand the buffer back in time; it may still use it.
+    Timeout,
+}
+
+impl Virtqueue<'_> {
+    /// Index of the queue on its device.
+    pub fn index(&self) -> u32 {
+        // SAFETY: the queue is valid (invariant of `Virtqueues`).
+        unsafe { bindings::virtqueue_get_vq_index(self.vq.as_ptr()) }
+    }
+
+    /// Sends `words` to the device and sleeps until the device hands the
+    /// buffer back (the completion callback wakes `waiter`) or `timeout`
+    /// jiffies pass.
+    ///
+    /// The words must live in the kernel's linear map (kmalloc memory, see
+    /// [`LinearBuffer`]); anything else is refused with `EINVAL`. On
+    /// [`SendError::Timeout`] the device may still read them: the caller
+    /// must keep them alive and unchanged until the device is reset.
+    pub fn send_and_wait(
+        &mut self,
+        words: &[u32],
+        waiter: &WaitQueue,
+        timeout: kernel::time::Jiffies,
+    ) -> core::result::Result<(), SendError> {
+        let data = words.as_ptr().cast_mut().cast::<core::ffi::c_void>();
+        let bytes =
+            u32::try_from(core::mem::size_of_val(words)).map_err(|_| SendError::Queue(EINVAL))?;
+        // SAFETY: only the address is inspected.
+        if words.is_empty() || !unsafe { bindings::vbrs_virt_addr_valid(data) } {
+            return Err(SendError::Queue(EINVAL));
+        }
+        // SAFETY: the queue is valid and `&mut self` serialises its use; the
+        // buffer is in the linear map (checked above) and the caller keeps it
+        // alive until the device returns it.
+        let ret =
+            unsafe { bindings::vbrs_virtqueue_add_outbuf(self.vq.as_ptr(), data, bytes, data) };
+        if ret != 0 {
+            return Err(SendError::Queue(Error::from_errno(ret)));
+        }
+        // SAFETY: the queue is valid.
+        unsafe { bindings::virtqueue_kick(self.vq.as_ptr()) };
+        // SAFETY: `waiter` is an initialised wait queue head and the queue is
+        // valid; the helper only calls `virtqueue_get_buf` on it.
+        let left =
+            unsafe { bindings::vbrs_wait_for_buf(waiter.0.get(), self.vq.as_ptr(), timeout as _) };
+        if left == 0 {
+            return Err(SendError::Timeout);
+        }
+        Ok(())
+    }
+}
+
+/// A buffer of 32-bit words in the kernel's linear map, as virtqueues need.
+pub struct LinearBuffer(KVec<u32>);
+
+impl LinearBuffer {
+    /// A zeroed buffer of `words` words, from kmalloc.
+    pub fn new(words: usize) -> Result<Self> {
+        let mut vec = KVec::with_capacity(words, GFP_KERNEL)?;
+        vec.resize(words, 0, GFP_KERNEL)?;
+        Ok(Self(vec))
+    }
+
+    /// The words, to fill.
+    pub fn as_mut_slice(&mut self) -> &mut [u32] {
+        &mut self.0
+    }
+}
+
+/// A wait queue head that completion callbacks wake.
+#[pin_data]
+pub struct WaitQueue(#[pin] Opaque<bindings::wait_queue_head>);
+
+// SAFETY: a wait queue head is designed for concurrent use from any context.
+unsafe impl Sync for WaitQueue {}
+// SAFETY: it holds no thread-bound state.
+unsafe impl Send for WaitQueue {}
+
+impl WaitQueue {
+    /// An initialiser for an empty wait queue.
+    pub fn new() -> impl PinInit<Self> {
+        pin_init!(Self(Opaque::ffi_init(|slot| {
+            // SAFETY: `slot` is valid, pinned memory for a wait queue head.
+            unsafe { bindings::vbrs_init_waitqueue_head(slot) }
+        })))
+    }
+
+    /// Wakes every sleeper; callable from interrupt context.
+    pub fn wake_up(&self) {
+        // SAFETY: the head was initialised by `new`.
+        unsafe { bindings::vbrs_wake_up(self.0.get()) }
+    }
+}
+
+/// A virtio driver.
+pub trait Driver: Sized + Send + Sync + 'static {
+    /// The driver's name on the virtio bus.
+    const NAME: &'static CStr;
+    /// The virtio device id it binds to.
+    const DEVICE_ID: u32;
+    /// Device-specific feature bits it implements (the feature table).
+    const FEATURE_TABLE: &'static [u32];
+
+    /// Adjusts the offered features before they are accepted.
+    fn validate(_dev: &Device) -> Result {
+        Ok(())
+    }
+    /// Allocates the per-device state; no queue exists yet.
+    fn probe(dev: &Device, handle: DeviceHandle) -> Result<Pin<KBox<Self>>>;
+    /// Sets the device up once the state is reachable from callbacks.
+    fn start(&self, dev: &Device) -> Result;
+    /// A queue handed buffers back (interrupt context).
+    fn queue_done(&self, queue_index: u32);
+    /// The device changed its config space (may be interrupt context).
+    fn config_changed(&self, dev: &Device);
+    /// Tears the device down; the state is dropped afterwards.
+    fn remove(&self, dev: &Device);
+    /// Quiesces before system sleep.
+    fn freeze(&self, dev: &Device) -> Result {
+        self.remove(dev);
+        Ok(())
+    }
+    /// Sets up again after system sleep.
+    fn restore(&self, dev: &Device) -> Result {
+        self.start(dev)
+    }
+}
+
+/// Gets the driver state of a bound device.
+///
+/// # Safety
+///
+/// `vdev` must be a valid device bound to driver `T` between a successful
+/// probe and the end of remove.
+unsafe fn driver_data<'a, T: Driver>(vdev: *mut bindings::virtio_device) -> &'a T {
+    // SAFETY: the probe callback stored a `Pin<KBox<T>>` in `priv` and
+    // remove takes it back only after the driver quiesced every callback.
+    unsafe { &*(*vdev).priv_.cast::<T>() }
+}
+
+unsafe extern "C" fn queue_callback<T: Driver>(vq: *mut bindings::virtqueue) {
+    // SAFETY: the core only calls back for queues of a bound device, whose
+    // `priv` was set before the queues were created.
+    unsafe {
+        let vdev = (*vq).vdev;
+        let index = bindings::virtqueue_get_vq_index(vq);
+        driver_data::<T>(vdev).queue_done(index);
+    }
+}
+
+unsafe extern "C" fn validate_callback<T: Driver>(vdev: *mut bindings::virtio_device) -> i32 {
+    // SAFETY: the core passes a valid device.
+    let dev = unsafe { Device::from_raw(vdev) };
+    match T::validate(dev) {
+        Ok(()) => 0,
+        Err(err) => err.to_errno(),
+    }
+}
+
+unsafe extern "C" fn probe_callback<T: Driver>(vdev: *mut bindings::virtio_device) -> i32 {
+    // SAFETY: the core passes a valid device for the duration of the call
+    // and, once probe succeeds, until remove.
+    let dev = unsafe { Device::from_raw(vdev) };
+    // INVARIANT: the handle goes into the driver state, dropped in remove.
+    let handle = DeviceHandle(match NonNull::new(vdev) {
+        Some(ptr) => ptr,
+        None => return EINVAL.to_errno(),
+    });
+    let data = match T::probe(dev, handle) {
+        Ok(data) => data,
+        Err(err) => return err.to_errno(),
+    };
+    // SAFETY: the state is never moved out of its box again: it is only
+    // reached through `priv` until remove turns it back into a box to drop.
+    let raw = KBox::into_raw(unsafe { Pin::into_inner_unchecked(data) });
+    // SAFETY: `vdev` is valid; nothing reads `priv` before this store.
+    unsafe { (*vdev).priv_ = raw.cast() };
+    // SAFETY: `raw` was just leaked from a box and is valid.
+    if let Err(err) = T::start(unsafe { &*raw }, dev) {
+        // SAFETY: `start` failed before enabling any callback; take back
+        // the box and clear `priv`.
+        unsafe {
+            (*vdev).priv_ = core::ptr::null_mut();
+            drop(KBox::from_raw(raw));
+        }
+        return err.to_errno();
+    }
+    0
+}
+
+unsafe extern "C" fn remove_callback<T: Driver>(vdev: *mut bindings::virtio_device) {
+    // SAFETY: the core passes a bound device.
+    let dev = unsafe { Device::from_raw(vdev) };
+    // SAFETY: bound device: `priv` holds our state.
+    let data = unsafe { driver_data::<T>(vdev) };
+    data.remove(dev);
+    // SAFETY: `remove` quiesced every callback and reset the device, so no
+    // one else can reach the state; it came from `KBox::into_raw`.
+    unsafe {
+        let raw = (*vdev).priv_.cast::<T>();
+        (*vdev).priv_ = core::ptr::null_mut();
+        drop(KBox::from_raw(raw));
+    }
+}
+
+unsafe extern "C" fn config_changed_callback<T: Driver>(vdev: *mut bindings::virtio_device) {
+    // SAFETY: the core only reports config changes of a bound device, with
+    // config reporting disabled before remove is called.
+    unsafe { driver_data::<T>(vdev).config_changed(Device::from_raw(vdev)) }
+}
+
+unsafe extern "C" fn freeze_callback<T: Driver>(vdev: *mut bindings::virtio_device) -> i32 {
+    // SAFETY: bound device.
+    let result = unsafe { driver_data::<T>(vdev).freeze(Device::from_raw(vdev)) };
+    result.map_or_else(|e| e.to_errno(), |()| 0)
+}
+
+unsafe extern "C" fn restore_callback<T: Driver>(vdev: *mut bindings::virtio_device) -> i32 {
+    // SAFETY: bound device.
+    let result = unsafe { driver_data::<T>(vdev).restore(Device::from_raw(vdev)) };
+    result.map_or_else(|e| e.to_errno(), |()| 0)
+}
+
+/// A registered virtio driver; unregistered on drop.
+#[pin_data(PinnedDrop)]
+pub struct Registration<T: Driver> {
+    #[pin]
+    driver: Opaque<bindings::virtio_driver>,
+    #[pin]
+    id_table: Opaque<[bindings::virtio_device_id; 2]>,
+    _driver: PhantomData<T>,
+}
+
+// SAFETY: after registration the C structs are only read by the core.
+unsafe impl<T: Driver> Sync for Registration<T> {}
+// SAFETY: same as `Sync`; nothing is tied to the registering thread.
+unsafe impl<T: Driver> Send for Registration<T> {}
+
+impl<T: Driver> Registration<T> {
+    /// Registers driver `T` with the virtio bus for `module`.
+    pub fn new(module: &'static ThisModule) -> impl PinInit<Self, Error> {
+        try_pin_init!(Self {
+            id_table <- Opaque::ffi_init(|table: *mut [bindings::virtio_device_id; 2]| {
+                let mut ids: [bindings::virtio_device_id; 2] = Default::default();
+                ids[0].device = T::DEVICE_ID;
+                ids[0].vendor = bindings::VIRTIO_DEV_ANY_ID;
+                // SAFETY: `table` is valid pinned memory for the table.
+                unsafe { table.write(ids) };
+            }),
+            driver <- Opaque::try_ffi_init(|drv: *mut bindings::virtio_driver| {
+                let mut c: bindings::virtio_driver = Default::default();
+                c.driver.name = T::NAME.as_char_ptr();
+                c.feature_table = T::FEATURE_TABLE.as_ptr();
+                c.feature_table_size = T::FEATURE_TABLE.len() as u32;
+                c.validate = Some(validate_callback::<T>);
+                c.probe = Some(probe_callback::<T>);
+                c.remove = Some(remove_callback::<T>);
+                c.config_changed = Some(config_changed_callback::<T>);
+                c.freeze = Some(freeze_callback::<T>);
+                c.restore = Some(restore_callback::<T>);
+                // SAFETY: `drv` is valid pinned memory; the id table lives in
+                // the same pinned struct, initialised above, and outlives
+                // the registration.
+                unsafe {
+                    let this = kernel::container_of!(drv.cast::<Opaque<bindings::virtio_driver>>(), Self, driver);
+                    c.id_table = (*this).id_table.get().cast();
+                    drv.write(c);
+                    to_result(bindings::__register_virtio_driver(drv, module.as_ptr().cast()))
+                }
+            }),
+            _driver: PhantomData,
+        })
+    }
+}
+
+#[pinned_drop]
+impl<T: Driver> PinnedDrop for Registration<T> {
+    fn drop(self: Pin<&mut Self>) {
+        // SAFETY: the driver was registered by `new` (a failed registration
+        // never produces a `Registration`).
+        unsafe { bindings::unregister_virtio_driver(self.driver.get()) };
+    }
+}
+
+/// A work item on the freezable system workqueue, optionally delayed.
+///
+/// The owner `T` embeds it and names it with [`impl_has_delayed_work!`].
+#[pin_data]
+pub struct DelayedWork<T> {
+    #[pin]
+    work: Opaque<bindings::delayed_work>,
+    _owner: PhantomData<T>,
+}
+
+// SAFETY: the C work item is made for use from any thread.
+unsafe impl<T> Sync for DelayedWork<T> {}
+// SAFETY: same.
+unsafe impl<T> Send for DelayedWork<T> {}
+
+/// An owner of a [`DelayedWork`], run when the work fires.
+///
+/// # Safety
+///
+/// `OFFSET` must be the byte offset of a `DelayedWork<Self>` field in `Self`,
+/// and the owner must be pinned and outlive every queued run (cancel in its
+/// teardown).
+pub unsafe trait HasDelayedWork: Sized + Sync {
+    /// Offset of the `DelayedWork<Self>` field.
+    const OFFSET: usize;
+    /// The work itself (process context, may sleep).
+    fn run(&self);
+}
+
+/// Implements [`HasDelayedWork`] for `$owner` whose `$field` is its work item.
+#[macro_export]
+macro_rules! impl_has_delayed_work {
+    ($owner:ty, $field:ident, $run:path) => {
+        // SAFETY: the offset is computed by the compiler for this field,
+        // whose type is `DelayedWork<$owner>`.
+        unsafe impl $crate::virtio::HasDelayedWork for $owner {
+            const OFFSET: usize = ::core::mem::offset_of!($owner, $field);
+            fn run(&self) {
+                $run(self)
+            }
+        }
+    };
+}
+
+unsafe extern "C" fn work_callback<T: HasDelayedWork>(work: *mut bindings::work_struct) {
+    // SAFETY: `work` is the `work` of a `delayed_work` embedded at
+    // `T::OFFSET` in a live, pinned `T` (trait contract).
+    unsafe {
+        let dwork = bindings::vbrs_to_delayed_work(work);
+        let owner = dwork.cast::<u8>().sub(T::OFFSET).cast::<T>();
+        (*owner).run();
+    }
+}
+
+impl<T: HasDelayedWork> DelayedWork<T> {
+    /// An initialiser for an idle work item.
+    pub fn new() -> impl PinInit<Self> {
+        pin_init!(Self {
+            work <- Opaque::ffi_init(|slot| {
+                // SAFETY: `slot` is valid pinned memory for a delayed work.
+                unsafe { bindings::vbrs_init_delayed_work(slot, Some(work_callback::<T>)) }
+            }),
+            _owner: PhantomData,
+        })
+    }
+
+    /// Queues the work on the freezable system workqueue after `delay_ms`;
+    /// does nothing if it is already queued.
+    pub fn queue(&self, delay_ms: u32) {
+        let delay = kernel::time::msecs_to_jiffies(delay_ms);
+        // SAFETY: the work was initialised by `new`; the owner outlives it
+        // (trait contract).
+        unsafe { bindings::vbrs_queue_freezable_delayed_work(self.work.get(), delay as _) };
+    }
+
+    /// Runs the work as soon as possible, bringing a delayed run forward.
+    pub fn run_now(&self) {
+        // SAFETY: the work was initialised by `new`; the owner outlives it.
+        unsafe { bindings::vbrs_mod_freezable_delayed_work(self.work.get(), 0) };
+    }
+
+    /// Cancels the work and waits for a running instance, including one that
+    /// re-queues itself.
+    pub fn cancel_sync(&self) {
+        // SAFETY: the work was initialised by `new`.
+        unsafe { bindings::cancel_delayed_work_sync(self.work.get()) };
+    }
+}

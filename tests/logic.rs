@@ -1,0 +1,225 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Host tests of the pure pieces: features, page-size conversion, target
+//! arithmetic, back-off, and our constants against `virtio-bindings`.
+
+use balloon_logic::backoff::{Backoff, MAX_DELAY_MS};
+use balloon_logic::features::{self, queue_layout, Features, QueueRole};
+use balloon_logic::pfn::{PageGeometry, PfnBatch, PfnError, BALLOON_PFN_SHIFT};
+use balloon_logic::target::{inflate_budget, reserve_pages, Direction, Target};
+
+#[test]
+fn constants_match_virtio_bindings() {
+    use virtio_bindings::virtio_config::{VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1};
+    use virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
+    assert_eq!(Features::VERSION_1.bits(), 1u64 << VIRTIO_F_VERSION_1);
+    assert_eq!(
+        Features::ACCESS_PLATFORM.bits(),
+        1u64 << VIRTIO_F_ACCESS_PLATFORM
+    );
+    assert_eq!(features::DEVICE_ID, VIRTIO_ID_BALLOON);
+}
+
+#[test]
+fn balloon_feature_bits_follow_the_spec() {
+    // virtio spec 5.5.3 (no balloon header in virtio-bindings).
+    let bits: Vec<u32> = [
+        Features::MUST_TELL_HOST,
+        Features::STATS_VQ,
+        Features::DEFLATE_ON_OOM,
+        Features::FREE_PAGE_HINT,
+        Features::PAGE_POISON,
+        Features::REPORTING,
+    ]
+    .iter()
+    .map(|f| f.bits().trailing_zeros())
+    .collect();
+    assert_eq!(bits, [0, 1, 2, 3, 4, 5]);
+    assert_eq!(BALLOON_PFN_SHIFT, 12);
+}
+
+#[test]
+fn negotiation_takes_only_what_the_driver_implements() {
+    let offered = Features::all();
+    let got = Features::negotiate(offered);
+    assert_eq!(got, Features::MUST_TELL_HOST | Features::VERSION_1);
+    assert_eq!(Features::negotiate(Features::STATS_VQ), Features::empty());
+    assert_eq!(
+        Features::negotiate(Features::VERSION_1 | Features::DEFLATE_ON_OOM),
+        Features::VERSION_1
+    );
+    assert!(got.pfns_little_endian());
+    assert!(!Features::MUST_TELL_HOST.pfns_little_endian());
+    let names: Vec<_> = features::describe(got).collect();
+    assert_eq!(names, ["MUST_TELL_HOST", "VERSION_1"]);
+}
+
+#[test]
+fn queue_indices_skip_features_not_negotiated() {
+    let (layout, n) = queue_layout(Features::empty());
+    assert_eq!(n, 2);
+    assert_eq!(
+        layout[..2],
+        [Some(QueueRole::Inflate), Some(QueueRole::Deflate)]
+    );
+    let (layout, n) = queue_layout(Features::REPORTING);
+    assert_eq!(n, 3);
+    assert_eq!(layout[2], Some(QueueRole::Reporting));
+    let (layout, n) =
+        queue_layout(Features::STATS_VQ | Features::FREE_PAGE_HINT | Features::REPORTING);
+    assert_eq!(n, 5);
+    assert_eq!(
+        layout,
+        [
+            Some(QueueRole::Inflate),
+            Some(QueueRole::Deflate),
+            Some(QueueRole::Stats),
+            Some(QueueRole::FreePage),
+            Some(QueueRole::Reporting)
+        ]
+    );
+}
+
+#[test]
+fn page_geometry_for_4k_16k_64k() {
+    let g4 = PageGeometry::new(12).unwrap();
+    let g16 = PageGeometry::new(14).unwrap();
+    let g64 = PageGeometry::new(16).unwrap();
+    assert_eq!(g4.balloon_pages_per_page(), 1);
+    assert_eq!(g16.balloon_pages_per_page(), 4);
+    assert_eq!(g64.balloon_pages_per_page(), 16);
+    assert_eq!(g4.balloon_pfn(7), Ok(7));
+    assert_eq!(g16.balloon_pfn(7), Ok(28));
+    assert_eq!(g64.balloon_pfn(7), Ok(112));
+    assert_eq!(g64.guest_pfn(113), 7);
+    assert_eq!(g4.align_up(5), 5);
+    assert_eq!(g16.align_up(5), 8);
+    assert_eq!(g64.align_up(17), 32);
+    assert_eq!(g64.align_up(0), 0);
+    assert_eq!(
+        PageGeometry::new(11),
+        Err(PfnError::UnsupportedPageShift(11))
+    );
+}
+
+#[test]
+fn pfns_beyond_32_bits_are_refused_not_truncated() {
+    let g4 = PageGeometry::new(12).unwrap();
+    let g64 = PageGeometry::new(16).unwrap();
+    assert_eq!(g4.balloon_pfn(u64::from(u32::MAX)), Ok(u32::MAX));
+    assert_eq!(g4.balloon_pfn(1 << 32), Err(PfnError::PfnTooLarge(1 << 32)));
+    // The last sub-page must fit too.
+    assert_eq!(
+        g64.balloon_pfn(1 << 28),
+        Err(PfnError::PfnTooLarge(1 << 28))
+    );
+    assert_eq!(g64.balloon_pfn((1 << 28) - 1), Ok(u32::MAX - 15));
+    assert_eq!(
+        g64.balloon_pfn(u64::MAX),
+        Err(PfnError::PfnTooLarge(u64::MAX))
+    );
+}
+
+#[test]
+fn batch_fills_whole_pages_in_device_order() {
+    let g16 = PageGeometry::new(14).unwrap();
+    let mut slots = [0u32; 10];
+    let mut batch = PfnBatch::new(&mut slots, g16, true);
+    assert!(batch.push_page(1).is_ok());
+    assert!(batch.push_page(3).is_ok());
+    assert!(!batch.has_room(), "2 slots left cannot hold a 4-slot page");
+    assert_eq!(batch.push_page(5), Err(PfnError::BufferFull));
+    assert_eq!(batch.len(), 8);
+    assert_eq!(
+        batch.as_slice(),
+        &[4u32.to_le(), 5, 6, 7, 12, 13, 14, 15].map(u32::to_le)[..]
+    );
+}
+
+#[test]
+fn target_alignment_does_not_wrap_and_clamps() {
+    let g64 = PageGeometry::new(16).unwrap();
+    let g4 = PageGeometry::new(12).unwrap();
+    // In 32 bits, ALIGN(0xffffffff, 16) wraps to 0; here it clamps to RAM.
+    let t = Target::from_config(u32::MAX, g64, 1 << 20);
+    assert_eq!(
+        t,
+        Target {
+            pages: 1 << 20,
+            clamped: true
+        }
+    );
+    let t = Target::from_config(u32::MAX, g64, u64::from(u32::MAX) + 100);
+    assert_eq!(t.pages, 1 << 32);
+    // The limit itself is whole guest pages.
+    assert_eq!(Target::from_config(100, g64, 40).pages, 32);
+    assert_eq!(
+        Target::from_config(30, g4, 40),
+        Target {
+            pages: 30,
+            clamped: false
+        }
+    );
+    assert_eq!(
+        Target {
+            pages: 30,
+            clamped: false
+        }
+        .direction(10),
+        Direction::Inflate(20)
+    );
+    assert_eq!(
+        Target {
+            pages: 3,
+            clamped: false
+        }
+        .direction(10),
+        Direction::Deflate(7)
+    );
+    assert_eq!(
+        Target {
+            pages: 10,
+            clamped: false
+        }
+        .direction(10),
+        Direction::Reached
+    );
+}
+
+#[test]
+fn budget_respects_capacity_and_reserve() {
+    assert_eq!(inflate_budget(1000, 4096, 1 << 20, 4096), 1000);
+    assert_eq!(inflate_budget(10_000, 4096, 1 << 20, 4096), 4096);
+    assert_eq!(inflate_budget(10_000, 4096, 5000, 4096), 904);
+    assert_eq!(inflate_budget(10_000, 4096, 100, 4096), 0);
+    assert_eq!(reserve_pages(1000, 16 * 1024, 4096), 1000 + 4096);
+    assert_eq!(reserve_pages(u64::MAX, u64::MAX, 4096), u64::MAX);
+    assert_eq!(reserve_pages(10, 64, 65536), 11);
+}
+
+#[test]
+fn backoff_doubles_caps_and_logs_rarely() {
+    let mut b = Backoff::new();
+    assert_eq!(b.delay_ms(), 0);
+    let delays: Vec<u32> = (0..8).map(|_| b.fail()).collect();
+    assert_eq!(delays, [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+    for _ in 0..100 {
+        assert!(b.fail() <= MAX_DELAY_MS);
+    }
+    let mut logged = 0;
+    let mut b = Backoff::new();
+    for _ in 0..1000 {
+        b.fail();
+        logged += usize::from(b.should_log());
+    }
+    assert_eq!(logged, 10, "log at 1, 2, 4, ... 512 failures");
+    b.succeed();
+    assert_eq!(b.failures(), 0);
+    assert_eq!(b.delay_ms(), 0);
+    let mut b = Backoff::new();
+    for _ in 0..u32::MAX / 1000 {
+        // Saturation check without 4 billion iterations.
+        b.fail();
+    }
+    assert_eq!(b.delay_ms(), MAX_DELAY_MS);
+}
