@@ -25,6 +25,9 @@ const SPLAT_MARKERS: &[&str] = &[
     "list_add corruption",
     "list_del corruption",
     "Disabling lock debugging due to kernel taint",
+    // Printed by /proc/sys/vm/stat_refresh for a counter below zero: an
+    // accounting imbalance, e.g. of nr_balloon_pages.
+    "vmstat_refresh:",
 ];
 
 /// Taint flags a test may cause: `G` (only GPL modules, shown when there is

@@ -259,12 +259,15 @@ impl Vm {
             std::env::temp_dir().join(format!("vbrs-{}-{}", std::process::id(), unique_number()));
         std::fs::create_dir_all(&run_dir)
             .context(format_args!("creating {}", run_dir.display()))?;
+        // From here on, an early return kills QEMU and removes the run dir.
+        let mut starting = Starting {
+            child: None,
+            log_dir: log_dir.clone(),
+            run_dir: run_dir.clone(),
+            done: false,
+        };
         let initrd = run_dir.join("initramfs.cpio.gz");
-        let built = initramfs::build(&spec, &initrd);
-        if let Err(e) = built {
-            let _ = std::fs::remove_dir_all(&run_dir);
-            return Err(e);
-        }
+        initramfs::build(&spec, &initrd)?;
 
         let listen = |name: &str| -> Result<(PathBuf, UnixListener)> {
             let path = run_dir.join(format!("{name}.sock"));
@@ -337,12 +340,8 @@ impl Vm {
             .stderr(qemu_log)
             .spawn()
             .context(format_args!("starting {qemu} (is QEMU installed?)"))?;
+        starting.child = Some(child);
 
-        let mut starting = Starting {
-            child: Some(child),
-            log_dir: log_dir.clone(),
-            run_dir: run_dir.clone(),
-        };
         let connect_deadline = Instant::now() + CONNECT_TIMEOUT;
         let console_stream = starting.accept(&console_listener, "console", connect_deadline)?;
         let shell_stream = starting.accept(&shell_listener, "shell", connect_deadline)?;
@@ -359,22 +358,14 @@ impl Vm {
             .context("cloning the shell socket")?;
         let shell = Serial::spawn(shell_stream, open_log("shell.log")?, "shell")
             .context("starting the shell reader")?;
-        let qmp = Qmp::handshake(qmp_stream, Some(open_log("qmp.log")?));
-
+        let qmp = Qmp::handshake(qmp_stream, Some(open_log("qmp.log")?)).map_err(|e| {
+            err!(
+                "{e}; logs in {}\n{}",
+                log_dir.display(),
+                read_tail(&qemu_log_path)
+            )
+        })?;
         let child = starting.take_child()?;
-        let qmp = match qmp {
-            Ok(qmp) => qmp,
-            Err(e) => {
-                let mut child = child;
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(err!(
-                    "{e}; logs in {}\n{}",
-                    log_dir.display(),
-                    read_tail(&qemu_log_path)
-                ));
-            }
-        };
         let mut vm = Vm {
             config,
             child,
@@ -436,9 +427,11 @@ impl Vm {
             let end = find_bytes(data, done.as_bytes(), start)?;
             let code_start = end + done.len();
             let code_end = find_bytes(data, b"\n", code_start)?;
-            Some((start, end, code_start, code_end))
+            let output = String::from_utf8_lossy(&data[start..end]).into_owned();
+            let code = String::from_utf8_lossy(&data[code_start..code_end]).into_owned();
+            Some((output, code, code_end + 1))
         });
-        let (start, end, code_start, code_end) = match found {
+        let (output, code_text, next_cursor) = match found {
             Ok(found) => found,
             Err(end) => {
                 return Err(self.failure(&format!(
@@ -447,15 +440,11 @@ impl Vm {
                 )))
             }
         };
-        let text = self.shell.text();
-        let bytes = text.as_bytes();
-        let output = String::from_utf8_lossy(&bytes[start..end]).into_owned();
-        let code_text = String::from_utf8_lossy(&bytes[code_start..code_end]);
+        self.shell_cursor = next_cursor;
         let code = code_text
             .trim()
             .parse::<i32>()
             .map_err(|_| err!("guest command `{command}`: bad exit status {code_text:?}"))?;
-        self.shell_cursor = code_end + 1;
         Ok((code, output))
     }
 
@@ -472,8 +461,13 @@ impl Vm {
     }
 
     /// Reads a `/proc/meminfo` field (e.g. `MemTotal`) in kB.
+    ///
+    /// Folds the per-CPU vmstat deltas first (`/proc/sys/vm/stat_refresh`):
+    /// without that, counters such as `Balloon:` lag by a few pages per CPU
+    /// for up to a second.
     pub fn meminfo(&mut self, field: &str) -> Result<u64> {
-        let meminfo = self.sh_ok("cat /proc/meminfo")?;
+        let meminfo =
+            self.sh_ok("echo 1 >/proc/sys/vm/stat_refresh 2>/dev/null; cat /proc/meminfo")?;
         parse_meminfo(&meminfo, field)
             .ok_or_else(|| err!("/proc/meminfo has no {field}:\n{meminfo}"))
     }
@@ -652,11 +646,13 @@ impl Drop for Vm {
     }
 }
 
-/// A QEMU process whose sockets are not all connected yet; killed if dropped.
+/// A VM being started: until [`Starting::take_child`], dropping it kills
+/// QEMU and removes the run directory.
 struct Starting {
     child: Option<Child>,
     log_dir: PathBuf,
     run_dir: PathBuf,
+    done: bool,
 }
 
 impl Starting {
@@ -701,20 +697,26 @@ impl Starting {
     }
 
     fn take_child(&mut self) -> Result<Child> {
-        self.child
+        let child = self
+            .child
             .take()
-            .ok_or_else(|| err!("QEMU process already taken"))
+            .ok_or_else(|| err!("QEMU was not started"))?;
+        self.done = true;
+        Ok(child)
     }
 }
 
 impl Drop for Starting {
     fn drop(&mut self) {
+        if self.done {
+            return;
+        }
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
             let _ = child.wait();
-            let _ = std::fs::remove_dir_all(&self.run_dir);
-            eprintln!("QEMU failed to start; logs in {}", self.log_dir.display());
         }
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+        eprintln!("VM failed to start; logs in {}", self.log_dir.display());
     }
 }
 

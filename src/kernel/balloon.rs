@@ -47,7 +47,7 @@ struct State {
 
 /// The per-device driver state.
 #[pin_data]
-pub struct Balloon {
+pub(crate) struct Balloon {
     dev: DeviceHandle,
     features: Features,
     geometry: PageGeometry,

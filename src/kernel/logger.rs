@@ -28,7 +28,7 @@ impl log::Log for Printk {
 static PRINTK: Printk = Printk;
 
 /// Routes `log` messages to printk, at info level and above.
-pub fn init() {
+pub(crate) fn init() {
     // Fails only if a logger is already set, which in this module's own copy
     // of `log` means init ran before: keep the first one.
     let _ = log::set_logger(&PRINTK);

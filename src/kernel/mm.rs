@@ -22,7 +22,7 @@ use crate::bindings;
 ///
 /// `page` is a valid page with one reference owned by this value; it is on
 /// no list.
-pub struct Page {
+pub(crate) struct Page {
     page: NonNull<bindings::page>,
 }
 
@@ -33,7 +33,7 @@ impl Page {
     /// Allocates a page for the balloon the way `balloon_page_alloc` does:
     /// movable, without retrying, without warning and without touching the
     /// memalloc reserves.
-    pub fn alloc() -> Option<Self> {
+    pub(crate) fn alloc() -> Option<Self> {
         // SAFETY: no preconditions.
         let page = NonNull::new(unsafe { bindings::balloon_page_alloc() })?;
         // INVARIANT: a fresh page with its one reference, on no list.
@@ -41,7 +41,7 @@ impl Page {
     }
 
     /// Its page frame number.
-    pub fn pfn(&self) -> u64 {
+    pub(crate) fn pfn(&self) -> u64 {
         // SAFETY: the page is valid (type invariant).
         unsafe { bindings::vbrs_page_to_pfn(self.page.as_ptr()) as u64 }
     }
@@ -69,7 +69,7 @@ impl Drop for Page {
 /// `head` is an initialised list head; every page on it is owned by the
 /// list (one reference each) and on no other list.
 #[pin_data(PinnedDrop)]
-pub struct PageList {
+pub(crate) struct PageList {
     #[pin]
     head: Opaque<bindings::list_head>,
     len: usize,
@@ -80,7 +80,7 @@ unsafe impl Send for PageList {}
 
 impl PageList {
     /// An initialiser for an empty list.
-    pub fn new() -> impl PinInit<Self> {
+    pub(crate) fn new() -> impl PinInit<Self> {
         pin_init!(Self {
             head <- Opaque::ffi_init(|head| {
                 // SAFETY: `head` is valid pinned memory for a list head.
@@ -90,18 +90,8 @@ impl PageList {
         })
     }
 
-    /// Pages on the list.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the list is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Puts `page` on the list.
-    pub fn push(self: Pin<&mut Self>, page: Page) {
+    pub(crate) fn push(self: Pin<&mut Self>, page: Page) {
         // SAFETY: pinning is kept: only `len` is moved.
         let this = unsafe { self.get_unchecked_mut() };
         // SAFETY: the page is valid and on no list; the list takes its
@@ -111,7 +101,7 @@ impl PageList {
     }
 
     /// Takes a page off the list.
-    pub fn pop(self: Pin<&mut Self>) -> Option<Page> {
+    pub(crate) fn pop(self: Pin<&mut Self>) -> Option<Page> {
         // SAFETY: pinning is kept: only `len` is moved.
         let this = unsafe { self.get_unchecked_mut() };
         // SAFETY: the head is initialised; the helper unlinks the first page.
@@ -122,7 +112,7 @@ impl PageList {
     }
 
     /// Frees every page on the list.
-    pub fn clear(mut self: Pin<&mut Self>) {
+    pub(crate) fn clear(mut self: Pin<&mut Self>) {
         while self.as_mut().pop().is_some() {}
     }
 }
@@ -140,7 +130,7 @@ impl PinnedDrop for PageList {
 ///
 /// `OFFSET` must be the byte offset of a `BalloonDevInfo<Self>` field in
 /// `Self`, and the owner must stay pinned while pages are in the balloon.
-pub unsafe trait HasBalloonDevInfo: Sized + Sync {
+pub(crate) unsafe trait HasBalloonDevInfo: Sized + Sync {
     /// Offset of the `BalloonDevInfo<Self>` field.
     const OFFSET: usize;
     /// Tells the host that `new_pfn` replaces `old_pfn` in the balloon.
@@ -170,7 +160,7 @@ macro_rules! impl_has_balloon_dev_info {
 /// `info` is initialised by `balloon_devinfo_init`; the pages on its list
 /// are owned by the balloon core on behalf of this device.
 #[pin_data]
-pub struct BalloonDevInfo<T> {
+pub(crate) struct BalloonDevInfo<T> {
     #[pin]
     info: Opaque<bindings::balloon_dev_info>,
     _owner: PhantomData<T>,
@@ -207,7 +197,7 @@ impl<T: HasBalloonDevInfo> BalloonDevInfo<T> {
     /// `adjust_managed` makes the core lower the managed page count (and so
     /// `MemTotal`) by every page inflated, as a balloon that does not give
     /// pages back under pressure should.
-    pub fn new(adjust_managed: bool) -> impl PinInit<Self> {
+    pub(crate) fn new(adjust_managed: bool) -> impl PinInit<Self> {
         pin_init!(Self {
             info <- Opaque::ffi_init(move |info: *mut bindings::balloon_dev_info| {
                 // SAFETY: `info` is valid pinned memory for the descriptor.
@@ -221,18 +211,8 @@ impl<T: HasBalloonDevInfo> BalloonDevInfo<T> {
         })
     }
 
-    /// Changes whether inflated pages leave the managed page count.
-    ///
-    /// Only while the balloon is empty, or the count goes wrong.
-    pub fn set_adjust_managed(&self, adjust_managed: bool) {
-        // SAFETY: the descriptor is initialised; the flag is read only while
-        // pages move, which the caller excludes by holding its balloon lock
-        // with an empty balloon.
-        unsafe { (*self.info.get()).adjust_managed_page_count = adjust_managed };
-    }
-
     /// Moves every page of `list` into the balloon.
-    pub fn enqueue_list(&self, mut list: Pin<&mut PageList>) -> usize {
+    pub(crate) fn enqueue_list(&self, mut list: Pin<&mut PageList>) -> usize {
         let mut moved = 0;
         while let Some(page) = list.as_mut().pop() {
             // SAFETY: the descriptor is initialised and the page is ours and
@@ -248,7 +228,7 @@ impl<T: HasBalloonDevInfo> BalloonDevInfo<T> {
     ///
     /// The caller must know the balloon is not empty: the core treats a
     /// dequeue from an empty balloon as lost pages and BUGs.
-    pub fn dequeue(&self) -> Option<Page> {
+    pub(crate) fn dequeue(&self) -> Option<Page> {
         // SAFETY: the descriptor is initialised; the caller's count says a
         // page is on the list or isolated.
         let page = NonNull::new(unsafe { bindings::balloon_page_dequeue(self.info.get()) })?;
@@ -259,18 +239,18 @@ impl<T: HasBalloonDevInfo> BalloonDevInfo<T> {
 
 /// Guest RAM in pages (`totalram_pages`), which ballooned pages leave when
 /// the managed count is adjusted.
-pub fn total_ram_pages() -> u64 {
+pub(crate) fn total_ram_pages() -> u64 {
     // SAFETY: no preconditions.
     unsafe { bindings::vbrs_totalram_pages() as u64 }
 }
 
 /// Pages the guest could use without swapping (`MemAvailable`), already net
 /// of the zones' watermark reserves.
-pub fn available_pages() -> u64 {
+pub(crate) fn available_pages() -> u64 {
     // SAFETY: no preconditions.
     let pages = unsafe { bindings::si_mem_available() };
     u64::try_from(pages).unwrap_or(0)
 }
 
 /// The guest's page size as a shift.
-pub const PAGE_SHIFT: u32 = kernel::page::PAGE_SHIFT as u32;
+pub(crate) const PAGE_SHIFT: u32 = kernel::page::PAGE_SHIFT as u32;

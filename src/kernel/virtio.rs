@@ -25,7 +25,7 @@ use crate::bindings;
 /// The wrapped `virtio_device` is valid for as long as a `&Device` exists:
 /// references are only handed out inside the bus callbacks.
 #[repr(transparent)]
-pub struct Device(Opaque<bindings::virtio_device>);
+pub(crate) struct Device(Opaque<bindings::virtio_device>);
 
 impl Device {
     /// Wraps a pointer the virtio core passed to a callback.
@@ -44,7 +44,7 @@ impl Device {
     }
 
     /// The generic `struct device`, for `dev_*!` messages.
-    pub fn as_dev(&self) -> &kernel::device::Device {
+    pub(crate) fn as_dev(&self) -> &kernel::device::Device {
         // SAFETY: `dev` is embedded in a valid `virtio_device` (type
         // invariant) and lives as long as `self`; the two bindgen runs
         // describe the same C type.
@@ -55,45 +55,45 @@ impl Device {
     }
 
     /// The lower 64 negotiated feature bits.
-    pub fn features(&self) -> u64 {
+    pub(crate) fn features(&self) -> u64 {
         // SAFETY: `self` is a valid virtio device (type invariant).
         unsafe { bindings::vbrs_virtio_features(self.as_raw()) }
     }
 
     /// Withdraws a feature during [`Driver::validate`], before negotiation ends.
-    pub fn clear_feature(&self, bit: u32) {
+    pub(crate) fn clear_feature(&self, bit: u32) {
         // SAFETY: `self` is valid; clearing a bit before FEATURES_OK is what
         // the `validate` callback is for.
         unsafe { bindings::vbrs_virtio_clear_feature(self.as_raw(), bit) }
     }
 
     /// Reads a little-endian 32-bit config field at `offset`.
-    pub fn read_config_le32(&self, offset: usize) -> u32 {
+    pub(crate) fn read_config_le32(&self, offset: usize) -> u32 {
         // SAFETY: `self` is valid; the transport bounds-checks `offset`.
         unsafe { bindings::vbrs_virtio_cread_le32(self.as_raw(), offset as u32) }
     }
 
     /// Writes a little-endian 32-bit config field at `offset`, in one access.
-    pub fn write_config_le32(&self, offset: usize, value: u32) {
+    pub(crate) fn write_config_le32(&self, offset: usize, value: u32) {
         // SAFETY: `self` is valid; the transport bounds-checks `offset`.
         unsafe { bindings::vbrs_virtio_cwrite_le32(self.as_raw(), offset as u32, value) }
     }
 
     /// Sets DRIVER_OK: the device may use the queues from now on.
-    pub fn ready(&self) {
+    pub(crate) fn ready(&self) {
         // SAFETY: `self` is valid; called once the queues are set up.
         unsafe { bindings::vbrs_virtio_device_ready(self.as_raw()) }
     }
 
     /// Resets the device: it forgets every buffer and stops interrupts.
-    pub fn reset(&self) {
+    pub(crate) fn reset(&self) {
         // SAFETY: `self` is valid.
         unsafe { bindings::virtio_reset_device(self.as_raw()) }
     }
 
     /// Finds the queues named in `names`, in order, each with a completion
     /// callback that wakes `T::queue_done`.
-    pub fn find_vqs<T: Driver>(&self, names: &[&'static CStr]) -> Result<Virtqueues> {
+    pub(crate) fn find_vqs<T: Driver>(&self, names: &[&'static CStr]) -> Result<Virtqueues> {
         let count = names.len();
         if count > MAX_QUEUES {
             return Err(EINVAL);
@@ -122,7 +122,7 @@ impl Device {
     }
 
     /// Deletes the queues; the device must have been reset first.
-    pub fn del_vqs(&self, queues: Virtqueues) {
+    pub(crate) fn del_vqs(&self, queues: Virtqueues) {
         drop(queues);
         // SAFETY: `self` is valid and the `Virtqueues` (the only handles to
         // the queues) has been consumed, so nothing uses them any more.
@@ -137,7 +137,7 @@ impl Device {
 ///
 /// Only created by the probe callback; valid until the driver state that
 /// holds it is dropped at the end of remove.
-pub struct DeviceHandle(NonNull<bindings::virtio_device>);
+pub(crate) struct DeviceHandle(NonNull<bindings::virtio_device>);
 
 // SAFETY: the device may be used from any thread; the driver serialises
 // what needs serialising.
@@ -147,14 +147,14 @@ unsafe impl Sync for DeviceHandle {}
 
 impl DeviceHandle {
     /// The device.
-    pub fn get(&self) -> &Device {
+    pub(crate) fn get(&self) -> &Device {
         // SAFETY: valid while the driver state exists (type invariant).
         unsafe { Device::from_raw(self.0.as_ptr()) }
     }
 }
 
 /// Most queues a device may have through this layer.
-pub const MAX_QUEUES: usize = 5;
+pub(crate) const MAX_QUEUES: usize = 5;
 
 /// The virtqueues of one device, owned until [`Device::del_vqs`].
 ///
@@ -162,7 +162,7 @@ pub const MAX_QUEUES: usize = 5;
 ///
 /// The first `count` pointers are valid virtqueues of the device until this
 /// value is handed back to [`Device::del_vqs`].
-pub struct Virtqueues {
+pub(crate) struct Virtqueues {
     vqs: [*mut bindings::virtqueue; MAX_QUEUES],
     count: usize,
     _not_send_before_owned: PhantomData<()>,
@@ -174,7 +174,7 @@ unsafe impl Send for Virtqueues {}
 
 impl Virtqueues {
     /// The queue at `index`, if the device has it.
-    pub fn get_mut(&mut self, index: usize) -> Option<Virtqueue<'_>> {
+    pub(crate) fn get_mut(&mut self, index: usize) -> Option<Virtqueue<'_>> {
         if index >= self.count {
             return None;
         }
@@ -186,14 +186,14 @@ impl Virtqueues {
 }
 
 /// One virtqueue, borrowed from its [`Virtqueues`].
-pub struct Virtqueue<'a> {
+pub(crate) struct Virtqueue<'a> {
     vq: NonNull<bindings::virtqueue>,
     _owner: PhantomData<&'a mut Virtqueues>,
 }
 
 /// Why a buffer did not make the round trip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// The queue did not take the buffer.
     Queue(Error),
     /// The device did not hand the buffer back in time; it may still use it.
@@ -201,12 +201,6 @@ pub enum SendError {
 }
 
 impl Virtqueue<'_> {
-    /// Index of the queue on its device.
-    pub fn index(&self) -> u32 {
-        // SAFETY: the queue is valid (invariant of `Virtqueues`).
-        unsafe { bindings::virtqueue_get_vq_index(self.vq.as_ptr()) }
-    }
-
     /// Sends `words` to the device and sleeps until the device hands the
     /// buffer back (the completion callback wakes `waiter`) or `timeout`
     /// jiffies pass.
@@ -215,7 +209,7 @@ impl Virtqueue<'_> {
     /// [`LinearBuffer`]); anything else is refused with `EINVAL`. On
     /// [`SendError::Timeout`] the device may still read them: the caller
     /// must keep them alive and unchanged until the device is reset.
-    pub fn send_and_wait(
+    pub(crate) fn send_and_wait(
         &mut self,
         words: &[u32],
         waiter: &WaitQueue,
@@ -240,8 +234,9 @@ impl Virtqueue<'_> {
         unsafe { bindings::virtqueue_kick(self.vq.as_ptr()) };
         // SAFETY: `waiter` is an initialised wait queue head and the queue is
         // valid; the helper only calls `virtqueue_get_buf` on it.
-        let left =
-            unsafe { bindings::vbrs_wait_for_buf(waiter.0.get(), self.vq.as_ptr(), timeout as _) };
+        let left = unsafe {
+            bindings::vbrs_wait_for_buf(waiter.head.get(), self.vq.as_ptr(), timeout as _)
+        };
         if left == 0 {
             return Err(SendError::Timeout);
         }
@@ -250,25 +245,28 @@ impl Virtqueue<'_> {
 }
 
 /// A buffer of 32-bit words in the kernel's linear map, as virtqueues need.
-pub struct LinearBuffer(KVec<u32>);
+pub(crate) struct LinearBuffer(KVec<u32>);
 
 impl LinearBuffer {
     /// A zeroed buffer of `words` words, from kmalloc.
-    pub fn new(words: usize) -> Result<Self> {
+    pub(crate) fn new(words: usize) -> Result<Self> {
         let mut vec = KVec::with_capacity(words, GFP_KERNEL)?;
         vec.resize(words, 0, GFP_KERNEL)?;
         Ok(Self(vec))
     }
 
     /// The words, to fill.
-    pub fn as_mut_slice(&mut self) -> &mut [u32] {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u32] {
         &mut self.0
     }
 }
 
 /// A wait queue head that completion callbacks wake.
 #[pin_data]
-pub struct WaitQueue(#[pin] Opaque<bindings::wait_queue_head>);
+pub(crate) struct WaitQueue {
+    #[pin]
+    head: Opaque<bindings::wait_queue_head>,
+}
 
 // SAFETY: a wait queue head is designed for concurrent use from any context.
 unsafe impl Sync for WaitQueue {}
@@ -277,22 +275,24 @@ unsafe impl Send for WaitQueue {}
 
 impl WaitQueue {
     /// An initialiser for an empty wait queue.
-    pub fn new() -> impl PinInit<Self> {
-        pin_init!(Self(Opaque::ffi_init(|slot| {
-            // SAFETY: `slot` is valid, pinned memory for a wait queue head.
-            unsafe { bindings::vbrs_init_waitqueue_head(slot) }
-        })))
+    pub(crate) fn new() -> impl PinInit<Self> {
+        pin_init!(Self {
+            head <- Opaque::ffi_init(|slot| {
+                // SAFETY: `slot` is valid, pinned memory for a wait queue head.
+                unsafe { bindings::vbrs_init_waitqueue_head(slot) }
+            }),
+        })
     }
 
     /// Wakes every sleeper; callable from interrupt context.
-    pub fn wake_up(&self) {
+    pub(crate) fn wake_up(&self) {
         // SAFETY: the head was initialised by `new`.
-        unsafe { bindings::vbrs_wake_up(self.0.get()) }
+        unsafe { bindings::vbrs_wake_up(self.head.get()) }
     }
 }
 
 /// A virtio driver.
-pub trait Driver: Sized + Send + Sync + 'static {
+pub(crate) trait Driver: Sized + Send + Sync + 'static {
     /// The driver's name on the virtio bus.
     const NAME: &'static CStr;
     /// The virtio device id it binds to.
@@ -342,7 +342,7 @@ unsafe extern "C" fn queue_callback<T: Driver>(vq: *mut bindings::virtqueue) {
     // `priv` was set before the queues were created.
     unsafe {
         let vdev = (*vq).vdev;
-        let index = bindings::virtqueue_get_vq_index(vq);
+        let index = (*vq).index;
         driver_data::<T>(vdev).queue_done(index);
     }
 }
@@ -422,7 +422,7 @@ unsafe extern "C" fn restore_callback<T: Driver>(vdev: *mut bindings::virtio_dev
 
 /// A registered virtio driver; unregistered on drop.
 #[pin_data(PinnedDrop)]
-pub struct Registration<T: Driver> {
+pub(crate) struct Registration<T: Driver> {
     #[pin]
     driver: Opaque<bindings::virtio_driver>,
     #[pin]
@@ -437,7 +437,7 @@ unsafe impl<T: Driver> Send for Registration<T> {}
 
 impl<T: Driver> Registration<T> {
     /// Registers driver `T` with the virtio bus for `module`.
-    pub fn new(module: &'static ThisModule) -> impl PinInit<Self, Error> {
+    pub(crate) fn new(module: &'static ThisModule) -> impl PinInit<Self, Error> {
         try_pin_init!(Self {
             id_table <- Opaque::ffi_init(|table: *mut [bindings::virtio_device_id; 2]| {
                 let mut ids: [bindings::virtio_device_id; 2] = Default::default();
@@ -485,7 +485,7 @@ impl<T: Driver> PinnedDrop for Registration<T> {
 ///
 /// The owner `T` embeds it and names it with [`impl_has_delayed_work!`].
 #[pin_data]
-pub struct DelayedWork<T> {
+pub(crate) struct DelayedWork<T> {
     #[pin]
     work: Opaque<bindings::delayed_work>,
     _owner: PhantomData<T>,
@@ -503,7 +503,7 @@ unsafe impl<T> Send for DelayedWork<T> {}
 /// `OFFSET` must be the byte offset of a `DelayedWork<Self>` field in `Self`,
 /// and the owner must be pinned and outlive every queued run (cancel in its
 /// teardown).
-pub unsafe trait HasDelayedWork: Sized + Sync {
+pub(crate) unsafe trait HasDelayedWork: Sized + Sync {
     /// Offset of the `DelayedWork<Self>` field.
     const OFFSET: usize;
     /// The work itself (process context, may sleep).
@@ -537,7 +537,7 @@ unsafe extern "C" fn work_callback<T: HasDelayedWork>(work: *mut bindings::work_
 
 impl<T: HasDelayedWork> DelayedWork<T> {
     /// An initialiser for an idle work item.
-    pub fn new() -> impl PinInit<Self> {
+    pub(crate) fn new() -> impl PinInit<Self> {
         pin_init!(Self {
             work <- Opaque::ffi_init(|slot| {
                 // SAFETY: `slot` is valid pinned memory for a delayed work.
@@ -549,7 +549,7 @@ impl<T: HasDelayedWork> DelayedWork<T> {
 
     /// Queues the work on the freezable system workqueue after `delay_ms`;
     /// does nothing if it is already queued.
-    pub fn queue(&self, delay_ms: u32) {
+    pub(crate) fn queue(&self, delay_ms: u32) {
         let delay = kernel::time::msecs_to_jiffies(delay_ms);
         // SAFETY: the work was initialised by `new`; the owner outlives it
         // (trait contract).
@@ -557,14 +557,14 @@ impl<T: HasDelayedWork> DelayedWork<T> {
     }
 
     /// Runs the work as soon as possible, bringing a delayed run forward.
-    pub fn run_now(&self) {
+    pub(crate) fn run_now(&self) {
         // SAFETY: the work was initialised by `new`; the owner outlives it.
         unsafe { bindings::vbrs_mod_freezable_delayed_work(self.work.get(), 0) };
     }
 
     /// Cancels the work and waits for a running instance, including one that
     /// re-queues itself.
-    pub fn cancel_sync(&self) {
+    pub(crate) fn cancel_sync(&self) {
         // SAFETY: the work was initialised by `new`.
         unsafe { bindings::cancel_delayed_work_sync(self.work.get()) };
     }

@@ -73,9 +73,9 @@ pub fn expect_memtotal(vm: &mut Vm, expected_kb: u64) -> Result<()> {
     }
 }
 
-/// Reads a `/proc/vmstat` counter.
+/// Reads a `/proc/vmstat` counter, after folding the per-CPU deltas.
 pub fn vmstat(vm: &mut Vm, counter: &str) -> Result<u64> {
-    let text = vm.sh_ok("cat /proc/vmstat")?;
+    let text = vm.sh_ok("echo 1 >/proc/sys/vm/stat_refresh 2>/dev/null; cat /proc/vmstat")?;
     text.lines()
         .find_map(|line| {
             let (name, value) = line.split_once(' ')?;

@@ -1,0 +1,314 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! VM tests of `virtio_balloon_rs.ko` against QEMU's virtio-balloon device.
+//!
+//! Each test boots its own 2 GiB guest under QEMU, loads our module and
+//! checks what a user sees: the host's `actual` (QMP `query-balloon`), the
+//! guest's `MemTotal` and `Balloon:` lines, vmstat counters, sysfs and the
+//! kernel log.
+
+mod common;
+
+use std::time::Duration;
+use std::time::Instant;
+
+use balloon_logic::features::{Features, DRIVER_FEATURE_BITS};
+use common::actual_mib;
+use common::balloon_to_mib;
+use common::ensure;
+use common::expect_memtotal;
+use common::vmstat;
+use common::Driver;
+use common::GUEST_MIB;
+use qemu_test::err;
+use qemu_test::Result;
+use qemu_test::Vm;
+use qemu_test::VmConfig;
+use qemu_test::MIB;
+
+const RS: Driver = Driver::Rs;
+
+fn boot(name: &str) -> Result<Vm> {
+    Vm::boot(VmConfig::new(name).c_module(false))
+}
+
+/// `Balloon:` of /proc/meminfo in kB, after folding the per-CPU vmstat
+/// deltas (without that it may lag by a few pages).
+fn balloon_kb(vm: &mut Vm) -> Result<u64> {
+    vm.sh_ok("echo 1 > /proc/sys/vm/stat_refresh")?;
+    vm.meminfo("Balloon")
+}
+
+/// The `virtioN` name of the balloon device bound to our driver.
+fn bound_device(vm: &mut Vm) -> Result<String> {
+    let listing = vm.sh_ok("ls /sys/bus/virtio/drivers/virtio_balloon_rs/")?;
+    listing
+        .split_whitespace()
+        .find(|name| name.starts_with("virtio"))
+        .map(str::to_string)
+        .ok_or_else(|| err!("no device bound to virtio_balloon_rs: {listing:?}"))
+}
+
+#[test]
+fn module_binds_negotiates_and_unloads_cleanly() -> Result<()> {
+    let mut vm = boot("binds")?;
+    RS.insmod(&mut vm)?;
+    let dev = bound_device(&mut vm)?;
+    let dmesg = vm.dmesg()?;
+    ensure(
+        dmesg.contains(&format!("virtio_balloon_rs {dev}: bound: features")),
+        || format!("no 'bound' line in dmesg:\n{dmesg}"),
+    )?;
+    let device_id = vm.sh_ok(&format!("cat /sys/bus/virtio/devices/{dev}/device"))?;
+    ensure(device_id.trim() == "0x0005", || {
+        format!("bound to device id {device_id}")
+    })?;
+
+    // sysfs shows the negotiated bits as a string of '0'/'1', bit 0 first.
+    let bits = vm.sh_ok(&format!("cat /sys/bus/virtio/devices/{dev}/features"))?;
+    let bits = bits.trim();
+    let negotiated = bits
+        .chars()
+        .enumerate()
+        .filter(|(_, c)| *c == '1')
+        .fold(0u64, |acc, (i, _)| {
+            acc | (1u64.checked_shl(i as u32).unwrap_or(0))
+        });
+    let device_bits = negotiated & ((1 << 24) - 1);
+    let asked = DRIVER_FEATURE_BITS
+        .iter()
+        .fold(0u64, |acc, bit| acc | 1 << bit);
+    ensure(device_bits & !asked == 0, || {
+        format!("device-specific bits {device_bits:#x} include some the driver did not ask for ({asked:#x}); sysfs {bits}")
+    })?;
+    ensure(negotiated & Features::VERSION_1.bits() != 0, || {
+        format!("VERSION_1 not negotiated: {bits}")
+    })?;
+    ensure(negotiated & Features::ACCESS_PLATFORM.bits() == 0, || {
+        format!("ACCESS_PLATFORM must be cleared: {bits}")
+    })?;
+    let lsmod = vm.sh_ok("lsmod")?;
+    ensure(lsmod.contains("virtio_balloon_rs"), || {
+        format!("lsmod: {lsmod}")
+    })?;
+
+    vm.rmmod("virtio_balloon_rs")?;
+    let drivers = vm.sh_ok("ls /sys/bus/virtio/drivers/")?;
+    ensure(!drivers.contains("virtio_balloon_rs"), || {
+        format!("driver still registered after rmmod: {drivers}")
+    })?;
+    let lsmod = vm.sh_ok("lsmod")?;
+    ensure(!lsmod.contains("virtio_balloon_rs"), || {
+        format!("lsmod: {lsmod}")
+    })?;
+    // The module can come back.
+    RS.insmod(&mut vm)?;
+    bound_device(&mut vm)?;
+    vm.rmmod("virtio_balloon_rs")?;
+    vm.check_clean()?;
+    vm.shutdown()
+}
+
+#[test]
+fn follows_each_target_exactly() -> Result<()> {
+    let mut vm = boot("targets")?;
+    let memtotal = vm.meminfo("MemTotal")?;
+    RS.insmod(&mut vm)?;
+    for target in [1536u64, 1024, 512, 2048] {
+        let took = balloon_to_mib(&mut vm, target)?;
+        eprintln!("target {target} MiB reached in {took:?}");
+        // Settled, not just passing through.
+        std::thread::sleep(Duration::from_millis(300));
+        let actual = vm.qmp().query_balloon()?;
+        ensure(actual == target * MIB, || {
+            format!("actual {actual} bytes, target {} bytes", target * MIB)
+        })?;
+        let ballooned_kb = (GUEST_MIB - target) * 1024;
+        expect_memtotal(&mut vm, memtotal - ballooned_kb)?;
+        let balloon = balloon_kb(&mut vm)?;
+        ensure(balloon == ballooned_kb, || {
+            format!("meminfo Balloon: {balloon} kB, expected {ballooned_kb} kB")
+        })?;
+    }
+    let inflated = vmstat(&mut vm, "balloon_inflate")?;
+    let deflated = vmstat(&mut vm, "balloon_deflate")?;
+    // 512 + 512 + 512 MiB in, 1536 MiB out, in 4 KiB pages.
+    ensure(inflated == 1536 * 256 && deflated == 1536 * 256, || {
+        format!("vmstat balloon_inflate {inflated}, balloon_deflate {deflated}")
+    })?;
+    vm.rmmod("virtio_balloon_rs")?;
+    vm.check_clean()?;
+    vm.shutdown()
+}
+
+#[test]
+fn rmmod_while_inflated_gives_everything_back() -> Result<()> {
+    let mut vm = boot("rmmod_inflated")?;
+    let memtotal = vm.meminfo("MemTotal")?;
+    RS.insmod(&mut vm)?;
+    balloon_to_mib(&mut vm, 1024)?;
+    expect_memtotal(&mut vm, memtotal - 1024 * 1024)?;
+    vm.rmmod("virtio_balloon_rs")?;
+    expect_memtotal(&mut vm, memtotal)?;
+    ensure(balloon_kb(&mut vm)? == 0, || {
+        "Balloon: not 0 after rmmod".into()
+    })?;
+    let actual = actual_mib(&mut vm)?;
+    ensure(actual == GUEST_MIB, || {
+        format!("actual {actual} MiB after rmmod, expected {GUEST_MIB}")
+    })?;
+    let inflated = vmstat(&mut vm, "balloon_inflate")?;
+    let deflated = vmstat(&mut vm, "balloon_deflate")?;
+    ensure(inflated == deflated && inflated == 1024 * 256, || {
+        format!("pages lost: inflated {inflated}, deflated {deflated}")
+    })?;
+    vm.check_clean()?;
+    vm.shutdown()
+}
+
+#[test]
+fn target_set_before_insmod_is_reached() -> Result<()> {
+    let mut vm = boot("preset_target")?;
+    let memtotal = vm.meminfo("MemTotal")?;
+    vm.qmp().balloon(1024 * MIB)?;
+    std::thread::sleep(Duration::from_millis(500));
+    ensure(actual_mib(&mut vm)? == GUEST_MIB, || {
+        "without a driver nothing may be ballooned".into()
+    })?;
+    RS.insmod(&mut vm)?;
+    vm.qmp().wait_actual(1024 * MIB, common::BALLOON_TIMEOUT)?;
+    expect_memtotal(&mut vm, memtotal - 1024 * 1024)?;
+    vm.rmmod("virtio_balloon_rs")?;
+    vm.check_clean()?;
+    vm.shutdown()
+}
+
+#[test]
+fn rapidly_changing_targets_settle_on_the_last() -> Result<()> {
+    let mut vm = boot("rapid_targets")?;
+    let memtotal = vm.meminfo("MemTotal")?;
+    RS.insmod(&mut vm)?;
+    for (i, target) in [1900u64, 700, 1800, 900, 2048, 600, 1700, 1100, 1300, 1200]
+        .iter()
+        .enumerate()
+    {
+        vm.qmp().balloon(target * MIB)?;
+        std::thread::sleep(Duration::from_millis(5 + 20 * (i as u64 % 3)));
+    }
+    vm.qmp().wait_actual(1200 * MIB, common::BALLOON_TIMEOUT)?;
+    std::thread::sleep(Duration::from_millis(500));
+    ensure(actual_mib(&mut vm)? == 1200, || {
+        "did not stay at 1200 MiB".into()
+    })?;
+    expect_memtotal(&mut vm, memtotal - 848 * 1024)?;
+    vm.rmmod("virtio_balloon_rs")?;
+    expect_memtotal(&mut vm, memtotal)?;
+    vm.check_clean()?;
+    vm.shutdown()
+}
+
+/// Polls `actual` until it has not moved for `quiet`, and returns it (MiB).
+fn wait_settled(vm: &mut Vm, quiet: Duration, timeout: Duration) -> Result<u64> {
+    let start = Instant::now();
+    let mut last = actual_mib(vm)?;
+    let mut since = Instant::now();
+    while start.elapsed() < timeout {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = actual_mib(vm)?;
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            return Ok(last);
+        }
+    }
+    Err(err!(
+        "actual still moving after {timeout:?} (last {last} MiB)"
+    ))
+}
+
+#[test]
+fn impossible_target_settles_without_oom_and_recovers() -> Result<()> {
+    let mut vm = boot("impossible_target")?;
+    let memtotal = vm.meminfo("MemTotal")?;
+    RS.insmod(&mut vm)?;
+    // The C driver panics the guest here ("System is deadlocked on memory").
+    vm.qmp().balloon(10 * MIB)?;
+    let settled = wait_settled(&mut vm, Duration::from_secs(4), Duration::from_secs(120))?;
+    eprintln!("asked for 10 MiB, settled at {settled} MiB");
+    ensure(settled > 10 && settled < 512, || {
+        format!("settled at {settled} MiB: expected to give most memory but keep a reserve")
+    })?;
+    // The guest is alive and not starved.
+    // The reserve is 16 MiB of MemAvailable when the balloon stops; allow
+    // for what the shell and the kernel used since.
+    let available = vm.meminfo("MemAvailable")?;
+    ensure(available >= 8 * 1024, || {
+        format!("MemAvailable {available} kB: the balloon ate into the reserve")
+    })?;
+    // Userspace can still allocate and run.
+    let hog = vm.sh_ok("memhog 4 0")?;
+    eprintln!("memhog 4: {}", hog.trim());
+    ensure(vmstat(&mut vm, "oom_kill")? == 0, || {
+        "an OOM kill happened".into()
+    })?;
+    let dmesg = vm.dmesg()?;
+    ensure(
+        !dmesg.contains("invoked oom-killer") && !dmesg.contains("Out of memory"),
+        || format!("OOM in dmesg:\n{dmesg}"),
+    )?;
+    let puff = dmesg.matches("out of puff").count();
+    ensure((1..=12).contains(&puff), || {
+        format!("expected a few rate-limited back-off lines, got {puff}")
+    })?;
+    // It keeps honouring new targets.
+    balloon_to_mib(&mut vm, 1024)?;
+    expect_memtotal(&mut vm, memtotal - 1024 * 1024)?;
+    balloon_to_mib(&mut vm, GUEST_MIB)?;
+    expect_memtotal(&mut vm, memtotal)?;
+    vm.rmmod("virtio_balloon_rs")?;
+    vm.check_clean()?;
+    vm.shutdown()
+}
+
+#[test]
+fn compaction_migrates_balloon_pages_and_keeps_actual() -> Result<()> {
+    let mut vm = boot("compaction")?;
+    let memtotal = vm.meminfo("MemTotal")?;
+    RS.insmod(&mut vm)?;
+    // The page allocator hands out high addresses first, where compaction's
+    // migrate scanner never gets. Fill the top of memory with a hog, inflate
+    // below it, then free the hog: balloon pages now sit low with free
+    // memory above them, which is what compaction moves.
+    vm.sh_ok("memhog 1024 600 > /tmp/hog.log 2>&1 & echo $! > /tmp/hog.pid")?;
+    let start = Instant::now();
+    while !vm.sh_ok("cat /tmp/hog.log")?.contains("1024") {
+        ensure(start.elapsed() < Duration::from_secs(60), || {
+            "memhog did not start".into()
+        })?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    balloon_to_mib(&mut vm, 1280)?;
+    vm.sh_ok("kill $(cat /tmp/hog.pid); wait")?;
+    let before = vmstat(&mut vm, "balloon_migrate")?;
+    vm.run(
+        "echo 1 > /proc/sys/vm/compact_memory",
+        Duration::from_secs(120),
+    )?;
+    let after = vmstat(&mut vm, "balloon_migrate")?;
+    eprintln!("balloon_migrate {before} -> {after}");
+    ensure(after > before, || {
+        format!("compaction migrated no balloon page ({before} -> {after})")
+    })?;
+    ensure(actual_mib(&mut vm)? == 1280, || {
+        "actual moved during compaction".into()
+    })?;
+    expect_memtotal(&mut vm, memtotal - 768 * 1024)?;
+    ensure(balloon_kb(&mut vm)? == 768 * 1024, || {
+        "Balloon: changed".into()
+    })?;
+    vm.rmmod("virtio_balloon_rs")?;
+    expect_memtotal(&mut vm, memtotal)?;
+    vm.check_clean()?;
+    vm.shutdown()
+}
