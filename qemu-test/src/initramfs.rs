@@ -41,8 +41,10 @@ const MEMHOG_SOURCE: &str = include_str!("../guest/memhog.c");
 /// It mounts the usual file systems, makes the shell port quiet (no echo, no
 /// CR added to output) and runs a shell on it for ever. Init keeps the port
 /// open on fd 3, so input sent after the ready marker waits in the tty buffer
-/// until the shell reads it. The shell gets no controlling tty on purpose:
-/// the exit of a controlling shell would hang the port up under init.
+/// until the shell reads it. The shell reads its commands through a pipe so
+/// that it is not interactive (no banner, prompts or line editing), and it
+/// gets no controlling tty on purpose: the exit of a controlling shell would
+/// hang the port up under init.
 pub const INIT_SCRIPT: &str = r#"#!/bin/sh
 export PATH=/bin
 export HOME=/tmp
@@ -60,7 +62,7 @@ stty -echo -onlcr <&3
 cd /tmp
 while true; do
 	echo "@@VBRS_READY@@" >&3
-	sh <&3 >&3 2>&3
+	cat <&3 | sh >&3 2>&3
 	echo "vbrs-init: shell exited with $?, restarting it"
 done
 "#;

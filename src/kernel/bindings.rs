@@ -15,7 +15,12 @@
     unsafe_op_in_unsafe_fn,
     missing_docs,
     clippy::all,
-    clippy::undocumented_unsafe_blocks
+    clippy::as_underscore,
+    clippy::cast_lossless,
+    clippy::ptr_as_ptr,
+    clippy::ref_as_ptr,
+    clippy::undocumented_unsafe_blocks,
+    unnecessary_transmutes
 )]
 
 use kernel::ffi;

@@ -171,6 +171,12 @@ unsafe impl<T> Sync for BalloonDevInfo<T> {}
 // SAFETY: same.
 unsafe impl<T> Send for BalloonDevInfo<T> {}
 
+/// Migration callback of the balloon core: forwards to the owner.
+///
+/// # Safety
+///
+/// Called by the balloon core with the descriptor of a [`BalloonDevInfo<T>`]
+/// and two valid, locked pages.
 unsafe extern "C" fn migrate_callback<T: HasBalloonDevInfo>(
     info: *mut bindings::balloon_dev_info,
     newpage: *mut bindings::page,

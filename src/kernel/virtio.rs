@@ -122,8 +122,7 @@ impl Device {
     }
 
     /// Deletes the queues; the device must have been reset first.
-    pub(crate) fn del_vqs(&self, queues: Virtqueues) {
-        drop(queues);
+    pub(crate) fn del_vqs(&self, _queues: Virtqueues) {
         // SAFETY: `self` is valid and the `Virtqueues` (the only handles to
         // the queues) has been consumed, so nothing uses them any more.
         unsafe { bindings::vbrs_virtio_del_vqs(self.as_raw()) }
@@ -235,7 +234,11 @@ impl Virtqueue<'_> {
         // SAFETY: `waiter` is an initialised wait queue head and the queue is
         // valid; the helper only calls `virtqueue_get_buf` on it.
         let left = unsafe {
-            bindings::vbrs_wait_for_buf(waiter.head.get(), self.vq.as_ptr(), timeout as _)
+            bindings::vbrs_wait_for_buf(
+                waiter.head.get(),
+                self.vq.as_ptr(),
+                isize::try_from(timeout).unwrap_or(isize::MAX),
+            )
         };
         if left == 0 {
             return Err(SendError::Timeout);
@@ -337,6 +340,11 @@ unsafe fn driver_data<'a, T: Driver>(vdev: *mut bindings::virtio_device) -> &'a 
     unsafe { &*(*vdev).priv_.cast::<T>() }
 }
 
+/// Completion callback of every queue: forwards to [`Driver::queue_done`].
+///
+/// # Safety
+///
+/// Called by the virtio core with a queue of a device bound to `T`.
 unsafe extern "C" fn queue_callback<T: Driver>(vq: *mut bindings::virtqueue) {
     // SAFETY: the core only calls back for queues of a bound device, whose
     // `priv` was set before the queues were created.
@@ -347,6 +355,11 @@ unsafe extern "C" fn queue_callback<T: Driver>(vq: *mut bindings::virtqueue) {
     }
 }
 
+/// Forwards `validate` to [`Driver::validate`].
+///
+/// # Safety
+///
+/// Called by the virtio core with a valid device.
 unsafe extern "C" fn validate_callback<T: Driver>(vdev: *mut bindings::virtio_device) -> i32 {
     // SAFETY: the core passes a valid device.
     let dev = unsafe { Device::from_raw(vdev) };
@@ -356,6 +369,11 @@ unsafe extern "C" fn validate_callback<T: Driver>(vdev: *mut bindings::virtio_de
     }
 }
 
+/// Forwards `probe` to [`Driver::probe`] and [`Driver::start`].
+///
+/// # Safety
+///
+/// Called by the virtio core with a valid, unbound device.
 unsafe extern "C" fn probe_callback<T: Driver>(vdev: *mut bindings::virtio_device) -> i32 {
     // SAFETY: the core passes a valid device for the duration of the call
     // and, once probe succeeds, until remove.
@@ -387,6 +405,11 @@ unsafe extern "C" fn probe_callback<T: Driver>(vdev: *mut bindings::virtio_devic
     0
 }
 
+/// Forwards `remove` to [`Driver::remove`] and drops the driver state.
+///
+/// # Safety
+///
+/// Called by the virtio core with a device bound to `T`.
 unsafe extern "C" fn remove_callback<T: Driver>(vdev: *mut bindings::virtio_device) {
     // SAFETY: the core passes a bound device.
     let dev = unsafe { Device::from_raw(vdev) };
@@ -402,18 +425,33 @@ unsafe extern "C" fn remove_callback<T: Driver>(vdev: *mut bindings::virtio_devi
     }
 }
 
+/// Forwards config-change notifications to [`Driver::config_changed`].
+///
+/// # Safety
+///
+/// Called by the virtio core with a device bound to `T`.
 unsafe extern "C" fn config_changed_callback<T: Driver>(vdev: *mut bindings::virtio_device) {
     // SAFETY: the core only reports config changes of a bound device, with
     // config reporting disabled before remove is called.
     unsafe { driver_data::<T>(vdev).config_changed(Device::from_raw(vdev)) }
 }
 
+/// Forwards `freeze` to [`Driver::freeze`].
+///
+/// # Safety
+///
+/// Called by the virtio core with a device bound to `T`.
 unsafe extern "C" fn freeze_callback<T: Driver>(vdev: *mut bindings::virtio_device) -> i32 {
     // SAFETY: bound device.
     let result = unsafe { driver_data::<T>(vdev).freeze(Device::from_raw(vdev)) };
     result.map_or_else(|e| e.to_errno(), |()| 0)
 }
 
+/// Forwards `restore` to [`Driver::restore`].
+///
+/// # Safety
+///
+/// Called by the virtio core with a device bound to `T`.
 unsafe extern "C" fn restore_callback<T: Driver>(vdev: *mut bindings::virtio_device) -> i32 {
     // SAFETY: bound device.
     let result = unsafe { driver_data::<T>(vdev).restore(Device::from_raw(vdev)) };
@@ -525,6 +563,11 @@ macro_rules! impl_has_delayed_work {
     };
 }
 
+/// Runs the owner's work.
+///
+/// # Safety
+///
+/// Called by the workqueue with the `work_struct` of a [`DelayedWork<T>`].
 unsafe extern "C" fn work_callback<T: HasDelayedWork>(work: *mut bindings::work_struct) {
     // SAFETY: `work` is the `work` of a `delayed_work` embedded at
     // `T::OFFSET` in a live, pinned `T` (trait contract).
@@ -553,7 +596,7 @@ impl<T: HasDelayedWork> DelayedWork<T> {
         let delay = kernel::time::msecs_to_jiffies(delay_ms);
         // SAFETY: the work was initialised by `new`; the owner outlives it
         // (trait contract).
-        unsafe { bindings::vbrs_queue_freezable_delayed_work(self.work.get(), delay as _) };
+        unsafe { bindings::vbrs_queue_freezable_delayed_work(self.work.get(), delay) };
     }
 
     /// Runs the work as soon as possible, bringing a delayed run forward.
