@@ -62,7 +62,7 @@ stty -echo -onlcr <&3
 cd /tmp
 while true; do
 	echo "@@VBRS_READY@@" >&3
-	cat <&3 | sh >&3 2>&3
+	while IFS= read -r line; do printf '%s\n' "$line"; done <&3 | sh >&3 2>&3
 	echo "vbrs-init: shell exited with $?, restarting it"
 done
 "#;
