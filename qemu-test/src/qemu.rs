@@ -590,6 +590,13 @@ impl Vm {
         loop {
             match self.child.try_wait() {
                 Ok(Some(status)) if status.success() => {
+                    // QEMU also exits with 0 when a panic resets the guest.
+                    let _ = self
+                        .console
+                        .wait_for(Instant::now() + Duration::from_secs(2), |_| None::<()>);
+                    if self.console.text().contains("Kernel panic") {
+                        return Err(self.failure("the guest kernel panicked"));
+                    }
                     self.clean_exit = true;
                     return Ok(());
                 }
@@ -611,9 +618,24 @@ impl Vm {
 
     /// Builds an error for `what` with the state of the VM and its logs.
     fn failure(&mut self, what: &str) -> crate::Error {
-        let exited = match self.child.try_wait() {
-            Ok(Some(status)) => format!("QEMU exited ({status})"),
-            _ => "QEMU is running".to_string(),
+        // A closed port means QEMU is exiting: give it a moment to be reaped
+        // so the message can say how it ended.
+        let patience = if self.shell.is_closed() || self.console.is_closed() {
+            Duration::from_secs(2)
+        } else {
+            Duration::ZERO
+        };
+        let deadline = Instant::now() + patience;
+        // Let the console reader catch up with the last words of the kernel.
+        let _ = self.console.wait_for(deadline, |_| None::<()>);
+        let exited = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break format!("QEMU exited ({status})"),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => break "QEMU is running".to_string(),
+            }
         };
         err!(
             "{what}; {exited}; logs in {}\n--- kernel log (tail) ---\n{}\n--- shell (tail) ---\n{}\n--- qemu ---\n{}",
