@@ -89,6 +89,10 @@ pub struct Counters {
     pub clamped_targets: u64,
     /// Balloon pages moved by compaction (host told of both pages).
     pub migrated: u64,
+    /// Balloon pages given back to the guest on OOM (`DEFLATE_ON_OOM`).
+    pub oom_deflated: u64,
+    /// OOM notifications that found pages to give back.
+    pub oom_events: u64,
 }
 
 /// The balloon's state and the policy that moves it.
@@ -102,6 +106,8 @@ pub struct Engine {
     stalled: bool,
     counters: Counters,
     last_clamped: bool,
+    held_target: Option<u32>,
+    last_target: u32,
 }
 
 impl Engine {
@@ -120,6 +126,8 @@ impl Engine {
             stalled: false,
             counters: Counters::default(),
             last_clamped: false,
+            held_target: None,
+            last_target: 0,
         }
     }
 
@@ -136,6 +144,16 @@ impl Engine {
     /// The current back-off delay in milliseconds (0 when not backing off).
     pub fn backoff_ms(&self) -> u32 {
         self.backoff.delay_ms()
+    }
+
+    /// The host's last target (`num_pages`) the engine read.
+    pub fn last_target(&self) -> u32 {
+        self.last_target
+    }
+
+    /// The reserve floor, in guest pages.
+    pub fn reserve(&self) -> u64 {
+        self.reserve
     }
 
     /// Whether the device stopped answering.
@@ -159,19 +177,29 @@ impl Engine {
         if self.stalled {
             return Step::Stalled;
         }
-        let target = Target::from_config(backend.read_target(), self.geometry, self.limit);
+        let num_pages = backend.read_target();
+        self.last_target = num_pages;
+        let target = Target::from_config(num_pages, self.geometry, self.limit);
         if target.clamped && !self.last_clamped {
             self.counters.clamped_targets += 1;
-            log::warn!(
-                "host asks for {} KiB, more than the guest's RAM; holding at most {} KiB\n",
-                u64::from(backend.read_target()) * 4,
+            log::info!(
+                "host asks for a {} KiB balloon, more than the guest's RAM; aiming for {} KiB\n",
+                u64::from(num_pages) * 4,
                 target.pages * 4
             );
         }
         self.last_clamped = target.clamped;
+        if self.held_target.is_some_and(|held| held != num_pages) {
+            self.held_target = None;
+        }
         let step = match target.direction(self.pages) {
             Direction::Reached => {
                 self.backoff.succeed();
+                return Step::Reached;
+            }
+            Direction::Inflate(_) if self.held_target.is_some() => {
+                // Pages went back to the guest on OOM: take them again only
+                // when the host asks anew.
                 return Step::Reached;
             }
             Direction::Inflate(wanted) => self.inflate(backend, buffer, wanted),
@@ -302,6 +330,42 @@ impl Engine {
                 Step::Stalled
             }
         }
+    }
+
+    /// Gives up to `max` balloon pages back to the guest because it is out
+    /// of memory (`DEFLATE_ON_OOM`), telling the host first, and returns how
+    /// many went back.
+    ///
+    /// The balloon then stays below the host's target until the host sets
+    /// a new one: re-inflating at once would only cause the next OOM.
+    pub fn oom_deflate<B: Backend>(
+        &mut self,
+        backend: &mut B,
+        buffer: &mut [u32],
+        max: u64,
+    ) -> u64 {
+        if self.stalled || self.pages == 0 {
+            return 0;
+        }
+        let before = self.pages;
+        let _ = self.deflate(backend, buffer, max.min(self.pages));
+        let freed = before - self.pages;
+        if freed > 0 {
+            self.held_target = Some(backend.read_target());
+            self.counters.oom_deflated += freed;
+            self.counters.oom_events += 1;
+            backend.write_actual(self.actual());
+            if self.counters.oom_events.is_power_of_two() {
+                log::info!(
+                    "guest out of memory: gave back {} KiB ({} KiB on {} OOM events so far), balloon now {} KiB\n",
+                    freed * 4,
+                    self.counters.oom_deflated * 4,
+                    self.counters.oom_events,
+                    self.pages * 4
+                );
+            }
+        }
+        freed
     }
 
     /// Moves the balloon one buffer towards empty, for removal or suspend.

@@ -32,12 +32,58 @@ bitflags! {
 /// The device-specific bit numbers this driver lists in its feature table.
 ///
 /// `VERSION_1` is a transport bit the virtio core negotiates by itself.
-pub const DRIVER_FEATURE_BITS: &[u32] = &[Features::MUST_TELL_HOST.bits().trailing_zeros()];
+pub const DRIVER_FEATURE_BITS: &[u32] = &[
+    Features::MUST_TELL_HOST.bits().trailing_zeros(),
+    Features::STATS_VQ.bits().trailing_zeros(),
+    Features::DEFLATE_ON_OOM.bits().trailing_zeros(),
+    Features::PAGE_POISON.bits().trailing_zeros(),
+    Features::REPORTING.bits().trailing_zeros(),
+];
+
+/// The split-ring transport bit for indirect descriptors.
+pub const RING_INDIRECT_DESC_BIT: u32 = 28;
+
+/// The value written to `poison_val`: what freed pages contain.
+///
+/// Zero when the kernel zeroes pages on free (`init_on_free`), else the
+/// page-poisoning byte `0xaa` in every byte, as the C driver decides it.
+pub const fn poison_value(init_on_free: bool) -> u32 {
+    if init_on_free {
+        0
+    } else {
+        0xaaaa_aaaa
+    }
+}
+
+/// The feature bits to withdraw before negotiation ends, as the C driver's
+/// `validate` decides them.
+///
+/// `offered` is what the device offers. Without poisoning or zeroing of
+/// freed pages there is nothing to tell the host, so `PAGE_POISON` goes;
+/// with them, a host that cannot be told the poison value must not get free
+/// page reports (it could hand back pages that do not hold the pattern), so
+/// `REPORTING` goes. `ACCESS_PLATFORM` always goes (the host gets
+/// guest-physical frame numbers). The driver also clears the transport's
+/// indirect descriptors ([`RING_INDIRECT_DESC_BIT`]) so that reporting never
+/// allocates while adding buffers.
+pub fn to_clear(offered: Features, poisons_free_pages: bool) -> Features {
+    let mut clear = Features::ACCESS_PLATFORM;
+    if !poisons_free_pages {
+        clear |= Features::PAGE_POISON;
+    } else if !offered.contains(Features::PAGE_POISON) {
+        clear |= Features::REPORTING;
+    }
+    clear
+}
 
 impl Features {
     /// The device-specific features this driver implements.
     pub const fn implemented() -> Self {
         Self::MUST_TELL_HOST
+            .union(Self::STATS_VQ)
+            .union(Self::DEFLATE_ON_OOM)
+            .union(Self::PAGE_POISON)
+            .union(Self::REPORTING)
     }
 
     /// The features a driver with [`DRIVER_FEATURE_BITS`] ends up with when the

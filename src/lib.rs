@@ -18,4 +18,5 @@ pub mod config;
 pub mod engine;
 pub mod features;
 pub mod pfn;
+pub mod stats;
 pub mod target;

@@ -428,3 +428,30 @@ fn pages_isolated_for_migration_delay_the_drain() {
     assert_eq!(engine.drain_step(&mut model, &mut buffer), Step::Reached);
     assert_eq!(model.actual, 0);
 }
+
+#[test]
+fn oom_deflate_gives_pages_back_and_holds_until_a_new_target() {
+    let total = 64 * MIB;
+    let mut model = Model::new(12, total);
+    let mut engine = Engine::new(model.geometry, true, total, 0);
+    model.num_pages = (32 * MIB) as u32;
+    assert_eq!(run_until_settled(&mut engine, &mut model), Step::Reached);
+    let mut buffer = vec![0u32; PFNS_PER_BUFFER];
+    let freed = engine.oom_deflate(&mut model, &mut buffer, 256);
+    assert_eq!(freed, 256);
+    assert_eq!(u64::from(model.actual), 32 * MIB - 256);
+    assert_eq!(model.buffers.last(), Some(&(QueueRole::Deflate, 256)));
+    // The same target does not re-inflate...
+    assert_eq!(run_until_settled(&mut engine, &mut model), Step::Reached);
+    assert_eq!(u64::from(model.actual), 32 * MIB - 256);
+    // ...a new one does.
+    model.num_pages = (40 * MIB) as u32;
+    assert_eq!(run_until_settled(&mut engine, &mut model), Step::Reached);
+    assert_eq!(u64::from(model.actual), 40 * MIB);
+    assert_eq!(engine.counters().oom_deflated, 256);
+    // An empty balloon has nothing to give.
+    model.num_pages = 0;
+    assert_eq!(run_until_settled(&mut engine, &mut model), Step::Reached);
+    assert_eq!(engine.oom_deflate(&mut model, &mut buffer, 256), 0);
+    model.check_conserved(total);
+}

@@ -42,15 +42,26 @@ fn balloon_feature_bits_follow_the_spec() {
 fn negotiation_takes_only_what_the_driver_implements() {
     let offered = Features::all();
     let got = Features::negotiate(offered);
-    assert_eq!(got, Features::MUST_TELL_HOST | Features::VERSION_1);
-    assert_eq!(Features::negotiate(Features::STATS_VQ), Features::empty());
+    assert_eq!(got, Features::implemented() | Features::VERSION_1);
+    // Free page hinting is not implemented, so never negotiated; transport
+    // bits other than VERSION_1 are not ours to ask for.
+    assert!(!got.contains(Features::FREE_PAGE_HINT));
+    assert!(!got.contains(Features::ACCESS_PLATFORM));
     assert_eq!(
         Features::negotiate(Features::VERSION_1 | Features::DEFLATE_ON_OOM),
-        Features::VERSION_1
+        Features::VERSION_1 | Features::DEFLATE_ON_OOM
     );
+    // The table and `implemented()` say the same thing.
+    let table = features::DRIVER_FEATURE_BITS
+        .iter()
+        .fold(Features::empty(), |acc, bit| {
+            acc | Features::from_bits_retain(1 << bit)
+        });
+    assert_eq!(table, Features::implemented());
     assert!(got.pfns_little_endian());
     assert!(!Features::MUST_TELL_HOST.pfns_little_endian());
-    let names: Vec<_> = features::describe(got).collect();
+    let names: Vec<_> =
+        features::describe(Features::MUST_TELL_HOST | Features::VERSION_1).collect();
     assert_eq!(names, ["MUST_TELL_HOST", "VERSION_1"]);
 }
 
@@ -222,4 +233,79 @@ fn backoff_doubles_caps_and_logs_rarely() {
         b.fail();
     }
     assert_eq!(b.delay_ms(), MAX_DELAY_MS);
+}
+
+#[test]
+fn validate_withdraws_what_the_c_driver_withdraws() {
+    use features::to_clear;
+    let all = Features::all();
+    // No poisoning: PAGE_POISON goes, REPORTING stays.
+    let clear = to_clear(all, false);
+    assert!(clear.contains(Features::PAGE_POISON | Features::ACCESS_PLATFORM));
+    assert!(!clear.contains(Features::REPORTING));
+    // Poisoning and a device that can be told: both stay.
+    let clear = to_clear(all, true);
+    assert_eq!(clear, Features::ACCESS_PLATFORM);
+    // Poisoning and a device that cannot be told: no free page reporting.
+    let clear = to_clear(all - Features::PAGE_POISON, true);
+    assert!(clear.contains(Features::REPORTING));
+    assert_eq!(features::poison_value(false), 0xaaaa_aaaa);
+    assert_eq!(features::poison_value(true), 0);
+}
+
+#[test]
+fn stats_use_the_c_drivers_order_units_and_layout() {
+    use balloon_logic::stats::{Snapshot, Tag, BUFFER_SIZE, RECORD_SIZE};
+    let snap = Snapshot {
+        vm_events: true,
+        swap_in_pages: 1,
+        swap_out_pages: 2,
+        major_faults: 3,
+        minor_faults: 4,
+        oom_kills: 5,
+        alloc_stalls: 6,
+        async_scan_pages: 7,
+        direct_scan_pages: 8,
+        async_reclaim_pages: 9,
+        direct_reclaim_pages: 10,
+        hugetlb: Some((11, 12)),
+        free_pages: 100,
+        total_pages: 200,
+        available_pages: 150,
+        cache_pages: 50,
+    };
+    let (records, n) = snap.records(12);
+    assert_eq!(n, 16);
+    let tags: Vec<u16> = records[..n].iter().map(|(t, _)| *t as u16).collect();
+    assert_eq!(tags, [0, 1, 2, 3, 10, 11, 12, 13, 14, 15, 8, 9, 4, 5, 6, 7]);
+    assert_eq!(records[0], (Tag::SwapIn, 4096));
+    assert_eq!(
+        records[2],
+        (Tag::MajorFaults, 3),
+        "faults are counts, not bytes"
+    );
+    assert_eq!(records[5], (Tag::AllocStalls, 6));
+    assert_eq!(records[12], (Tag::MemFree, 100 * 4096));
+    assert_eq!(records[15], (Tag::Caches, 50 * 4096));
+    let mut buf = [0u8; BUFFER_SIZE];
+    let len = snap.encode(12, true, &mut buf);
+    assert_eq!(len, 16 * RECORD_SIZE);
+    // Record 12: tag 4 (free memory), 409600 bytes, packed little-endian.
+    let rec = &buf[12 * RECORD_SIZE..13 * RECORD_SIZE];
+    assert_eq!(&rec[..2], &4u16.to_le_bytes());
+    assert_eq!(&rec[2..], &(409_600u64).to_le_bytes());
+    // Without hugetlb and without event counters, fewer records.
+    let (_, n) = Snapshot {
+        hugetlb: None,
+        ..snap
+    }
+    .records(12);
+    assert_eq!(n, 14);
+    let (records, n) = Snapshot {
+        vm_events: false,
+        ..snap
+    }
+    .records(16);
+    assert_eq!(n, 4);
+    assert_eq!(records[1], (Tag::MemTotal, 200 * 65536), "64 KiB pages");
 }

@@ -1,48 +1,191 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The balloon driver: binds the virtio balloon device and moves pages
-//! between the guest and the host as the host's target changes.
+//! between the guest and the host as the host's target changes, reports
+//! memory statistics, gives pages back on OOM and reports free pages.
 //!
-//! Safe Rust only: the policy is `balloon_logic::engine`, the device and
-//! the pages are reached through [`crate::virtio`] and [`crate::mm`].
+//! Safe Rust only: the policy is `balloon_logic`, the device and the pages
+//! are reached through [`crate::virtio`] and [`crate::mm`].
 
+use core::fmt;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use balloon_logic::config;
-use balloon_logic::engine::{Backend, Engine, HostError, Step};
+use balloon_logic::engine::{Backend, Counters, Engine, HostError, Step};
 use balloon_logic::features::{self, queue_layout, Features, QueueRole};
 use balloon_logic::pfn::{PageGeometry, PFNS_PER_BUFFER};
+use balloon_logic::stats;
 use balloon_logic::target::reserve_pages;
+use kernel::debugfs::{Dir, Scope};
 use kernel::prelude::*;
+use kernel::sync::atomic::{Atomic, Relaxed};
 use kernel::sync::Mutex;
+use kernel::time::Jiffies;
 use kernel::{c_str, new_mutex};
 
-use crate::mm::{self, BalloonDevInfo, Page, PageList};
+use crate::mm::{self, BalloonDevInfo, OomNotifier, Page, PageList, PageReporting, ReportedPages};
 use crate::virtio::{
-    self, DelayedWork, Device, DeviceHandle, LinearBuffer, SendError, Virtqueues, WaitQueue,
+    self, DelayedWork, Device, DeviceHandle, SendError, Virtqueue, Virtqueues, WaitQueue,
 };
-use crate::{impl_has_balloon_dev_info, impl_has_delayed_work};
+use crate::{
+    impl_has_balloon_dev_info, impl_has_delayed_work, impl_has_oom_notifier,
+    impl_has_page_reporting,
+};
 
-/// Index of each queue role in the device's queue list, as found at start.
+/// Where each queue role sits in the device's queue list.
+#[derive(Clone, Copy)]
 struct QueueIndex {
     inflate: usize,
     deflate: usize,
+    stats: Option<usize>,
+    reporting: Option<usize>,
 }
 
-/// What the balloon lock protects.
+impl QueueIndex {
+    fn new(features: Features) -> (Self, [&'static CStr; features::MAX_QUEUES], usize) {
+        let (layout, count) = queue_layout(features);
+        let mut names = [c_str!(""); features::MAX_QUEUES];
+        let mut index = Self {
+            inflate: 0,
+            deflate: 1,
+            stats: None,
+            reporting: None,
+        };
+        for (i, role) in layout.iter().take(count).enumerate() {
+            let Some(role) = *role else { continue };
+            names[i] = queue_name(role);
+            match role {
+                QueueRole::Inflate => index.inflate = i,
+                QueueRole::Deflate => index.deflate = i,
+                QueueRole::Stats => index.stats = Some(i),
+                QueueRole::Reporting => index.reporting = Some(i),
+                QueueRole::FreePage => {}
+            }
+        }
+        (index, names, count)
+    }
+}
+
+/// What the balloon lock protects: the balloon and its two queues.
 struct State {
     /// The policy and the balloon's size; `None` while the device is down.
     engine: Option<Engine>,
-    /// The device's queues; `None` while the device is down.
+    inflate_queue: Option<Virtqueue>,
+    deflate_queue: Option<Virtqueue>,
+    /// The device's queue set, holding the handles not taken out.
     queues: Option<Virtqueues>,
-    /// Where each queue role sits.
-    index: QueueIndex,
-    /// PFN array sent to the host, in the linear map.
-    buffer: LinearBuffer,
+    /// PFN array sent to the host (kmalloc memory, as DMA needs).
+    pfns: KVec<u32>,
     /// Pages allocated for the inflate in flight.
     staged_inflate: Pin<KBox<PageList>>,
     /// Pages out of the balloon for the deflate in flight.
     staged_deflate: Pin<KBox<PageList>>,
+}
+
+/// The stats queue and the buffer the host holds between requests.
+struct StatsState {
+    queue: Option<Virtqueue>,
+    buffer: KBox<[u8; stats::BUFFER_SIZE]>,
+}
+
+/// Figures for the guest-side view in debugfs.
+struct DebugView {
+    features: Features,
+    target_pages: Atomic<u64>,
+    actual_pages: Atomic<u64>,
+    inflated_pages: Atomic<u64>,
+    deflated_pages: Atomic<u64>,
+    alloc_failures: Atomic<u64>,
+    backoff_ms: Atomic<u64>,
+    migrated_pages: Atomic<u64>,
+    oom_deflated_pages: Atomic<u64>,
+    reserve_pages: Atomic<u64>,
+    stats_updates: Atomic<u64>,
+    free_page_reports: Atomic<u64>,
+    host_stalled: Atomic<u64>,
+}
+
+impl DebugView {
+    fn new(features: Features) -> Self {
+        Self {
+            features,
+            target_pages: Atomic::new(0),
+            actual_pages: Atomic::new(0),
+            inflated_pages: Atomic::new(0),
+            deflated_pages: Atomic::new(0),
+            alloc_failures: Atomic::new(0),
+            backoff_ms: Atomic::new(0),
+            migrated_pages: Atomic::new(0),
+            oom_deflated_pages: Atomic::new(0),
+            reserve_pages: Atomic::new(0),
+            stats_updates: Atomic::new(0),
+            free_page_reports: Atomic::new(0),
+            host_stalled: Atomic::new(0),
+        }
+    }
+
+    /// Publishes the engine's figures.
+    fn update(&self, engine: &Engine) {
+        let Counters {
+            inflated,
+            deflated,
+            alloc_failures,
+            migrated,
+            oom_deflated,
+            ..
+        } = engine.counters();
+        self.target_pages
+            .store(u64::from(engine.last_target()), Relaxed);
+        self.actual_pages.store(engine.pages(), Relaxed);
+        self.inflated_pages.store(inflated, Relaxed);
+        self.deflated_pages.store(deflated, Relaxed);
+        self.alloc_failures.store(alloc_failures, Relaxed);
+        self.backoff_ms
+            .store(u64::from(engine.backoff_ms()), Relaxed);
+        self.migrated_pages.store(migrated, Relaxed);
+        self.oom_deflated_pages.store(oom_deflated, Relaxed);
+        self.reserve_pages.store(engine.reserve(), Relaxed);
+        self.host_stalled
+            .store(u64::from(engine.is_stalled()), Relaxed);
+    }
+}
+
+fn write_features(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    writeln!(
+        f,
+        "{:#x} {:?}",
+        view.features.bits(),
+        DisplayFeatures(view.features)
+    )
+}
+
+fn write_status(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    let kib = |value: &Atomic<u64>| value.load(Relaxed) * 4;
+    writeln!(f, "features:          {:?}", DisplayFeatures(view.features))?;
+    writeln!(f, "target:            {} KiB", kib(&view.target_pages))?;
+    writeln!(f, "actual:            {} KiB", kib(&view.actual_pages))?;
+    writeln!(f, "inflated:          {} KiB", kib(&view.inflated_pages))?;
+    writeln!(f, "deflated:          {} KiB", kib(&view.deflated_pages))?;
+    writeln!(f, "migrated:          {} KiB", kib(&view.migrated_pages))?;
+    writeln!(
+        f,
+        "oom_deflated:      {} KiB",
+        kib(&view.oom_deflated_pages)
+    )?;
+    writeln!(f, "reserve:           {} KiB", kib(&view.reserve_pages))?;
+    writeln!(
+        f,
+        "alloc_failures:    {}",
+        view.alloc_failures.load(Relaxed)
+    )?;
+    writeln!(f, "backoff_ms:        {}", view.backoff_ms.load(Relaxed))?;
+    writeln!(f, "stats_updates:     {}", view.stats_updates.load(Relaxed))?;
+    writeln!(
+        f,
+        "free_page_reports: {}",
+        view.free_page_reports.load(Relaxed)
+    )?;
+    writeln!(f, "host_stalled:      {}", view.host_stalled.load(Relaxed))
 }
 
 /// The per-device driver state.
@@ -51,31 +194,47 @@ pub(crate) struct Balloon {
     dev: DeviceHandle,
     features: Features,
     geometry: PageGeometry,
+    index: QueueIndex,
     #[pin]
     state: Mutex<State>,
     #[pin]
+    stats: Mutex<StatsState>,
+    #[pin]
+    reporting_queue: Mutex<Option<Virtqueue>>,
+    #[pin]
     acked: WaitQueue,
     #[pin]
-    update_work: DelayedWork<Balloon>,
+    update_work: DelayedWork<Balloon, 0>,
+    #[pin]
+    stats_work: DelayedWork<Balloon, 1>,
     #[pin]
     pages: BalloonDevInfo<Balloon>,
-    /// Set while the device is going down: config changes are ignored.
+    #[pin]
+    oom: OomNotifier<Balloon>,
+    #[pin]
+    reporting: PageReporting<Balloon>,
+    /// Set while the device is down or going down: no new work is queued.
     stop_update: AtomicBool,
+    view: Pin<KBox<Scope<DebugView>>>,
+    _debugfs_root: Dir,
 }
 
-impl_has_delayed_work!(Balloon, update_work, Balloon::update);
+impl_has_delayed_work!(Balloon, update_work, 0, Balloon::update);
+impl_has_delayed_work!(Balloon, stats_work, 1, Balloon::send_stats);
 impl_has_balloon_dev_info!(Balloon, pages, Balloon::migrate);
+impl_has_oom_notifier!(Balloon, oom, Balloon::out_of_memory);
+impl_has_page_reporting!(Balloon, reporting, Balloon::report_free_pages);
 
 /// The engine's view of the device and the pages, for one locked section.
 struct Host<'a> {
     dev: &'a Device,
-    queues: &'a mut Virtqueues,
-    index: &'a QueueIndex,
+    inflate_queue: &'a mut Virtqueue,
+    deflate_queue: &'a mut Virtqueue,
     acked: &'a WaitQueue,
     balloon: &'a BalloonDevInfo<Balloon>,
     staged_inflate: Pin<&'a mut PageList>,
     staged_deflate: Pin<&'a mut PageList>,
-    timeout: kernel::time::Jiffies,
+    timeout: Jiffies,
 }
 
 impl Backend for Host<'_> {
@@ -133,18 +292,21 @@ impl Backend for Host<'_> {
     }
 
     fn tell_host(&mut self, queue: QueueRole, pfns: &[u32]) -> Result<(), HostError> {
-        let index = match queue {
-            QueueRole::Inflate => self.index.inflate,
-            QueueRole::Deflate => self.index.deflate,
+        let vq = match queue {
+            QueueRole::Inflate => &mut *self.inflate_queue,
+            QueueRole::Deflate => &mut *self.deflate_queue,
             _ => return Err(HostError::Queue),
         };
-        let mut vq = self.queues.get_mut(index).ok_or(HostError::Queue)?;
         vq.send_and_wait(pfns, self.acked, self.timeout)
             .map_err(|err| match err {
                 SendError::Queue(_) => HostError::Queue,
                 SendError::Timeout => HostError::Timeout,
             })
     }
+}
+
+fn host_timeout() -> Jiffies {
+    kernel::time::msecs_to_jiffies(crate::module_parameters::host_timeout_ms.value())
 }
 
 impl Balloon {
@@ -157,37 +319,37 @@ impl Balloon {
     ) -> Option<R> {
         let State {
             engine,
-            queues,
-            index,
-            buffer,
+            inflate_queue,
+            deflate_queue,
+            pfns,
             staged_inflate,
             staged_deflate,
+            ..
         } = state;
         let engine = engine.as_mut()?;
-        let queues = queues.as_mut()?;
-        let timeout =
-            kernel::time::msecs_to_jiffies(crate::module_parameters::host_timeout_ms.value());
         let mut host = Host {
             dev: self.dev.get(),
-            queues,
-            index,
+            inflate_queue: inflate_queue.as_mut()?,
+            deflate_queue: deflate_queue.as_mut()?,
             acked: &self.acked,
             balloon: &self.pages,
             staged_inflate: staged_inflate.as_mut(),
             staged_deflate: staged_deflate.as_mut(),
-            timeout,
+            timeout: host_timeout(),
         };
-        Some(f(engine, &mut host, buffer.as_mut_slice()))
+        let result = f(engine, &mut host, pfns);
+        self.view.update(engine);
+        Some(result)
     }
 
-    /// The work item: one batch towards the target, then re-queue.
+    /// The size work: one batch towards the target, then re-queue.
     fn update(&self) {
         if self.stop_update.load(Ordering::Acquire) {
             return;
         }
         let step = {
             let mut state = self.state.lock();
-            self.with_engine(&mut state, |engine, host, buffer| engine.step(host, buffer))
+            self.with_engine(&mut state, |engine, host, pfns| engine.step(host, pfns))
         };
         match step {
             Some(Step::Progress) => self.update_work.queue(0),
@@ -196,27 +358,158 @@ impl Balloon {
         }
     }
 
+    /// Fills the stats buffer with fresh figures.
+    fn fill_stats(&self, buffer: &mut [u8; stats::BUFFER_SIZE]) -> usize {
+        let little_endian = self.features.pfns_little_endian();
+        mm::memory_snapshot().encode(mm::PAGE_SHIFT, little_endian, buffer)
+    }
+
+    /// The stats work: the host returned the stats buffer to ask for fresh
+    /// figures; refill it and hand it back.
+    fn send_stats(&self) {
+        if self.stop_update.load(Ordering::Acquire) {
+            return;
+        }
+        let mut guard = self.stats.lock();
+        let StatsState { queue, buffer } = &mut *guard;
+        let Some(queue) = queue.as_mut() else { return };
+        if !queue.get_buf() {
+            return;
+        }
+        let len = self.fill_stats(buffer);
+        if let Err(err) = queue.add_outbuf(&buffer[..len]) {
+            dev_warn!(
+                self.dev.get().as_dev(),
+                "cannot queue the stats buffer: {:?}\n",
+                err
+            );
+            return;
+        }
+        queue.kick();
+        self.view.stats_updates.fetch_add(1, Relaxed);
+    }
+
     /// Compaction moved a ballooned page: tell the host.
     fn migrate(&self, new_pfn: u64, old_pfn: u64) -> Result {
         // Never wait for the lock: the inflate path may itself be in
         // compaction, waiting for this migration. The core retries later.
         let mut state = self.state.try_lock().ok_or(EAGAIN)?;
-        self.with_engine(&mut state, |engine, host, buffer| {
-            engine.migrate(host, buffer, new_pfn, old_pfn)
+        self.with_engine(&mut state, |engine, host, pfns| {
+            engine.migrate(host, pfns, new_pfn, old_pfn)
         })
         .ok_or(EAGAIN)?
         .map_err(|_| EAGAIN)
     }
 
-    /// Empties the balloon and takes the device down (remove and freeze).
+    /// The guest is out of memory (`DEFLATE_ON_OOM`): give back one buffer
+    /// of pages, so the OOM killer need not run while the balloon has any.
+    fn out_of_memory(&self) -> u64 {
+        let per_page = u64::from(self.geometry.balloon_pages_per_page());
+        let mut state = self.state.lock();
+        let freed = self
+            .with_engine(&mut state, |engine, host, pfns| {
+                engine.oom_deflate(host, pfns, PFNS_PER_BUFFER as u64)
+            })
+            .unwrap_or(0);
+        freed.checked_div(per_page).unwrap_or(0)
+    }
+
+    /// The page reporting core has free pages for the host to discard.
+    fn report_free_pages(&self, pages: &ReportedPages<'_>) -> Result {
+        let mut guard = self.reporting_queue.lock();
+        let queue = Option::as_mut(&mut *guard).ok_or(ENODEV)?;
+        queue.report_and_wait(pages, &self.acked, host_timeout())?;
+        self.view.free_page_reports.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// Sets the device up: queues, poison value, stats, notifiers.
+    fn bring_up(&self, dev: &Device) -> Result {
+        let (index, names, count) = QueueIndex::new(self.features);
+        let mut queues = dev.find_vqs::<Self>(&names[..count])?;
+        let inflate_queue = queues.take(index.inflate);
+        let deflate_queue = queues.take(index.deflate);
+        let stats_queue = index.stats.and_then(|i| queues.take(i));
+        let reporting_queue = index.reporting.and_then(|i| queues.take(i));
+        let reporting_capacity = reporting_queue.as_ref().map(Virtqueue::size);
+
+        let per_page = u64::from(self.geometry.balloon_pages_per_page());
+        let limit = mm::total_ram_pages().saturating_mul(per_page);
+        let page_size = 1u64 << mm::PAGE_SHIFT;
+        let reserve = reserve_pages(0, crate::module_parameters::reserve_kb.value(), page_size);
+        {
+            let mut state = self.state.lock();
+            let engine = Engine::new(
+                self.geometry,
+                self.features.pfns_little_endian(),
+                limit,
+                reserve,
+            );
+            self.view.update(&engine);
+            state.engine = Some(engine);
+            state.inflate_queue = inflate_queue;
+            state.deflate_queue = deflate_queue;
+            state.queues = Some(queues);
+        }
+        *self.reporting_queue.lock() = reporting_queue;
+
+        if self.features.contains(Features::PAGE_POISON) {
+            let poison = features::poison_value(mm::zeroes_free_pages());
+            dev.write_config_le32(config::POISON_VAL, poison);
+        }
+        dev.ready();
+        dev.write_config_le32(config::ACTUAL, 0);
+
+        if let Some(queue) = stats_queue {
+            // Prime the stats queue: the host returns this buffer when it
+            // wants fresh figures.
+            let mut stats = self.stats.lock();
+            let StatsState {
+                queue: slot,
+                buffer,
+            } = &mut *stats;
+            let len = self.fill_stats(buffer);
+            let queue = slot.insert(queue);
+            queue.add_outbuf(&buffer[..len])?;
+            queue.kick();
+        }
+        if self.features.contains(Features::DEFLATE_ON_OOM) {
+            self.oom.register()?;
+        }
+        if let Some(capacity) = reporting_capacity {
+            self.reporting.register(capacity)?;
+        }
+
+        let target = dev.read_config_le32(config::NUM_PAGES);
+        dev_info!(
+            dev.as_dev(),
+            "bound: features {:#x} ({:?}), {} queues, target {} KiB, reserve {} KiB\n",
+            self.features.bits(),
+            DisplayFeatures(self.features),
+            count,
+            u64::from(target) * 4,
+            reserve * (page_size / 1024)
+        );
+        self.stop_update.store(false, Ordering::Release);
+        // Honour a target set before the driver was loaded.
+        self.update_work.run_now();
+        Ok(())
+    }
+
+    /// Stops everything, empties the balloon and takes the device down
+    /// (remove, freeze, and a failed start).
     fn teardown(&self, dev: &Device) {
         self.stop_update.store(true, Ordering::Release);
+        self.oom.unregister();
+        self.reporting.unregister();
         self.update_work.cancel_sync();
+        self.stats_work.cancel_sync();
+
         let mut told_host = false;
         loop {
             let mut state = self.state.lock();
-            let step = self.with_engine(&mut state, |engine, host, buffer| {
-                engine.drain_step(host, buffer)
+            let step = self.with_engine(&mut state, |engine, host, pfns| {
+                engine.drain_step(host, pfns)
             });
             match step {
                 Some(Step::Progress) => continue,
@@ -239,29 +532,41 @@ impl Balloon {
             let done = self
                 .with_engine(&mut state, |engine, host, _| engine.forget_all(host))
                 .unwrap_or(true);
-            if done {
-                let counters = state.engine.as_ref().map(|e| e.counters());
-                state.engine = None;
-                if let Some(queues) = state.queues.take() {
-                    dev.del_vqs(queues);
-                }
-                if let Some(c) = counters {
-                    dev_info!(
-                        dev.as_dev(),
-                        "balloon empty{}: inflated {} KiB and deflated {} KiB in all\n",
-                        if told_host {
-                            ""
-                        } else {
-                            " (host not answering: pages reclaimed after reset)"
-                        },
-                        c.inflated * 4,
-                        c.deflated * 4
-                    );
-                }
-                return;
+            if !done {
+                drop(state);
+                kernel::time::delay::fsleep(kernel::time::Delta::from_millis(10));
+                continue;
             }
-            drop(state);
-            kernel::time::delay::fsleep(kernel::time::Delta::from_millis(10));
+            let counters = state.engine.take().map(|engine| engine.counters());
+            if let Some(mut queues) = state.queues.take() {
+                let (index, _, _) = QueueIndex::new(self.features);
+                let taken = [
+                    (Some(index.inflate), state.inflate_queue.take()),
+                    (Some(index.deflate), state.deflate_queue.take()),
+                    (index.stats, self.stats.lock().queue.take()),
+                    (index.reporting, self.reporting_queue.lock().take()),
+                ];
+                for (slot, queue) in taken {
+                    if let (Some(slot), Some(queue)) = (slot, queue) {
+                        queues.put_back(slot, queue);
+                    }
+                }
+                dev.del_vqs(queues);
+            }
+            if let Some(c) = counters {
+                dev_info!(
+                    dev.as_dev(),
+                    "balloon empty{}: inflated {} KiB and deflated {} KiB in all\n",
+                    if told_host {
+                        ""
+                    } else {
+                        " (host not answering: pages reclaimed after reset)"
+                    },
+                    c.inflated * 4,
+                    c.deflated * 4
+                );
+            }
+            return;
         }
     }
 }
@@ -283,9 +588,14 @@ impl virtio::Driver for Balloon {
     const FEATURE_TABLE: &'static [u32] = features::DRIVER_FEATURE_BITS;
 
     fn validate(dev: &Device) -> Result {
-        // The host gets guest-physical frame numbers, not DMA addresses: an
-        // IOMMU between them would make them meaningless.
-        dev.clear_feature(Features::ACCESS_PLATFORM.bits().trailing_zeros());
+        let offered = Features::from_bits_truncate(dev.features());
+        let clear = features::to_clear(offered, mm::poisons_free_pages());
+        for (_, bit) in clear.iter_names() {
+            dev.clear_feature(bit.bits().trailing_zeros());
+        }
+        // Reporting adds buffers with GFP_NOWAIT: no indirect descriptors,
+        // which would need an allocation.
+        dev.clear_feature(features::RING_INDIRECT_DESC_BIT);
         Ok(())
     }
 
@@ -295,84 +605,84 @@ impl virtio::Driver for Balloon {
             dev_err!(dev.as_dev(), "unsupported page size\n");
             EINVAL
         })?;
+        let (index, _, _) = QueueIndex::new(features);
+        let mut pfns = KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL)?;
+        pfns.resize(PFNS_PER_BUFFER, 0, GFP_KERNEL)?;
         let state = State {
             engine: None,
+            inflate_queue: None,
+            deflate_queue: None,
             queues: None,
-            index: QueueIndex {
-                inflate: 0,
-                deflate: 1,
-            },
-            buffer: LinearBuffer::new(PFNS_PER_BUFFER)?,
+            pfns,
             staged_inflate: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
             staged_deflate: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
         };
+        let stats = StatsState {
+            queue: None,
+            buffer: KBox::new([0u8; stats::BUFFER_SIZE], GFP_KERNEL)?,
+        };
+        let root = Dir::new(c_str!("virtio_balloon_rs"));
+        let view = KBox::pin_init(
+            root.scope(
+                DebugView::new(features),
+                dev.as_dev().name(),
+                |view, dir| {
+                    dir.read_callback_file(c_str!("status"), view, &write_status);
+                    dir.read_callback_file(c_str!("features"), view, &write_features);
+                    dir.read_only_file(c_str!("target_pages"), &view.target_pages);
+                    dir.read_only_file(c_str!("actual_pages"), &view.actual_pages);
+                    dir.read_only_file(c_str!("inflated_pages"), &view.inflated_pages);
+                    dir.read_only_file(c_str!("deflated_pages"), &view.deflated_pages);
+                    dir.read_only_file(c_str!("migrated_pages"), &view.migrated_pages);
+                    dir.read_only_file(c_str!("oom_deflated_pages"), &view.oom_deflated_pages);
+                    dir.read_only_file(c_str!("reserve_pages"), &view.reserve_pages);
+                    dir.read_only_file(c_str!("alloc_failures"), &view.alloc_failures);
+                    dir.read_only_file(c_str!("backoff_ms"), &view.backoff_ms);
+                    dir.read_only_file(c_str!("stats_updates"), &view.stats_updates);
+                    dir.read_only_file(c_str!("free_page_reports"), &view.free_page_reports);
+                    dir.read_only_file(c_str!("host_stalled"), &view.host_stalled);
+                },
+            ),
+            GFP_KERNEL,
+        )?;
         KBox::pin_init(
             try_pin_init!(Self {
                 dev: handle,
                 features,
                 geometry,
+                index,
                 state <- new_mutex!(state),
+                stats <- new_mutex!(stats),
+                reporting_queue <- new_mutex!(None),
                 acked <- WaitQueue::new(),
                 update_work <- DelayedWork::new(),
+                stats_work <- DelayedWork::new(),
                 pages <- BalloonDevInfo::new(!features.contains(Features::DEFLATE_ON_OOM)),
+                oom <- OomNotifier::new(),
+                reporting <- PageReporting::new(),
                 stop_update: AtomicBool::new(true),
+                view,
+                _debugfs_root: root,
             }),
             GFP_KERNEL,
         )
     }
 
     fn start(&self, dev: &Device) -> Result {
-        let (layout, count) = queue_layout(self.features);
-        let mut names = [c_str!(""); features::MAX_QUEUES];
-        let mut index = QueueIndex {
-            inflate: 0,
-            deflate: 1,
-        };
-        for (i, role) in layout.iter().take(count).enumerate() {
-            let Some(role) = *role else { continue };
-            names[i] = queue_name(role);
-            match role {
-                QueueRole::Inflate => index.inflate = i,
-                QueueRole::Deflate => index.deflate = i,
-                _ => {}
-            }
-        }
-        let queues = dev.find_vqs::<Self>(&names[..count])?;
-        let per_page = u64::from(self.geometry.balloon_pages_per_page());
-        let limit = mm::total_ram_pages().saturating_mul(per_page);
-        let page_size = 1u64 << mm::PAGE_SHIFT;
-        let reserve = reserve_pages(0, crate::module_parameters::reserve_kb.value(), page_size);
-        {
-            let mut state = self.state.lock();
-            state.engine = Some(Engine::new(
-                self.geometry,
-                self.features.pfns_little_endian(),
-                limit,
-                reserve,
-            ));
-            state.queues = Some(queues);
-            state.index = index;
-        }
-        dev.ready();
-        dev.write_config_le32(config::ACTUAL, 0);
-        let target = dev.read_config_le32(config::NUM_PAGES);
-        dev_info!(
-            dev.as_dev(),
-            "bound: features {:#x} ({:?}), {} queues, target {} KiB, reserve {} KiB\n",
-            self.features.bits(),
-            DisplayFeatures(self.features),
-            count,
-            u64::from(target) * 4,
-            reserve * (page_size / 1024)
-        );
-        self.stop_update.store(false, Ordering::Release);
-        // Honour a target set before the driver was loaded.
-        self.update_work.run_now();
-        Ok(())
+        self.bring_up(dev).inspect_err(|err| {
+            dev_err!(dev.as_dev(), "cannot start: {:?}\n", err);
+            self.teardown(dev);
+        })
     }
 
-    fn queue_done(&self, _queue_index: u32) {
-        self.acked.wake_up();
+    fn queue_done(&self, queue_index: u32) {
+        if self.index.stats == Some(queue_index as usize) {
+            if !self.stop_update.load(Ordering::Acquire) {
+                self.stats_work.run_now();
+            }
+        } else {
+            self.acked.wake_up();
+        }
     }
 
     fn config_changed(&self, _dev: &Device) {
@@ -386,11 +696,11 @@ impl virtio::Driver for Balloon {
     }
 }
 
-/// The negotiated feature names, for the probe line.
+/// The negotiated feature names, for the probe line and debugfs.
 struct DisplayFeatures(Features);
 
-impl core::fmt::Debug for DisplayFeatures {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+impl fmt::Debug for DisplayFeatures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut first = true;
         for name in features::describe(self.0) {
             if !first {

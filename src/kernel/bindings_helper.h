@@ -3,6 +3,10 @@
 #include <linux/balloon.h>
 #include <linux/mm.h>
 #include <linux/mod_devicetable.h>
+#include <linux/notifier.h>
+#include <linux/oom.h>
+#include <linux/page_reporting.h>
+#include <linux/vmstat.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
 #include <linux/wait.h>
@@ -11,3 +15,7 @@
 #include <uapi/linux/virtio_ids.h>
 
 #include "helpers.h"
+
+/* Macros bindgen cannot see through, as constants. */
+const int VBRS_NOTIFY_OK = NOTIFY_OK;
+const int VBRS_PAGE_REPORTING_ORDER_UNSPECIFIED = PAGE_REPORTING_ORDER_UNSPECIFIED;

@@ -6,6 +6,7 @@
 #include <linux/list.h>
 #include <linux/mm.h>
 #include <linux/scatterlist.h>
+#include <linux/vmstat.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
 #include <linux/wait.h>
@@ -60,6 +61,12 @@ int vbrs_virtqueue_add_outbuf(struct virtqueue *vq, void *buf, unsigned int len,
 
 	sg_init_one(&sg, buf, len);
 	return virtqueue_add_outbuf(vq, &sg, 1, token, GFP_KERNEL);
+}
+
+int vbrs_virtqueue_add_inbuf_nowait(struct virtqueue *vq, struct scatterlist *sg,
+				    unsigned int nents, void *token)
+{
+	return virtqueue_add_inbuf(vq, sg, nents, token, GFP_NOWAIT);
 }
 
 long vbrs_wait_for_buf(struct wait_queue_head *wq, struct virtqueue *vq, long timeout)
@@ -141,4 +148,19 @@ void vbrs_balloon_devinfo_init(struct balloon_dev_info *info)
 unsigned long vbrs_totalram_pages(void)
 {
 	return totalram_pages();
+}
+
+unsigned long vbrs_global_node_page_state(int item)
+{
+	return global_node_page_state(item);
+}
+
+bool vbrs_want_init_on_free(void)
+{
+	return want_init_on_free();
+}
+
+bool vbrs_page_poisoning_enabled(void)
+{
+	return page_poisoning_enabled_static();
 }

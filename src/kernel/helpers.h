@@ -18,6 +18,7 @@ struct work_struct;
 struct list_head;
 struct page;
 struct balloon_dev_info;
+struct scatterlist;
 
 u64 vbrs_virtio_features(const struct virtio_device *vdev);
 void vbrs_virtio_clear_feature(struct virtio_device *vdev, unsigned int fbit);
@@ -28,6 +29,8 @@ void vbrs_virtio_device_ready(struct virtio_device *vdev);
 u32 vbrs_virtio_cread_le32(struct virtio_device *vdev, unsigned int offset);
 void vbrs_virtio_cwrite_le32(struct virtio_device *vdev, unsigned int offset, u32 val);
 int vbrs_virtqueue_add_outbuf(struct virtqueue *vq, void *buf, unsigned int len, void *token);
+int vbrs_virtqueue_add_inbuf_nowait(struct virtqueue *vq, struct scatterlist *sg,
+				    unsigned int nents, void *token);
 long vbrs_wait_for_buf(struct wait_queue_head *wq, struct virtqueue *vq, long timeout);
 void vbrs_init_waitqueue_head(struct wait_queue_head *wq);
 void vbrs_wake_up(struct wait_queue_head *wq);
@@ -45,5 +48,8 @@ unsigned long vbrs_page_to_pfn(struct page *page);
 void vbrs_put_page(struct page *page);
 void vbrs_balloon_devinfo_init(struct balloon_dev_info *info);
 unsigned long vbrs_totalram_pages(void);
+unsigned long vbrs_global_node_page_state(int item);
+bool vbrs_want_init_on_free(void);
+bool vbrs_page_poisoning_enabled(void);
 
 #endif /* VBRS_HELPERS_H */

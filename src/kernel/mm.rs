@@ -10,7 +10,10 @@
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, Ordering};
 
+use kernel::error::to_result;
+use kernel::ffi;
 use kernel::prelude::*;
 use kernel::types::Opaque;
 
@@ -260,3 +263,313 @@ pub(crate) fn available_pages() -> u64 {
 
 /// The guest's page size as a shift.
 pub(crate) const PAGE_SHIFT: u32 = kernel::page::PAGE_SHIFT as u32;
+
+/// What the kernel counts about memory, for the stats queue.
+pub(crate) fn memory_snapshot() -> balloon_logic::stats::Snapshot {
+    use bindings::*;
+    let mut events = [0 as ffi::c_ulong; vm_event_item_NR_VM_EVENT_ITEMS as usize];
+    // SAFETY: `events` has room for every VM event counter.
+    unsafe { all_vm_events(events.as_mut_ptr()) };
+    let event = |item: vm_event_item| events.get(item as usize).map_or(0, |v| *v as u64);
+    // SAFETY: `item` is a valid node stat item.
+    let node = |item: node_stat_item| unsafe { vbrs_global_node_page_state(item as i32) } as u64;
+    let mut info = sysinfo::default();
+    // SAFETY: `info` is valid for writes.
+    unsafe { si_meminfo(&mut info) };
+    // Stalls are counted per zone type; the C driver sums them all.
+    let first_stall = vm_event_item_ALLOCSTALL_NORMAL - zone_type_ZONE_NORMAL;
+    let alloc_stalls = (0..zone_type___MAX_NR_ZONES)
+        .map(|zone| event(first_stall + zone))
+        .sum();
+    #[cfg(CONFIG_HUGETLB_PAGE)]
+    let hugetlb = Some((
+        event(vm_event_item_HTLB_BUDDY_PGALLOC),
+        event(vm_event_item_HTLB_BUDDY_PGALLOC_FAIL),
+    ));
+    #[cfg(not(CONFIG_HUGETLB_PAGE))]
+    let hugetlb = None;
+    balloon_logic::stats::Snapshot {
+        vm_events: cfg!(CONFIG_VM_EVENT_COUNTERS),
+        swap_in_pages: event(vm_event_item_PSWPIN),
+        swap_out_pages: event(vm_event_item_PSWPOUT),
+        major_faults: event(vm_event_item_PGMAJFAULT),
+        minor_faults: event(vm_event_item_PGFAULT),
+        oom_kills: event(vm_event_item_OOM_KILL),
+        alloc_stalls,
+        async_scan_pages: node(node_stat_item_PGSCAN_KSWAPD),
+        direct_scan_pages: node(node_stat_item_PGSCAN_DIRECT),
+        async_reclaim_pages: node(node_stat_item_PGSTEAL_KSWAPD),
+        direct_reclaim_pages: node(node_stat_item_PGSTEAL_DIRECT),
+        hugetlb,
+        free_pages: info.freeram as u64,
+        total_pages: info.totalram as u64,
+        available_pages: available_pages(),
+        cache_pages: node(node_stat_item_NR_FILE_PAGES),
+    }
+}
+
+/// Whether freed pages are poisoned or zeroed, which the host must then
+/// preserve (`VIRTIO_BALLOON_F_PAGE_POISON`).
+pub(crate) fn poisons_free_pages() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { bindings::vbrs_want_init_on_free() || bindings::vbrs_page_poisoning_enabled() }
+}
+
+/// Whether freed pages are zeroed (`init_on_free`).
+pub(crate) fn zeroes_free_pages() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { bindings::vbrs_want_init_on_free() }
+}
+
+/// The owner of an [`OomNotifier`].
+///
+/// # Safety
+///
+/// `OFFSET` must be the byte offset of an `OomNotifier<Self>` field in
+/// `Self`, and the owner must stay pinned while the notifier is registered.
+pub(crate) unsafe trait HasOomNotifier: Sized + Sync {
+    /// Offset of the `OomNotifier<Self>` field.
+    const OFFSET: usize;
+    /// The guest is out of memory: free what can be freed, return the
+    /// number of pages freed (process context, may sleep).
+    fn out_of_memory(&self) -> u64;
+}
+
+/// Implements [`HasOomNotifier`] for `$owner` whose `$field` is its notifier.
+#[macro_export]
+macro_rules! impl_has_oom_notifier {
+    ($owner:ty, $field:ident, $handler:path) => {
+        // SAFETY: the offset is computed by the compiler for this field,
+        // whose type is `OomNotifier<$owner>`.
+        unsafe impl $crate::mm::HasOomNotifier for $owner {
+            const OFFSET: usize = ::core::mem::offset_of!($owner, $field);
+            fn out_of_memory(&self) -> u64 {
+                $handler(self)
+            }
+        }
+    };
+}
+
+/// A registration with the OOM notifier chain, called before the OOM killer
+/// picks a victim.
+#[pin_data(PinnedDrop)]
+pub(crate) struct OomNotifier<T> {
+    #[pin]
+    block: Opaque<bindings::notifier_block>,
+    registered: AtomicBool,
+    _owner: PhantomData<T>,
+}
+
+// SAFETY: the notifier chain serialises calls; the block is only changed
+// under `&mut`.
+unsafe impl<T> Sync for OomNotifier<T> {}
+// SAFETY: same.
+unsafe impl<T> Send for OomNotifier<T> {}
+
+/// Notifier callback: forwards to the owner.
+///
+/// # Safety
+///
+/// Called by the OOM notifier chain with the block of a registered
+/// [`OomNotifier<T>`] and a pointer to the freed-pages counter.
+unsafe extern "C" fn oom_callback<T: HasOomNotifier>(
+    block: *mut bindings::notifier_block,
+    _event: ffi::c_ulong,
+    freed: *mut ffi::c_void,
+) -> i32 {
+    // SAFETY: `block` is the `block` field of a live `OomNotifier<T>` at
+    // `T::OFFSET` in a pinned `T` (trait contract); `freed` points to the
+    // caller's `unsigned long` counter.
+    unsafe {
+        let owner = block.cast::<u8>().sub(T::OFFSET).cast::<T>();
+        let pages = (*owner).out_of_memory();
+        let freed = freed.cast::<ffi::c_ulong>();
+        *freed = (*freed).saturating_add(pages as ffi::c_ulong);
+    }
+    bindings::VBRS_NOTIFY_OK
+}
+
+impl<T: HasOomNotifier> OomNotifier<T> {
+    /// An initialiser for an unregistered notifier.
+    pub(crate) fn new() -> impl PinInit<Self> {
+        pin_init!(Self {
+            block <- Opaque::ffi_init(|block: *mut bindings::notifier_block| {
+                let mut nb: bindings::notifier_block = Default::default();
+                nb.notifier_call = Some(oom_callback::<T>);
+                // Run after the kernel's own reclaimers, as the C driver.
+                nb.priority = 80;
+                // SAFETY: `block` is valid pinned memory for the block.
+                unsafe { block.write(nb) };
+            }),
+            registered: AtomicBool::new(false),
+            _owner: PhantomData,
+        })
+    }
+
+    /// Joins the OOM notifier chain (the driver core serialises this with
+    /// [`OomNotifier::unregister`]).
+    pub(crate) fn register(&self) -> Result {
+        if self.registered.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // SAFETY: the block is initialised and pinned; it stays registered
+        // until `unregister` or drop.
+        to_result(unsafe { bindings::register_oom_notifier(self.block.get()) })?;
+        self.registered.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Leaves the chain; waits for a running callback to finish.
+    pub(crate) fn unregister(&self) {
+        if self.registered.swap(false, Ordering::AcqRel) {
+            // SAFETY: the block was registered by `register`.
+            unsafe { bindings::unregister_oom_notifier(self.block.get()) };
+        }
+    }
+}
+
+#[pinned_drop]
+impl<T> PinnedDrop for OomNotifier<T> {
+    fn drop(self: Pin<&mut Self>) {
+        if self.registered.load(Ordering::Acquire) {
+            // SAFETY: the block was registered and is still pinned.
+            unsafe { bindings::unregister_oom_notifier(self.block.get()) };
+        }
+    }
+}
+
+/// One batch of free pages the page reporting core asks the driver to
+/// report, as a scatterlist.
+pub(crate) struct ReportedPages<'a> {
+    sg: *mut bindings::scatterlist,
+    nents: u32,
+    _batch: PhantomData<&'a ()>,
+}
+
+impl ReportedPages<'_> {
+    /// The scatterlist and its length, for the virtio layer.
+    pub(crate) fn raw(&self) -> (*mut bindings::scatterlist, u32) {
+        (self.sg, self.nents)
+    }
+}
+
+/// The owner of a [`PageReporting`].
+///
+/// # Safety
+///
+/// `OFFSET` must be the byte offset of a `PageReporting<Self>` field in
+/// `Self`, and the owner must stay pinned while it is registered.
+pub(crate) unsafe trait HasPageReporting: Sized + Sync {
+    /// Offset of the `PageReporting<Self>` field.
+    const OFFSET: usize;
+    /// Reports `pages` to the host; returns once the host has them.
+    fn report(&self, pages: &ReportedPages<'_>) -> Result;
+}
+
+/// Implements [`HasPageReporting`] for `$owner` whose `$field` is its
+/// page reporting registration.
+#[macro_export]
+macro_rules! impl_has_page_reporting {
+    ($owner:ty, $field:ident, $report:path) => {
+        // SAFETY: the offset is computed by the compiler for this field,
+        // whose type is `PageReporting<$owner>`.
+        unsafe impl $crate::mm::HasPageReporting for $owner {
+            const OFFSET: usize = ::core::mem::offset_of!($owner, $field);
+            fn report(&self, pages: &$crate::mm::ReportedPages<'_>) -> ::kernel::error::Result {
+                $report(self, pages)
+            }
+        }
+    };
+}
+
+/// A free page reporting registration (`mm/page_reporting.c`).
+#[pin_data(PinnedDrop)]
+pub(crate) struct PageReporting<T> {
+    #[pin]
+    info: Opaque<bindings::page_reporting_dev_info>,
+    registered: AtomicBool,
+    _owner: PhantomData<T>,
+}
+
+// SAFETY: the page reporting core serialises reports; the descriptor is
+// only changed under `&mut`.
+unsafe impl<T> Sync for PageReporting<T> {}
+// SAFETY: same.
+unsafe impl<T> Send for PageReporting<T> {}
+
+/// Report callback: forwards to the owner.
+///
+/// # Safety
+///
+/// Called by the page reporting core with the descriptor of a registered
+/// [`PageReporting<T>`] and a scatterlist of `nents` entries.
+unsafe extern "C" fn report_callback<T: HasPageReporting>(
+    info: *mut bindings::page_reporting_dev_info,
+    sg: *mut bindings::scatterlist,
+    nents: u32,
+) -> i32 {
+    let pages = ReportedPages {
+        sg,
+        nents,
+        _batch: PhantomData,
+    };
+    // SAFETY: `info` is the `info` field of a live `PageReporting<T>` at
+    // `T::OFFSET` in a pinned `T` (trait contract).
+    let owner = unsafe { &*info.cast::<u8>().sub(T::OFFSET).cast::<T>() };
+    match owner.report(&pages) {
+        Ok(()) => 0,
+        Err(err) => err.to_errno(),
+    }
+}
+
+impl<T: HasPageReporting> PageReporting<T> {
+    /// An initialiser for an unregistered descriptor.
+    pub(crate) fn new() -> impl PinInit<Self> {
+        pin_init!(Self {
+            info <- Opaque::ffi_init(|info: *mut bindings::page_reporting_dev_info| {
+                // SAFETY: `info` is valid pinned memory; all-zero is a valid
+                // unregistered descriptor.
+                unsafe { info.write(Default::default()) };
+            }),
+            registered: AtomicBool::new(false),
+            _owner: PhantomData,
+        })
+    }
+
+    /// Starts reporting free pages in batches of at most `capacity` (the
+    /// driver core serialises this with [`PageReporting::unregister`]).
+    pub(crate) fn register(&self, capacity: u32) -> Result {
+        if self.registered.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let info = self.info.get();
+        // SAFETY: the descriptor is not registered, so no one else reads it;
+        // after registration the core owns it until `unregister`.
+        unsafe {
+            (*info).report = Some(report_callback::<T>);
+            (*info).order = bindings::VBRS_PAGE_REPORTING_ORDER_UNSPECIFIED as u32;
+            (*info).capacity = capacity;
+            to_result(bindings::page_reporting_register(info))?;
+        }
+        self.registered.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Stops reporting; waits for a report in progress.
+    pub(crate) fn unregister(&self) {
+        if self.registered.swap(false, Ordering::AcqRel) {
+            // SAFETY: registered by `register`.
+            unsafe { bindings::page_reporting_unregister(self.info.get()) };
+        }
+    }
+}
+
+#[pinned_drop]
+impl<T> PinnedDrop for PageReporting<T> {
+    fn drop(self: Pin<&mut Self>) {
+        if self.registered.load(Ordering::Acquire) {
+            // SAFETY: registered and still pinned.
+            unsafe { bindings::page_reporting_unregister(self.info.get()) };
+        }
+    }
+}

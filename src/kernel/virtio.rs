@@ -14,6 +14,7 @@ use core::ptr::NonNull;
 
 use kernel::error::to_result;
 use kernel::prelude::*;
+use kernel::time::Jiffies;
 use kernel::types::Opaque;
 
 use crate::bindings;
@@ -92,7 +93,7 @@ impl Device {
     }
 
     /// Finds the queues named in `names`, in order, each with a completion
-    /// callback that wakes `T::queue_done`.
+    /// callback that calls `T::queue_done`.
     pub(crate) fn find_vqs<T: Driver>(&self, names: &[&'static CStr]) -> Result<Virtqueues> {
         let count = names.len();
         if count > MAX_QUEUES {
@@ -114,17 +115,34 @@ impl Device {
                 info.as_mut_ptr(),
             )
         })?;
-        Ok(Virtqueues {
-            vqs,
+        let mut queues = Virtqueues {
+            slots: Default::default(),
             count,
-            _not_send_before_owned: PhantomData,
-        })
+        };
+        for (slot, vq) in queues.slots.iter_mut().zip(vqs).take(count) {
+            // INVARIANT: the core just created this queue; it lives until
+            // `del_vqs`, which only deletes once every handle is back.
+            *slot = NonNull::new(vq).map(|vq| Virtqueue { vq });
+        }
+        Ok(queues)
     }
 
     /// Deletes the queues; the device must have been reset first.
-    pub(crate) fn del_vqs(&self, _queues: Virtqueues) {
-        // SAFETY: `self` is valid and the `Virtqueues` (the only handles to
-        // the queues) has been consumed, so nothing uses them any more.
+    ///
+    /// Every handle [`Virtqueues::take`] gave out must have been put back;
+    /// if one is missing the queues are left alone (and logged), since
+    /// deleting them would leave that handle dangling.
+    pub(crate) fn del_vqs(&self, queues: Virtqueues) {
+        if queues.slots.iter().take(queues.count).any(Option::is_none) {
+            dev_err!(
+                self.as_dev(),
+                "not deleting virtqueues: a handle is still out\n"
+            );
+            return;
+        }
+        drop(queues.slots);
+        // SAFETY: `self` is valid and every handle to the queues has been
+        // consumed (checked above), so nothing uses them any more.
         unsafe { bindings::vbrs_virtio_del_vqs(self.as_raw()) }
     }
 }
@@ -155,40 +173,39 @@ impl DeviceHandle {
 /// Most queues a device may have through this layer.
 pub(crate) const MAX_QUEUES: usize = 5;
 
-/// The virtqueues of one device, owned until [`Device::del_vqs`].
-///
-/// # Invariants
-///
-/// The first `count` pointers are valid virtqueues of the device until this
-/// value is handed back to [`Device::del_vqs`].
+/// The virtqueues of one device, handed back to [`Device::del_vqs`].
 pub(crate) struct Virtqueues {
-    vqs: [*mut bindings::virtqueue; MAX_QUEUES],
+    slots: [Option<Virtqueue>; MAX_QUEUES],
     count: usize,
-    _not_send_before_owned: PhantomData<()>,
 }
 
-// SAFETY: virtqueues may be used from any thread as long as accesses to one
-// queue are serialised, which `&mut` in `Virtqueue::send` guarantees.
-unsafe impl Send for Virtqueues {}
-
 impl Virtqueues {
-    /// The queue at `index`, if the device has it.
-    pub(crate) fn get_mut(&mut self, index: usize) -> Option<Virtqueue<'_>> {
-        if index >= self.count {
-            return None;
+    /// Takes the handle of the queue at `index` out of the set.
+    pub(crate) fn take(&mut self, index: usize) -> Option<Virtqueue> {
+        self.slots.get_mut(index)?.take()
+    }
+
+    /// Puts a handle back at `index`.
+    pub(crate) fn put_back(&mut self, index: usize, queue: Virtqueue) {
+        if let Some(slot) = self.slots.get_mut(index) {
+            *slot = Some(queue);
         }
-        Some(Virtqueue {
-            vq: NonNull::new(self.vqs[index])?,
-            _owner: PhantomData,
-        })
     }
 }
 
-/// One virtqueue, borrowed from its [`Virtqueues`].
-pub(crate) struct Virtqueue<'a> {
+/// One virtqueue of a device.
+///
+/// # Invariants
+///
+/// `vq` is a valid virtqueue until the handle is given back to
+/// [`Device::del_vqs`] (through [`Virtqueues`]).
+pub(crate) struct Virtqueue {
     vq: NonNull<bindings::virtqueue>,
-    _owner: PhantomData<&'a mut Virtqueues>,
 }
+
+// SAFETY: a virtqueue may be used from any thread as long as uses are
+// serialised, which `&mut self` on every operation guarantees.
+unsafe impl Send for Virtqueue {}
 
 /// Why a buffer did not make the round trip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,38 +216,53 @@ pub(crate) enum SendError {
     Timeout,
 }
 
-impl Virtqueue<'_> {
-    /// Sends `words` to the device and sleeps until the device hands the
-    /// buffer back (the completion callback wakes `waiter`) or `timeout`
-    /// jiffies pass.
+/// Whether `bytes` can go on a virtqueue: non-empty and in the linear map
+/// (kmalloc or page memory, never vmalloc or module statics).
+fn dma_able(bytes: &[u8]) -> bool {
+    // SAFETY: only the address is inspected.
+    !bytes.is_empty() && unsafe { bindings::vbrs_virt_addr_valid(bytes.as_ptr().cast()) }
+}
+
+impl Virtqueue {
+    /// Adds `bytes` as a device-readable buffer; [`Virtqueue::kick`] tells
+    /// the device.
     ///
-    /// The words must live in the kernel's linear map (kmalloc memory, see
-    /// [`LinearBuffer`]); anything else is refused with `EINVAL`. On
-    /// [`SendError::Timeout`] the device may still read them: the caller
-    /// must keep them alive and unchanged until the device is reset.
-    pub(crate) fn send_and_wait(
-        &mut self,
-        words: &[u32],
-        waiter: &WaitQueue,
-        timeout: kernel::time::Jiffies,
-    ) -> core::result::Result<(), SendError> {
-        let data = words.as_ptr().cast_mut().cast::<core::ffi::c_void>();
-        let bytes =
-            u32::try_from(core::mem::size_of_val(words)).map_err(|_| SendError::Queue(EINVAL))?;
-        // SAFETY: only the address is inspected.
-        if words.is_empty() || !unsafe { bindings::vbrs_virt_addr_valid(data) } {
-            return Err(SendError::Queue(EINVAL));
+    /// The bytes must stay alive and unchanged until [`Virtqueue::get_buf`]
+    /// returns the buffer or the device is reset; memory outside the linear
+    /// map is refused with `EINVAL`.
+    pub(crate) fn add_outbuf(&mut self, bytes: &[u8]) -> Result {
+        if !dma_able(bytes) {
+            return Err(EINVAL);
         }
+        let len = u32::try_from(bytes.len()).map_err(|_| EINVAL)?;
+        let data = bytes.as_ptr().cast_mut().cast::<core::ffi::c_void>();
         // SAFETY: the queue is valid and `&mut self` serialises its use; the
-        // buffer is in the linear map (checked above) and the caller keeps it
-        // alive until the device returns it.
-        let ret =
-            unsafe { bindings::vbrs_virtqueue_add_outbuf(self.vq.as_ptr(), data, bytes, data) };
-        if ret != 0 {
-            return Err(SendError::Queue(Error::from_errno(ret)));
-        }
+        // buffer is in the linear map (checked) and the caller keeps it
+        // until the device returns it.
+        to_result(unsafe { bindings::vbrs_virtqueue_add_outbuf(self.vq.as_ptr(), data, len, data) })
+    }
+
+    /// Number of descriptors in the queue's ring.
+    pub(crate) fn size(&self) -> u32 {
+        // SAFETY: the queue is valid.
+        unsafe { bindings::virtqueue_get_vring_size(self.vq.as_ptr()) }
+    }
+
+    /// Notifies the device of new buffers.
+    pub(crate) fn kick(&mut self) {
         // SAFETY: the queue is valid.
         unsafe { bindings::virtqueue_kick(self.vq.as_ptr()) };
+    }
+
+    /// Takes back one buffer the device has used, if any.
+    pub(crate) fn get_buf(&mut self) -> bool {
+        let mut len = 0u32;
+        // SAFETY: the queue is valid and `&mut self` serialises its use.
+        !unsafe { bindings::virtqueue_get_buf(self.vq.as_ptr(), &mut len) }.is_null()
+    }
+
+    /// Sleeps until the device returns a buffer or `timeout` passes.
+    fn wait(&mut self, waiter: &WaitQueue, timeout: Jiffies) -> bool {
         // SAFETY: `waiter` is an initialised wait queue head and the queue is
         // valid; the helper only calls `virtqueue_get_buf` on it.
         let left = unsafe {
@@ -240,27 +272,60 @@ impl Virtqueue<'_> {
                 isize::try_from(timeout).unwrap_or(isize::MAX),
             )
         };
-        if left == 0 {
-            return Err(SendError::Timeout);
+        left != 0
+    }
+
+    /// Sends `words` to the device and sleeps until the device hands the
+    /// buffer back (the completion callback wakes `waiter`) or `timeout`
+    /// jiffies pass.
+    ///
+    /// On [`SendError::Timeout`] the device may still read the words: the
+    /// caller must keep them alive and unchanged until the device is reset.
+    pub(crate) fn send_and_wait(
+        &mut self,
+        words: &[u32],
+        waiter: &WaitQueue,
+        timeout: Jiffies,
+    ) -> core::result::Result<(), SendError> {
+        self.add_outbuf(words.as_bytes())
+            .map_err(SendError::Queue)?;
+        self.kick();
+        if self.wait(waiter, timeout) {
+            Ok(())
+        } else {
+            Err(SendError::Timeout)
+        }
+    }
+
+    /// Hands a free page report to the device (device-writable buffers) and
+    /// sleeps until the device has processed it.
+    ///
+    /// The device may discard the reported pages until it returns the
+    /// buffer and the page reporting core cannot take back pages still being
+    /// reported, so this waits as long as it takes, logging once after
+    /// `warn_after` jiffies.
+    pub(crate) fn report_and_wait(
+        &mut self,
+        pages: &crate::mm::ReportedPages<'_>,
+        waiter: &WaitQueue,
+        warn_after: Jiffies,
+    ) -> Result {
+        let (sg, nents) = pages.raw();
+        // SAFETY: the queue is valid; `sg` is the page reporting core's
+        // scatterlist of `nents` entries, valid until the report callback
+        // returns, which happens only once the device gave it back.
+        to_result(unsafe {
+            bindings::vbrs_virtqueue_add_inbuf_nowait(self.vq.as_ptr(), sg, nents, sg.cast())
+        })?;
+        self.kick();
+        let mut warned = false;
+        while !self.wait(waiter, warn_after) {
+            if !warned {
+                pr_warn!("host has not returned a free page report yet; still waiting\n");
+                warned = true;
+            }
         }
         Ok(())
-    }
-}
-
-/// A buffer of 32-bit words in the kernel's linear map, as virtqueues need.
-pub(crate) struct LinearBuffer(KVec<u32>);
-
-impl LinearBuffer {
-    /// A zeroed buffer of `words` words, from kmalloc.
-    pub(crate) fn new(words: usize) -> Result<Self> {
-        let mut vec = KVec::with_capacity(words, GFP_KERNEL)?;
-        vec.resize(words, 0, GFP_KERNEL)?;
-        Ok(Self(vec))
-    }
-
-    /// The words, to fill.
-    pub(crate) fn as_mut_slice(&mut self) -> &mut [u32] {
-        &mut self.0
     }
 }
 
@@ -521,28 +586,29 @@ impl<T: Driver> PinnedDrop for Registration<T> {
 
 /// A work item on the freezable system workqueue, optionally delayed.
 ///
-/// The owner `T` embeds it and names it with [`impl_has_delayed_work!`].
+/// The owner `T` embeds it and names it with [`impl_has_delayed_work!`];
+/// `ID` tells apart several work items of one owner.
 #[pin_data]
-pub(crate) struct DelayedWork<T> {
+pub(crate) struct DelayedWork<T, const ID: u64 = 0> {
     #[pin]
     work: Opaque<bindings::delayed_work>,
     _owner: PhantomData<T>,
 }
 
 // SAFETY: the C work item is made for use from any thread.
-unsafe impl<T> Sync for DelayedWork<T> {}
+unsafe impl<T, const ID: u64> Sync for DelayedWork<T, ID> {}
 // SAFETY: same.
-unsafe impl<T> Send for DelayedWork<T> {}
+unsafe impl<T, const ID: u64> Send for DelayedWork<T, ID> {}
 
 /// An owner of a [`DelayedWork`], run when the work fires.
 ///
 /// # Safety
 ///
-/// `OFFSET` must be the byte offset of a `DelayedWork<Self>` field in `Self`,
-/// and the owner must be pinned and outlive every queued run (cancel in its
-/// teardown).
-pub(crate) unsafe trait HasDelayedWork: Sized + Sync {
-    /// Offset of the `DelayedWork<Self>` field.
+/// `OFFSET` must be the byte offset of a `DelayedWork<Self, ID>` field in
+/// `Self`, and the owner must be pinned and outlive every queued run
+/// (cancel in its teardown).
+pub(crate) unsafe trait HasDelayedWork<const ID: u64>: Sized + Sync {
+    /// Offset of the `DelayedWork<Self, ID>` field.
     const OFFSET: usize;
     /// The work itself (process context, may sleep).
     fn run(&self);
@@ -551,10 +617,10 @@ pub(crate) unsafe trait HasDelayedWork: Sized + Sync {
 /// Implements [`HasDelayedWork`] for `$owner` whose `$field` is its work item.
 #[macro_export]
 macro_rules! impl_has_delayed_work {
-    ($owner:ty, $field:ident, $run:path) => {
+    ($owner:ty, $field:ident, $id:literal, $run:path) => {
         // SAFETY: the offset is computed by the compiler for this field,
-        // whose type is `DelayedWork<$owner>`.
-        unsafe impl $crate::virtio::HasDelayedWork for $owner {
+        // whose type is `DelayedWork<$owner, $id>`.
+        unsafe impl $crate::virtio::HasDelayedWork<$id> for $owner {
             const OFFSET: usize = ::core::mem::offset_of!($owner, $field);
             fn run(&self) {
                 $run(self)
@@ -568,7 +634,9 @@ macro_rules! impl_has_delayed_work {
 /// # Safety
 ///
 /// Called by the workqueue with the `work_struct` of a [`DelayedWork<T>`].
-unsafe extern "C" fn work_callback<T: HasDelayedWork>(work: *mut bindings::work_struct) {
+unsafe extern "C" fn work_callback<T: HasDelayedWork<ID>, const ID: u64>(
+    work: *mut bindings::work_struct,
+) {
     // SAFETY: `work` is the `work` of a `delayed_work` embedded at
     // `T::OFFSET` in a live, pinned `T` (trait contract).
     unsafe {
@@ -578,13 +646,13 @@ unsafe extern "C" fn work_callback<T: HasDelayedWork>(work: *mut bindings::work_
     }
 }
 
-impl<T: HasDelayedWork> DelayedWork<T> {
+impl<T: HasDelayedWork<ID>, const ID: u64> DelayedWork<T, ID> {
     /// An initialiser for an idle work item.
     pub(crate) fn new() -> impl PinInit<Self> {
         pin_init!(Self {
             work <- Opaque::ffi_init(|slot| {
                 // SAFETY: `slot` is valid pinned memory for a delayed work.
-                unsafe { bindings::vbrs_init_delayed_work(slot, Some(work_callback::<T>)) }
+                unsafe { bindings::vbrs_init_delayed_work(slot, Some(work_callback::<T, ID>)) }
             }),
             _owner: PhantomData,
         })
