@@ -567,6 +567,18 @@ impl Vm {
         &self.log_dir
     }
 
+    /// The process id of QEMU.
+    pub fn qemu_pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the QEMU process, in KiB (`VmRSS`): what the
+    /// guest's memory costs the host.
+    pub fn qemu_rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        parse_meminfo(&status, "VmRSS").ok_or_else(|| err!("no VmRSS in /proc/<qemu>/status"))
+    }
+
     /// Time from [`Vm::boot`] to the ready marker.
     pub fn boot_time(&self) -> Duration {
         self.boot_time

@@ -394,10 +394,12 @@ impl<T: HasOomNotifier> OomNotifier<T> {
     pub(crate) fn new() -> impl PinInit<Self> {
         pin_init!(Self {
             block <- Opaque::ffi_init(|block: *mut bindings::notifier_block| {
-                let mut nb: bindings::notifier_block = Default::default();
-                nb.notifier_call = Some(oom_callback::<T>);
-                // Run after the kernel's own reclaimers, as the C driver.
-                nb.priority = 80;
+                let nb = bindings::notifier_block {
+                    notifier_call: Some(oom_callback::<T>),
+                    // The C driver's priority, among the OOM notifiers.
+                    priority: 80,
+                    ..Default::default()
+                };
                 // SAFETY: `block` is valid pinned memory for the block.
                 unsafe { block.write(nb) };
             }),

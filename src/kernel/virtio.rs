@@ -133,6 +133,7 @@ impl Device {
     /// if one is missing the queues are left alone (and logged), since
     /// deleting them would leave that handle dangling.
     pub(crate) fn del_vqs(&self, queues: Virtqueues) {
+        // `queues` (every handle) is consumed here; it is dropped at the end.
         if queues.slots.iter().take(queues.count).any(Option::is_none) {
             dev_err!(
                 self.as_dev(),
@@ -140,7 +141,6 @@ impl Device {
             );
             return;
         }
-        drop(queues.slots);
         // SAFETY: `self` is valid and every handle to the queues has been
         // consumed (checked above), so nothing uses them any more.
         unsafe { bindings::vbrs_virtio_del_vqs(self.as_raw()) }

@@ -1,0 +1,399 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! VM tests of the features beyond inflate/deflate: the stats queue,
+//! deflate-on-OOM, free page reporting, page poison, suspend (freeze and
+//! restore) and the debugfs view, each with the QEMU option that turns it on.
+
+mod common;
+
+use std::time::Duration;
+use std::time::Instant;
+
+use common::actual_mib;
+use common::balloon_to_mib;
+use common::ensure;
+use common::expect_memtotal;
+use common::vmstat;
+use common::GUEST_MIB;
+use qemu_test::console::ConsoleRules;
+use qemu_test::err;
+use qemu_test::qmp::BALLOON_QOM_PATH;
+use qemu_test::Result;
+use qemu_test::Vm;
+use qemu_test::VmConfig;
+use qemu_test::MIB;
+use serde_json::json;
+use serde_json::Value;
+
+const DEBUGFS: &str = "/sys/kernel/debug/virtio_balloon_rs";
+
+fn boot(config: VmConfig) -> Result<Vm> {
+    let mut vm = Vm::boot(config.c_module(false))?;
+    vm.insmod_rs()?;
+    Ok(vm)
+}
+
+/// The bound device's name (`virtioN`).
+fn device(vm: &mut Vm) -> Result<String> {
+    let out = vm.sh_ok("ls /sys/bus/virtio/drivers/virtio_balloon_rs/ | grep virtio")?;
+    out.split_whitespace()
+        .next()
+        .map(str::to_string)
+        .ok_or_else(|| err!("no bound device"))
+}
+
+/// The negotiated feature bits from sysfs.
+fn negotiated(vm: &mut Vm) -> Result<u64> {
+    let dev = device(vm)?;
+    let bits = vm.sh_ok(&format!("cat /sys/bus/virtio/devices/{dev}/features"))?;
+    Ok(bits
+        .trim()
+        .chars()
+        .take(64)
+        .enumerate()
+        .filter(|(_, c)| *c == '1')
+        .fold(0, |acc, (i, _)| acc | 1 << i))
+}
+
+/// A number from our debugfs directory.
+fn debugfs(vm: &mut Vm, file: &str) -> Result<u64> {
+    let dev = device(vm)?;
+    let text = vm.sh_ok(&format!("cat {DEBUGFS}/{dev}/{file}"))?;
+    text.trim()
+        .parse()
+        .map_err(|_| err!("debugfs {file}: not a number: {text:?}"))
+}
+
+fn guest_stats(vm: &mut Vm) -> Result<Value> {
+    vm.qmp().qom_get(BALLOON_QOM_PATH, "guest-stats")
+}
+
+fn last_update(stats: &Value) -> u64 {
+    stats["last-update"].as_u64().unwrap_or(0)
+}
+
+fn stat(stats: &Value, name: &str) -> Result<u64> {
+    stats["stats"][name]
+        .as_u64()
+        .ok_or_else(|| err!("guest-stats has no {name}: {stats}"))
+}
+
+/// Whether `a` and `b` (bytes) agree within 10 % or 150 MiB.
+fn close(a: u64, b: u64) -> bool {
+    let diff = a.abs_diff(b);
+    diff <= 150 * MIB || diff * 10 <= a.max(b)
+}
+
+#[test]
+fn stats_reach_the_host_and_follow_the_guest() -> Result<()> {
+    let mut vm = boot(VmConfig::new("stats"))?;
+    ensure(negotiated(&mut vm)? & 1 << 1 != 0, || {
+        "STATS_VQ not negotiated".into()
+    })?;
+    vm.qmp()
+        .qom_set(BALLOON_QOM_PATH, "guest-stats-polling-interval", json!(2))?;
+    let start = Instant::now();
+    let mut stats = guest_stats(&mut vm)?;
+    while last_update(&stats) == 0 {
+        ensure(start.elapsed() < Duration::from_secs(5), || {
+            format!("no guest-stats within 5 s: {stats}")
+        })?;
+        std::thread::sleep(Duration::from_millis(100));
+        stats = guest_stats(&mut vm)?;
+    }
+    eprintln!("first guest-stats after {:?}: {stats}", start.elapsed());
+    let free = stat(&stats, "stat-free-memory")?;
+    let caches = stat(&stats, "stat-disk-caches")?;
+    let total = stat(&stats, "stat-total-memory")?;
+    let available = stat(&stats, "stat-available-memory")?;
+    let mem_free = vm.meminfo("MemFree")? * 1024;
+    let cached = vm.meminfo("Cached")? * 1024;
+    let mem_total = vm.meminfo("MemTotal")? * 1024;
+    let mem_available = vm.meminfo("MemAvailable")? * 1024;
+    ensure(close(free, mem_free), || {
+        format!("free {free} vs MemFree {mem_free}")
+    })?;
+    ensure(close(caches, cached), || {
+        format!("caches {caches} vs Cached {cached}")
+    })?;
+    ensure(total == mem_total, || {
+        format!("total {total} vs MemTotal {mem_total}")
+    })?;
+    ensure(close(available, mem_available), || {
+        format!("available {available} vs MemAvailable {mem_available}")
+    })?;
+    // Counters the C driver sends are there too.
+    for name in [
+        "stat-minor-faults",
+        "stat-major-faults",
+        "stat-swap-in",
+        "stat-oom-kills",
+    ] {
+        stat(&stats, name)?;
+    }
+    ensure(stat(&stats, "stat-minor-faults")? > 0, || {
+        "no minor faults counted".into()
+    })?;
+
+    // The figures follow the guest: inflating takes free memory away.
+    balloon_to_mib(&mut vm, 1024)?;
+    let before = last_update(&stats);
+    let start = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        stats = guest_stats(&mut vm)?;
+        if last_update(&stats) > before + 1 {
+            break;
+        }
+        ensure(start.elapsed() < Duration::from_secs(8), || {
+            format!("last-update did not advance: {stats}")
+        })?;
+    }
+    let free_after = stat(&stats, "stat-free-memory")?;
+    ensure(free_after + 800 * MIB < free, || {
+        format!("free memory {free} -> {free_after} after inflating 1 GiB")
+    })?;
+
+    // Polling off: nothing new is pushed.
+    vm.qmp()
+        .qom_set(BALLOON_QOM_PATH, "guest-stats-polling-interval", json!(0))?;
+    std::thread::sleep(Duration::from_secs(3));
+    let frozen = last_update(&guest_stats(&mut vm)?);
+    std::thread::sleep(Duration::from_secs(5));
+    let later = last_update(&guest_stats(&mut vm)?);
+    ensure(later == frozen, || {
+        format!("stats still updated with polling off: {frozen} -> {later}")
+    })?;
+    ensure(debugfs(&mut vm, "stats_updates")? >= 2, || {
+        "debugfs stats_updates".into()
+    })?;
+    vm.rmmod("virtio_balloon_rs")?;
+    vm.check_clean()?;
+    vm.shutdown()
+}
+
+#[test]
+fn debugfs_view_matches_the_host() -> Result<()> {
+    let mut vm = boot(VmConfig::new("debugfs"))?;
+    let dev = device(&mut vm)?;
+    let status = vm.sh_ok(&format!("cat {DEBUGFS}/{dev}/status"))?;
+    eprintln!("{status}");
+    ensure(
+        status.contains("actual:") && status.contains("STATS_VQ"),
+        || format!("status: {status}"),
+    )?;
+    let features = vm.sh_ok(&format!("cat {DEBUGFS}/{dev}/features"))?;
+    // debugfs shows the balloon bits and VERSION_1; sysfs adds the ring
+    // transport bits (event index, ring reset) the virtio core keeps.
+    let balloon_bits = (1 << 6) - 1 | 1 << 32 | 1 << 33;
+    let sysfs = negotiated(&mut vm)? & balloon_bits;
+    ensure(features.starts_with(&format!("{sysfs:#x} ")), || {
+        format!("debugfs features {features:?}, sysfs {sysfs:#x}")
+    })?;
+    for (target_mib, inflated_mib, deflated_mib) in [
+        (1024u64, 1024u64, 0u64),
+        (1536, 1024, 512),
+        (2048, 1024, 1024),
+    ] {
+        balloon_to_mib(&mut vm, target_mib)?;
+        let host_actual = vm.qmp().query_balloon()?;
+        let balloon_pages = (GUEST_MIB * MIB - host_actual) / 4096;
+        ensure(debugfs(&mut vm, "actual_pages")? == balloon_pages, || {
+            format!("debugfs actual_pages vs host {balloon_pages}")
+        })?;
+        ensure(
+            debugfs(&mut vm, "target_pages")? == (GUEST_MIB - target_mib) * 256,
+            || "debugfs target_pages".into(),
+        )?;
+        ensure(
+            debugfs(&mut vm, "inflated_pages")? == inflated_mib * 256,
+            || "debugfs inflated_pages".into(),
+        )?;
+        ensure(
+            debugfs(&mut vm, "deflated_pages")? == deflated_mib * 256,
+            || "debugfs deflated_pages".into(),
+        )?;
+    }
+    ensure(debugfs(&mut vm, "alloc_failures")? == 0, || {
+        "alloc failures".into()
+    })?;
+    ensure(debugfs(&mut vm, "backoff_ms")? == 0, || {
+        "backing off".into()
+    })?;
+    ensure(debugfs(&mut vm, "host_stalled")? == 0, || {
+        "host stalled".into()
+    })?;
+    vm.rmmod("virtio_balloon_rs")?;
+    let left = vm.sh_ok(&format!("ls {DEBUGFS} 2>/dev/null | wc -l"))?;
+    ensure(left.trim() == "0", || {
+        format!("debugfs entries left after rmmod: {left}")
+    })?;
+    vm.check_clean()?;
+    vm.shutdown()
+}
+
+/// Runs memhog for `mib` MiB and returns its exit code and output.
+fn hog(vm: &mut Vm, mib: u64) -> Result<(i32, String)> {
+    vm.run(&format!("memhog {mib} 0"), Duration::from_secs(300))
+}
+
+#[test]
+fn deflate_on_oom_gives_pages_back_instead_of_killing() -> Result<()> {
+    let mut vm = boot(VmConfig::new("deflate_on_oom").balloon_options("deflate-on-oom=on"))?;
+    ensure(negotiated(&mut vm)? & 1 << 2 != 0, || {
+        "DEFLATE_ON_OOM not negotiated".into()
+    })?;
+    let memtotal = vm.meminfo("MemTotal")?;
+    balloon_to_mib(&mut vm, 1024)?;
+    // The pages may come back at any time: they stay in MemTotal.
+    expect_memtotal(&mut vm, memtotal)?;
+    let available_mib = vm.meminfo("MemAvailable")? / 1024;
+    let want = available_mib + 300;
+    let (rc, out) = hog(&mut vm, want)?;
+    eprintln!("memhog {want}: rc {rc}, {}", out.trim());
+    ensure(rc == 0 && out.contains(&format!("got {want} MiB")), || {
+        format!("memhog {want} MiB did not complete: rc {rc}, {out}")
+    })?;
+    ensure(vmstat(&mut vm, "oom_kill")? == 0, || {
+        "OOM kill while the balloon had pages".into()
+    })?;
+    let actual = actual_mib(&mut vm)?;
+    ensure(actual >= 1024 + 250, || {
+        format!("balloon did not shrink: actual {actual} MiB")
+    })?;
+    let oom_deflated = debugfs(&mut vm, "oom_deflated_pages")?;
+    ensure(oom_deflated >= 250 * 256, || {
+        format!("oom_deflated_pages {oom_deflated}")
+    })?;
+    // The balloon stays down until the host asks again.
+    std::thread::sleep(Duration::from_secs(2));
+    ensure(actual_mib(&mut vm)? == actual, || {
+        "re-inflated without a new target".into()
+    })?;
+    balloon_to_mib(&mut vm, 1536)?;
+    vm.rmmod("virtio_balloon_rs")?;
+    expect_memtotal(&mut vm, memtotal)?;
+    vm.check_clean()?;
+    vm.shutdown()
+}
+
+#[test]
+fn without_deflate_on_oom_the_balloon_holds() -> Result<()> {
+    let mut vm = boot(VmConfig::new("no_deflate_on_oom"))?;
+    ensure(negotiated(&mut vm)? & 1 << 2 == 0, || {
+        "DEFLATE_ON_OOM negotiated".into()
+    })?;
+    balloon_to_mib(&mut vm, 1024)?;
+    let available_mib = vm.meminfo("MemAvailable")? / 1024;
+    let (rc, out) = hog(&mut vm, available_mib + 300)?;
+    eprintln!("memhog: rc {rc}, {}", out.trim());
+    ensure(rc != 0, || "memhog got more than the guest had".into())?;
+    ensure(vmstat(&mut vm, "oom_kill")? >= 1, || {
+        "expected the OOM killer".into()
+    })?;
+    ensure(actual_mib(&mut vm)? == 1024, || {
+        "balloon shrank without deflate-on-oom".into()
+    })?;
+    vm.rmmod("virtio_balloon_rs")?;
+    vm.check_console(ConsoleRules::allowing_oom_kills())?;
+    vm.shutdown()
+}
+
+#[test]
+fn free_page_reporting_returns_memory_to_the_host() -> Result<()> {
+    let mut vm = boot(
+        VmConfig::new("free_page_reporting")
+            .memory_mib(4096)
+            .balloon_options("free-page-reporting=on"),
+    )?;
+    ensure(negotiated(&mut vm)? & 1 << 5 != 0, || {
+        "REPORTING not negotiated".into()
+    })?;
+    let (rc, out) = hog(&mut vm, 2048)?;
+    ensure(rc == 0, || format!("memhog failed: {out}"))?;
+    let peak = vm.qemu_rss_kib()?;
+    eprintln!("QEMU RSS after touching and freeing 2 GiB: {peak} KiB");
+    ensure(peak > 2 * 1024 * 1024, || {
+        format!("guest memory not touched: RSS {peak} KiB")
+    })?;
+    let start = Instant::now();
+    let mut rss = peak;
+    while peak.saturating_sub(rss) < 800 * 1024 {
+        ensure(start.elapsed() < Duration::from_secs(120), || {
+            format!("QEMU RSS only fell from {peak} to {rss} KiB in 120 s")
+        })?;
+        std::thread::sleep(Duration::from_secs(1));
+        rss = vm.qemu_rss_kib()?;
+    }
+    eprintln!("RSS fell {peak} -> {rss} KiB in {:?}", start.elapsed());
+    ensure(debugfs(&mut vm, "free_page_reports")? > 0, || {
+        "no reports counted".into()
+    })?;
+    vm.rmmod("virtio_balloon_rs")?;
+    vm.check_clean()?;
+    vm.shutdown()
+}
+
+#[test]
+fn page_poison_follows_the_guest_and_gates_reporting() -> Result<()> {
+    // Without poisoning or init_on_free the bit is withdrawn; reporting stays.
+    let mut vm = boot(VmConfig::new("no_poison").balloon_options("free-page-reporting=on"))?;
+    let bits = negotiated(&mut vm)?;
+    ensure(bits & 1 << 4 == 0 && bits & 1 << 5 != 0, || {
+        format!("features {bits:#x}")
+    })?;
+    vm.rmmod("virtio_balloon_rs")?;
+    vm.check_clean()?;
+    vm.shutdown()?;
+    // Zeroing freed pages: the host is told (poison value 0) and reporting stays.
+    let mut vm = boot(
+        VmConfig::new("init_on_free")
+            .cmdline("init_on_free=1")
+            .balloon_options("free-page-reporting=on"),
+    )?;
+    let bits = negotiated(&mut vm)?;
+    ensure(bits & 1 << 4 != 0 && bits & 1 << 5 != 0, || {
+        format!("features {bits:#x}")
+    })?;
+    balloon_to_mib(&mut vm, 1536)?;
+    vm.rmmod("virtio_balloon_rs")?;
+    vm.check_clean()?;
+    vm.shutdown()?;
+    // A device that cannot be told the poison value gets no free page reports.
+    let mut vm = boot(
+        VmConfig::new("poison_off")
+            .cmdline("init_on_free=1")
+            .balloon_options("free-page-reporting=on,page-poison=off"),
+    )?;
+    let bits = negotiated(&mut vm)?;
+    ensure(bits & 1 << 4 == 0 && bits & 1 << 5 == 0, || {
+        format!("features {bits:#x}")
+    })?;
+    vm.rmmod("virtio_balloon_rs")?;
+    vm.check_clean()?;
+    vm.shutdown()
+}
+
+#[test]
+fn suspend_and_resume_keep_the_target() -> Result<()> {
+    let mut vm = boot(VmConfig::new("suspend"))?;
+    let memtotal = vm.meminfo("MemTotal")?;
+    balloon_to_mib(&mut vm, 1024)?;
+    // pm_test "devices": freeze tasks, run every device's freeze callback,
+    // wait, run the restore callbacks, as a real s2idle cycle does.
+    vm.sh_ok("echo devices > /sys/power/pm_test")?;
+    vm.run("echo freeze > /sys/power/state", Duration::from_secs(120))?;
+    vm.qmp().wait_actual(1024 * MIB, common::BALLOON_TIMEOUT)?;
+    expect_memtotal(&mut vm, memtotal - 1024 * 1024)?;
+    let dmesg = vm.dmesg()?;
+    ensure(dmesg.matches("bound: features").count() == 2, || {
+        format!("expected a restore after the freeze:\n{dmesg}")
+    })?;
+    ensure(dmesg.contains("balloon empty"), || {
+        "freeze did not empty the balloon".into()
+    })?;
+    vm.rmmod("virtio_balloon_rs")?;
+    expect_memtotal(&mut vm, memtotal)?;
+    vm.check_clean()?;
+    vm.shutdown()
+}
