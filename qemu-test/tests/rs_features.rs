@@ -185,7 +185,7 @@ fn debugfs_view_matches_the_host() -> Result<()> {
     let features = vm.sh_ok(&format!("cat {DEBUGFS}/{dev}/features"))?;
     // debugfs shows the balloon bits and VERSION_1; sysfs adds the ring
     // transport bits (event index, ring reset) the virtio core keeps.
-    let balloon_bits = (1 << 6) - 1 | 1 << 32 | 1 << 33;
+    let balloon_bits = ((1 << 6) - 1) | (1 << 32) | (1 << 33);
     let sysfs = negotiated(&mut vm)? & balloon_bits;
     ensure(features.starts_with(&format!("{sysfs:#x} ")), || {
         format!("debugfs features {features:?}, sysfs {sysfs:#x}")
