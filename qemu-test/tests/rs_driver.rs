@@ -276,20 +276,25 @@ fn compaction_migrates_balloon_pages_and_keeps_actual() -> Result<()> {
     let mut vm = boot("compaction")?;
     let memtotal = vm.meminfo("MemTotal")?;
     RS.insmod(&mut vm)?;
-    // The page allocator hands out high addresses first, where compaction's
-    // migrate scanner never gets. Fill the top of memory with a hog, inflate
-    // below it, then free the hog: balloon pages now sit low with free
-    // memory above them, which is what compaction moves.
-    vm.sh_ok("memhog 1024 600 > /tmp/hog.log 2>&1 & echo $! > /tmp/hog.pid")?;
-    let start = Instant::now();
-    while !vm.sh_ok("cat /tmp/hog.log")?.contains("1024") {
-        ensure(start.elapsed() < Duration::from_secs(60), || {
-            "memhog did not start".into()
-        })?;
-        std::thread::sleep(Duration::from_millis(200));
+    // Compaction only moves balloon pages that sit below free memory.
+    // Interleave: a hog, a slice of balloon, a hog, a slice... then free the
+    // hogs, leaving holes between the balloon slices wherever the allocator
+    // put them.
+    for (round, target) in [1898u64, 1748, 1598, 1448].into_iter().enumerate() {
+        vm.sh_ok(&format!("memhog 200 600 > /tmp/hog{round}.log 2>&1 &"))?;
+        let start = Instant::now();
+        while !vm
+            .sh_ok(&format!("cat /tmp/hog{round}.log"))?
+            .contains("got 200")
+        {
+            ensure(start.elapsed() < Duration::from_secs(60), || {
+                "memhog did not start".into()
+            })?;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        balloon_to_mib(&mut vm, target)?;
     }
-    balloon_to_mib(&mut vm, 1280)?;
-    vm.sh_ok("kill $(cat /tmp/hog.pid); wait")?;
+    vm.sh_ok("killall memhog; while pidof memhog > /dev/null; do sleep 0.1; done")?;
     let before = vmstat(&mut vm, "balloon_migrate")?;
     vm.run(
         "echo 1 > /proc/sys/vm/compact_memory",
@@ -300,11 +305,11 @@ fn compaction_migrates_balloon_pages_and_keeps_actual() -> Result<()> {
     ensure(after > before, || {
         format!("compaction migrated no balloon page ({before} -> {after})")
     })?;
-    ensure(actual_mib(&mut vm)? == 1280, || {
+    ensure(actual_mib(&mut vm)? == 1448, || {
         "actual moved during compaction".into()
     })?;
-    expect_memtotal(&mut vm, memtotal - 768 * 1024)?;
-    ensure(balloon_kb(&mut vm)? == 768 * 1024, || {
+    expect_memtotal(&mut vm, memtotal - 600 * 1024)?;
+    ensure(balloon_kb(&mut vm)? == 600 * 1024, || {
         "Balloon: changed".into()
     })?;
     vm.rmmod("virtio_balloon_rs")?;
