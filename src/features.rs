@@ -36,6 +36,7 @@ pub const DRIVER_FEATURE_BITS: &[u32] = &[
     Features::MUST_TELL_HOST.bits().trailing_zeros(),
     Features::STATS_VQ.bits().trailing_zeros(),
     Features::DEFLATE_ON_OOM.bits().trailing_zeros(),
+    Features::FREE_PAGE_HINT.bits().trailing_zeros(),
     Features::PAGE_POISON.bits().trailing_zeros(),
     Features::REPORTING.bits().trailing_zeros(),
 ];
@@ -82,6 +83,7 @@ impl Features {
         Self::MUST_TELL_HOST
             .union(Self::STATS_VQ)
             .union(Self::DEFLATE_ON_OOM)
+            .union(Self::FREE_PAGE_HINT)
             .union(Self::PAGE_POISON)
             .union(Self::REPORTING)
     }

@@ -17,6 +17,7 @@ pub mod backoff;
 pub mod config;
 pub mod engine;
 pub mod features;
+pub mod hint;
 pub mod pfn;
 pub mod stats;
 pub mod target;

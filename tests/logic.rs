@@ -43,9 +43,9 @@ fn negotiation_takes_only_what_the_driver_implements() {
     let offered = Features::all();
     let got = Features::negotiate(offered);
     assert_eq!(got, Features::implemented() | Features::VERSION_1);
-    // Free page hinting is not implemented, so never negotiated; transport
-    // bits other than VERSION_1 are not ours to ask for.
-    assert!(!got.contains(Features::FREE_PAGE_HINT));
+    // Every balloon feature of the C driver; transport bits other than
+    // VERSION_1 are not ours to ask for.
+    assert_eq!(Features::implemented().bits(), 0b11_1111);
     assert!(!got.contains(Features::ACCESS_PLATFORM));
     assert_eq!(
         Features::negotiate(Features::VERSION_1 | Features::DEFLATE_ON_OOM),
@@ -308,4 +308,22 @@ fn stats_use_the_c_drivers_order_units_and_layout() {
     .records(16);
     assert_eq!(n, 4);
     assert_eq!(records[1], (Tag::MemTotal, 200 * 65536), "64 KiB pages");
+}
+
+#[test]
+fn free_page_hint_command_ids() {
+    use balloon_logic::hint::{on_cmd_id, round_continues, HintAction, CMD_ID_DONE, CMD_ID_STOP};
+    assert_eq!(on_cmd_id(CMD_ID_DONE, 7), HintAction::ReturnAll);
+    assert_eq!(on_cmd_id(CMD_ID_STOP, 7), HintAction::Nothing);
+    assert_eq!(
+        on_cmd_id(7, 7),
+        HintAction::Nothing,
+        "a round runs only once per id"
+    );
+    assert_eq!(on_cmd_id(8, 7), HintAction::Start(8));
+    assert_eq!(on_cmd_id(2, CMD_ID_STOP), HintAction::Start(2));
+    assert!(round_continues(8, 8));
+    assert!(!round_continues(9, 8), "a new id ends the round");
+    assert!(!round_continues(CMD_ID_STOP, 8));
+    assert!(!round_continues(CMD_ID_DONE, CMD_ID_DONE));
 }

@@ -397,3 +397,60 @@ fn suspend_and_resume_keep_the_target() -> Result<()> {
     vm.check_clean()?;
     vm.shutdown()
 }
+
+#[test]
+fn free_page_hints_during_migration() -> Result<()> {
+    let mut vm = boot(
+        VmConfig::new("free_page_hint")
+            .qemu_args(["-object", "iothread,id=io0"])
+            .balloon_options("free-page-hint=on,iothread=io0"),
+    )?;
+    ensure(negotiated(&mut vm)? & 1 << 3 != 0, || {
+        "FREE_PAGE_HINT not negotiated".into()
+    })?;
+    let free_before = vm.meminfo("MemFree")?;
+    vm.qmp()
+        .execute("migrate", Some(json!({ "uri": "exec:cat > /dev/null" })))?;
+    let start = Instant::now();
+    loop {
+        let info = vm.qmp().execute("query-migrate", None)?;
+        match info["status"].as_str() {
+            Some("completed") => break,
+            Some("failed") | Some("cancelled") => return Err(err!("migration failed: {info}")),
+            _ => {}
+        }
+        ensure(start.elapsed() < Duration::from_secs(180), || {
+            format!("migration not done in 180 s: {info}")
+        })?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("migration completed in {:?}", start.elapsed());
+    // The source stays paused after a migration; run it again.
+    vm.qmp().execute("cont", None)?;
+    vm.sh_ok("echo alive")?;
+    let hinted = debugfs(&mut vm, "hinted_blocks")?;
+    eprintln!("hinted {hinted} blocks of 4 MiB");
+    ensure(hinted >= 100, || {
+        format!(
+            "only {hinted} blocks hinted of ~{} MiB free",
+            free_before / 1024
+        )
+    })?;
+    // The host says done at the end of the migration: the blocks come back.
+    let start = Instant::now();
+    while debugfs(&mut vm, "hint_blocks_held")? > 0 {
+        ensure(start.elapsed() < Duration::from_secs(30), || {
+            "hinted blocks never came back".into()
+        })?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let free_after = vm.meminfo("MemFree")?;
+    ensure(free_after + 64 * 1024 > free_before, || {
+        format!("MemFree {free_before} kB before, {free_after} kB after the hints")
+    })?;
+    // The balloon itself still works.
+    balloon_to_mib(&mut vm, 1536)?;
+    vm.rmmod("virtio_balloon_rs")?;
+    vm.check_clean()?;
+    vm.shutdown()
+}

@@ -13,6 +13,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use balloon_logic::config;
 use balloon_logic::engine::{Backend, Counters, Engine, HostError, Step};
 use balloon_logic::features::{self, queue_layout, Features, QueueRole};
+use balloon_logic::hint::{self, HintAction};
 use balloon_logic::pfn::{PageGeometry, PFNS_PER_BUFFER};
 use balloon_logic::stats;
 use balloon_logic::target::reserve_pages;
@@ -23,13 +24,16 @@ use kernel::sync::Mutex;
 use kernel::time::Jiffies;
 use kernel::{c_str, new_mutex};
 
-use crate::mm::{self, BalloonDevInfo, OomNotifier, Page, PageList, PageReporting, ReportedPages};
+use crate::mm::{
+    self, BalloonDevInfo, OomNotifier, Page, PageList, PageReporting, ReportedPages, Shrinker,
+    HINT_BLOCK_ORDER,
+};
 use crate::virtio::{
     self, DelayedWork, Device, DeviceHandle, SendError, Virtqueue, Virtqueues, WaitQueue,
 };
 use crate::{
     impl_has_balloon_dev_info, impl_has_delayed_work, impl_has_oom_notifier,
-    impl_has_page_reporting,
+    impl_has_page_reporting, impl_has_shrinker,
 };
 
 /// Where each queue role sits in the device's queue list.
@@ -38,6 +42,7 @@ struct QueueIndex {
     inflate: usize,
     deflate: usize,
     stats: Option<usize>,
+    free_page: Option<usize>,
     reporting: Option<usize>,
 }
 
@@ -49,6 +54,7 @@ impl QueueIndex {
             inflate: 0,
             deflate: 1,
             stats: None,
+            free_page: None,
             reporting: None,
         };
         for (i, role) in layout.iter().take(count).enumerate() {
@@ -59,7 +65,7 @@ impl QueueIndex {
                 QueueRole::Deflate => index.deflate = i,
                 QueueRole::Stats => index.stats = Some(i),
                 QueueRole::Reporting => index.reporting = Some(i),
-                QueueRole::FreePage => {}
+                QueueRole::FreePage => index.free_page = Some(i),
             }
         }
         (index, names, count)
@@ -88,6 +94,17 @@ struct StatsState {
     buffer: KBox<[u8; stats::BUFFER_SIZE]>,
 }
 
+/// Free page hinting: the queue, the command id buffers the host reads,
+/// and the blocks hinted so far.
+struct HintState {
+    queue: Option<Virtqueue>,
+    /// Id of the round last started; sent to the host as a buffer.
+    active: KBox<u32>,
+    /// The stop id, sent at the end of a round.
+    stop: KBox<u32>,
+    blocks: Pin<KBox<PageList<HINT_BLOCK_ORDER>>>,
+}
+
 /// Figures for the guest-side view in debugfs.
 struct DebugView {
     features: Features,
@@ -102,6 +119,8 @@ struct DebugView {
     reserve_pages: Atomic<u64>,
     stats_updates: Atomic<u64>,
     free_page_reports: Atomic<u64>,
+    hinted_blocks: Atomic<u64>,
+    hint_blocks_held: Atomic<u64>,
     host_stalled: Atomic<u64>,
 }
 
@@ -120,6 +139,8 @@ impl DebugView {
             reserve_pages: Atomic::new(0),
             stats_updates: Atomic::new(0),
             free_page_reports: Atomic::new(0),
+            hinted_blocks: Atomic::new(0),
+            hint_blocks_held: Atomic::new(0),
             host_stalled: Atomic::new(0),
         }
     }
@@ -202,11 +223,17 @@ pub(crate) struct Balloon {
     #[pin]
     reporting_queue: Mutex<Option<Virtqueue>>,
     #[pin]
+    hint: Mutex<HintState>,
+    #[pin]
     acked: WaitQueue,
     #[pin]
     update_work: DelayedWork<Balloon, 0>,
     #[pin]
     stats_work: DelayedWork<Balloon, 1>,
+    #[pin]
+    hint_work: DelayedWork<Balloon, 2>,
+    #[pin]
+    hint_shrinker: Shrinker<Balloon>,
     #[pin]
     pages: BalloonDevInfo<Balloon>,
     #[pin]
@@ -221,6 +248,13 @@ pub(crate) struct Balloon {
 
 impl_has_delayed_work!(Balloon, update_work, 0, Balloon::update);
 impl_has_delayed_work!(Balloon, stats_work, 1, Balloon::send_stats);
+impl_has_delayed_work!(Balloon, hint_work, 2, Balloon::free_page_hint);
+impl_has_shrinker!(
+    Balloon,
+    hint_shrinker,
+    Balloon::hint_pages_held,
+    Balloon::release_hint_pages
+);
 impl_has_balloon_dev_info!(Balloon, pages, Balloon::migrate);
 impl_has_oom_notifier!(Balloon, oom, Balloon::out_of_memory);
 impl_has_page_reporting!(Balloon, reporting, Balloon::report_free_pages);
@@ -423,6 +457,116 @@ impl Balloon {
         Ok(())
     }
 
+    /// The hint work: the host wrote a command id; start a round, or take
+    /// the hinted blocks back when it is done.
+    fn free_page_hint(&self) {
+        if self.stop_update.load(Ordering::Acquire) {
+            return;
+        }
+        let dev = self.dev.get();
+        let received = dev.read_config_le32(config::FREE_PAGE_HINT_CMD_ID);
+        let mut guard = self.hint.lock();
+        let HintState {
+            queue,
+            active,
+            stop,
+            blocks,
+        } = &mut *guard;
+        let Some(queue) = queue.as_mut() else { return };
+        match hint::on_cmd_id(received, u32::from_le(**active)) {
+            HintAction::Nothing => {}
+            HintAction::ReturnAll => {
+                let held = blocks.len();
+                blocks.as_mut().clear();
+                self.view.hint_blocks_held.store(0, Relaxed);
+                if held > 0 {
+                    dev_dbg!(dev.as_dev(), "free page hints done: {} blocks back\n", held);
+                }
+            }
+            HintAction::Start(id) => {
+                queue.drain_used();
+                **active = id.to_le();
+                if let Err(err) = queue.add_outbuf(u32_bytes(active)) {
+                    dev_err!(dev.as_dev(), "cannot send the hint start id: {:?}\n", err);
+                    return;
+                }
+                queue.kick();
+                let sent = self.send_hints(dev, queue, blocks.as_mut(), id);
+                queue.drain_used();
+                match queue.add_outbuf(u32_bytes(stop)) {
+                    Ok(()) => queue.kick(),
+                    Err(err) => dev_err!(dev.as_dev(), "cannot send the hint stop id: {:?}\n", err),
+                }
+                dev_dbg!(
+                    dev.as_dev(),
+                    "free page hint round {}: {} blocks\n",
+                    id,
+                    sent
+                );
+            }
+        }
+    }
+
+    /// Hints free blocks until the guest has none left or the host moves
+    /// to another command id; returns the blocks sent.
+    fn send_hints(
+        &self,
+        dev: &Device,
+        queue: &mut Virtqueue,
+        mut blocks: Pin<&mut PageList<HINT_BLOCK_ORDER>>,
+        id: u32,
+    ) -> u64 {
+        let mut sent = 0;
+        let poll = kernel::time::msecs_to_jiffies(10);
+        while !self.stop_update.load(Ordering::Acquire)
+            && hint::round_continues(dev.read_config_le32(config::FREE_PAGE_HINT_CMD_ID), id)
+        {
+            queue.drain_used();
+            // One descriptor stays free for the stop id.
+            if queue.num_free() <= 1 {
+                queue.wait_used(&self.acked, poll);
+                continue;
+            }
+            let Some(block) = Page::<HINT_BLOCK_ORDER>::alloc_free_block() else {
+                break;
+            };
+            if let Err(err) = queue.add_hint(&block) {
+                dev_warn!(dev.as_dev(), "cannot hint a free block: {:?}\n", err);
+                break;
+            }
+            queue.kick();
+            blocks.as_mut().push(block);
+            sent += 1;
+            self.view.hinted_blocks.fetch_add(1, Relaxed);
+            self.view
+                .hint_blocks_held
+                .store(blocks.len() as u64, Relaxed);
+        }
+        sent
+    }
+
+    /// Pages held as free page hints, for the shrinker.
+    fn hint_pages_held(&self) -> u64 {
+        self.view.hint_blocks_held.load(Relaxed) << HINT_BLOCK_ORDER
+    }
+
+    /// Memory pressure: give hinted blocks back early (hints are advisory).
+    fn release_hint_pages(&self, pages: u64) -> u64 {
+        // Never wait: a hint round may be allocating right now.
+        let Some(mut guard) = self.hint.try_lock() else {
+            return 0;
+        };
+        let wanted = pages.div_ceil(1 << HINT_BLOCK_ORDER);
+        let freed = guard
+            .blocks
+            .as_mut()
+            .release(usize::try_from(wanted).unwrap_or(usize::MAX));
+        self.view
+            .hint_blocks_held
+            .store(guard.blocks.len() as u64, Relaxed);
+        (freed as u64) << HINT_BLOCK_ORDER
+    }
+
     /// Sets the device up: queues, poison value, stats, notifiers.
     fn bring_up(&self, dev: &Device) -> Result {
         let (index, names, count) = QueueIndex::new(self.features);
@@ -431,6 +575,7 @@ impl Balloon {
         let deflate_queue = queues.take(index.deflate);
         let stats_queue = index.stats.and_then(|i| queues.take(i));
         let reporting_queue = index.reporting.and_then(|i| queues.take(i));
+        let hint_queue = index.free_page.and_then(|i| queues.take(i));
         let reporting_capacity = reporting_queue.as_ref().map(Virtqueue::size);
 
         let per_page = u64::from(self.geometry.balloon_pages_per_page());
@@ -452,6 +597,17 @@ impl Balloon {
             state.queues = Some(queues);
         }
         *self.reporting_queue.lock() = reporting_queue;
+        if let Some(queue) = hint_queue {
+            // The ring needs a descriptor for the command id besides hints.
+            if queue.size() < 2 {
+                dev_err!(dev.as_dev(), "free page hint queue too small\n");
+                self.hint.lock().queue = Some(queue);
+                return Err(ENOSPC);
+            }
+            let mut hint = self.hint.lock();
+            *hint.active = hint::CMD_ID_STOP.to_le();
+            hint.queue = Some(queue);
+        }
 
         if self.features.contains(Features::PAGE_POISON) {
             let poison = features::poison_value(mm::zeroes_free_pages());
@@ -479,6 +635,9 @@ impl Balloon {
         if let Some(capacity) = reporting_capacity {
             self.reporting.register(capacity)?;
         }
+        if self.features.contains(Features::FREE_PAGE_HINT) {
+            self.hint_shrinker.register(c_str!("virtio-balloon-rs"))?;
+        }
 
         let target = dev.read_config_le32(config::NUM_PAGES);
         dev_info!(
@@ -502,8 +661,10 @@ impl Balloon {
         self.stop_update.store(true, Ordering::Release);
         self.oom.unregister();
         self.reporting.unregister();
+        self.hint_shrinker.unregister();
         self.update_work.cancel_sync();
         self.stats_work.cancel_sync();
+        self.hint_work.cancel_sync();
 
         let mut told_host = false;
         loop {
@@ -545,6 +706,7 @@ impl Balloon {
                     (Some(index.deflate), state.deflate_queue.take()),
                     (index.stats, self.stats.lock().queue.take()),
                     (index.reporting, self.reporting_queue.lock().take()),
+                    (index.free_page, self.hint.lock().queue.take()),
                 ];
                 for (slot, queue) in taken {
                     if let (Some(slot), Some(queue)) = (slot, queue) {
@@ -553,6 +715,11 @@ impl Balloon {
                 }
                 dev.del_vqs(queues);
             }
+            // Hinted blocks may be reused at any time; the device is reset.
+            let mut hint = self.hint.lock();
+            hint.blocks.as_mut().clear();
+            self.view.hint_blocks_held.store(0, Relaxed);
+            drop(hint);
             if let Some(c) = counters {
                 dev_info!(
                     dev.as_dev(),
@@ -621,6 +788,12 @@ impl virtio::Driver for Balloon {
             queue: None,
             buffer: KBox::new([0u8; stats::BUFFER_SIZE], GFP_KERNEL)?,
         };
+        let hint = HintState {
+            queue: None,
+            active: KBox::new(hint::CMD_ID_STOP.to_le(), GFP_KERNEL)?,
+            stop: KBox::new(hint::CMD_ID_STOP.to_le(), GFP_KERNEL)?,
+            blocks: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
+        };
         let root = Dir::new(c_str!("virtio_balloon_rs"));
         let view = KBox::pin_init(
             root.scope(
@@ -640,6 +813,8 @@ impl virtio::Driver for Balloon {
                     dir.read_only_file(c_str!("backoff_ms"), &view.backoff_ms);
                     dir.read_only_file(c_str!("stats_updates"), &view.stats_updates);
                     dir.read_only_file(c_str!("free_page_reports"), &view.free_page_reports);
+                    dir.read_only_file(c_str!("hinted_blocks"), &view.hinted_blocks);
+                    dir.read_only_file(c_str!("hint_blocks_held"), &view.hint_blocks_held);
                     dir.read_only_file(c_str!("host_stalled"), &view.host_stalled);
                 },
             ),
@@ -654,9 +829,12 @@ impl virtio::Driver for Balloon {
                 state <- new_mutex!(state),
                 stats <- new_mutex!(stats),
                 reporting_queue <- new_mutex!(None),
+                hint <- new_mutex!(hint),
                 acked <- WaitQueue::new(),
                 update_work <- DelayedWork::new(),
                 stats_work <- DelayedWork::new(),
+                hint_work <- DelayedWork::new(),
+                hint_shrinker <- Shrinker::new(),
                 pages <- BalloonDevInfo::new(!features.contains(Features::DEFLATE_ON_OOM)),
                 oom <- OomNotifier::new(),
                 reporting <- PageReporting::new(),
@@ -676,6 +854,8 @@ impl virtio::Driver for Balloon {
     }
 
     fn queue_done(&self, queue_index: u32) {
+        // Stats buffers come back when the host wants figures; every other
+        // queue's completion wakes whoever waits for its buffer.
         if self.index.stats == Some(queue_index as usize) {
             if !self.stop_update.load(Ordering::Acquire) {
                 self.stats_work.run_now();
@@ -688,6 +868,9 @@ impl virtio::Driver for Balloon {
     fn config_changed(&self, _dev: &Device) {
         if !self.stop_update.load(Ordering::Acquire) {
             self.update_work.run_now();
+            if self.features.contains(Features::FREE_PAGE_HINT) {
+                self.hint_work.run_now();
+            }
         }
     }
 
@@ -711,4 +894,9 @@ impl fmt::Debug for DisplayFeatures {
         }
         Ok(())
     }
+}
+
+/// The bytes of a command id buffer, as the device reads them.
+fn u32_bytes(word: &KBox<u32>) -> &[u8] {
+    word.as_bytes()
 }

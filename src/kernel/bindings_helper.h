@@ -6,6 +6,7 @@
 #include <linux/notifier.h>
 #include <linux/oom.h>
 #include <linux/page_reporting.h>
+#include <linux/shrinker.h>
 #include <linux/vmstat.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
@@ -18,4 +19,5 @@
 
 /* Macros bindgen cannot see through, as constants. */
 const int VBRS_NOTIFY_OK = NOTIFY_OK;
+const unsigned int VBRS_MAX_PAGE_ORDER = MAX_PAGE_ORDER;
 const int VBRS_PAGE_REPORTING_ORDER_UNSPECIFIED = PAGE_REPORTING_ORDER_UNSPECIFIED;

@@ -135,9 +135,31 @@ unsigned long vbrs_page_to_pfn(struct page *page)
 	return page_to_pfn(page);
 }
 
-void vbrs_put_page(struct page *page)
+struct page *vbrs_alloc_free_block(unsigned int order)
 {
-	put_page(page);
+	return alloc_pages(__GFP_NORETRY | __GFP_NOWARN | __GFP_NOMEMALLOC, order);
+}
+
+void vbrs_free_block(struct page *page, unsigned int order)
+{
+	if (order == 0)
+		put_page(page);
+	else
+		__free_pages(page, order);
+}
+
+int vbrs_virtqueue_add_inbuf_block(struct virtqueue *vq, struct page *page, unsigned int order)
+{
+	struct scatterlist sg;
+	void *addr = page_address(page);
+
+	sg_init_one(&sg, addr, PAGE_SIZE << order);
+	return virtqueue_add_inbuf(vq, &sg, 1, addr, GFP_KERNEL);
+}
+
+unsigned int vbrs_virtqueue_num_free(struct virtqueue *vq)
+{
+	return vq->num_free;
 }
 
 void vbrs_balloon_devinfo_init(struct balloon_dev_info *info)

@@ -12,6 +12,7 @@ use core::marker::PhantomData;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
 
+use kernel::c_str;
 use kernel::error::to_result;
 use kernel::ffi;
 use kernel::prelude::*;
@@ -19,18 +20,48 @@ use kernel::types::Opaque;
 
 use crate::bindings;
 
-/// One guest page owned by the balloon driver and not on a balloon list.
+/// A block of `2^ORDER` guest pages owned by the driver and not on a
+/// balloon list (order 0: one balloon page).
 ///
 /// # Invariants
 ///
-/// `page` is a valid page with one reference owned by this value; it is on
-/// no list.
-pub(crate) struct Page {
+/// `page` is the head of a valid, non-compound block of that order with one
+/// reference owned by this value; it is on no list.
+pub(crate) struct Page<const ORDER: u32 = 0> {
     page: NonNull<bindings::page>,
 }
 
 // SAFETY: a page reference may be dropped from any thread.
-unsafe impl Send for Page {}
+unsafe impl<const ORDER: u32> Send for Page<ORDER> {}
+
+impl<const ORDER: u32> Page<ORDER> {
+    /// Allocates a free block for a free page hint, the way the C driver
+    /// does: no reclaim, no retry, no warning, no memalloc reserves. `None`
+    /// means the guest has no more free blocks of this order.
+    pub(crate) fn alloc_free_block() -> Option<Self> {
+        // SAFETY: no preconditions.
+        let page = NonNull::new(unsafe { bindings::vbrs_alloc_free_block(ORDER) })?;
+        // INVARIANT: a fresh block with its one reference, on no list.
+        Some(Self { page })
+    }
+
+    /// Its page frame number.
+    pub(crate) fn pfn(&self) -> u64 {
+        // SAFETY: the page is valid (type invariant).
+        unsafe { bindings::vbrs_page_to_pfn(self.page.as_ptr()) as u64 }
+    }
+
+    /// The raw page, for the virtio layer to put its memory on a queue.
+    pub(crate) fn as_raw(&self) -> *mut bindings::page {
+        self.page.as_ptr()
+    }
+
+    fn into_raw(self) -> *mut bindings::page {
+        let page = self.page.as_ptr();
+        core::mem::forget(self);
+        page
+    }
+}
 
 impl Page {
     /// Allocates a page for the balloon the way `balloon_page_alloc` does:
@@ -42,25 +73,13 @@ impl Page {
         // INVARIANT: a fresh page with its one reference, on no list.
         Some(Self { page })
     }
-
-    /// Its page frame number.
-    pub(crate) fn pfn(&self) -> u64 {
-        // SAFETY: the page is valid (type invariant).
-        unsafe { bindings::vbrs_page_to_pfn(self.page.as_ptr()) as u64 }
-    }
-
-    fn into_raw(self) -> *mut bindings::page {
-        let page = self.page.as_ptr();
-        core::mem::forget(self);
-        page
-    }
 }
 
-impl Drop for Page {
+impl<const ORDER: u32> Drop for Page<ORDER> {
     fn drop(&mut self) {
-        // SAFETY: we own one reference (type invariant); dropping it frees
-        // the page back to the buddy allocator.
-        unsafe { bindings::vbrs_put_page(self.page.as_ptr()) }
+        // SAFETY: we own one reference to a block of this order (type
+        // invariant); dropping it frees the block to the buddy allocator.
+        unsafe { bindings::vbrs_free_block(self.page.as_ptr(), ORDER) }
     }
 }
 
@@ -72,16 +91,16 @@ impl Drop for Page {
 /// `head` is an initialised list head; every page on it is owned by the
 /// list (one reference each) and on no other list.
 #[pin_data(PinnedDrop)]
-pub(crate) struct PageList {
+pub(crate) struct PageList<const ORDER: u32 = 0> {
     #[pin]
     head: Opaque<bindings::list_head>,
     len: usize,
 }
 
 // SAFETY: the list owns its pages; the pages may be freed from any thread.
-unsafe impl Send for PageList {}
+unsafe impl<const ORDER: u32> Send for PageList<ORDER> {}
 
-impl PageList {
+impl<const ORDER: u32> PageList<ORDER> {
     /// An initialiser for an empty list.
     pub(crate) fn new() -> impl PinInit<Self> {
         pin_init!(Self {
@@ -93,8 +112,13 @@ impl PageList {
         })
     }
 
+    /// Blocks on the list.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// Puts `page` on the list.
-    pub(crate) fn push(self: Pin<&mut Self>, page: Page) {
+    pub(crate) fn push(self: Pin<&mut Self>, page: Page<ORDER>) {
         // SAFETY: pinning is kept: only `len` is moved.
         let this = unsafe { self.get_unchecked_mut() };
         // SAFETY: the page is valid and on no list; the list takes its
@@ -104,7 +128,7 @@ impl PageList {
     }
 
     /// Takes a page off the list.
-    pub(crate) fn pop(self: Pin<&mut Self>) -> Option<Page> {
+    pub(crate) fn pop(self: Pin<&mut Self>) -> Option<Page<ORDER>> {
         // SAFETY: pinning is kept: only `len` is moved.
         let this = unsafe { self.get_unchecked_mut() };
         // SAFETY: the head is initialised; the helper unlinks the first page.
@@ -118,10 +142,19 @@ impl PageList {
     pub(crate) fn clear(mut self: Pin<&mut Self>) {
         while self.as_mut().pop().is_some() {}
     }
+
+    /// Frees up to `count` blocks and returns how many it freed.
+    pub(crate) fn release(mut self: Pin<&mut Self>, count: usize) -> usize {
+        let mut freed = 0;
+        while freed < count && self.as_mut().pop().is_some() {
+            freed += 1;
+        }
+        freed
+    }
 }
 
 #[pinned_drop]
-impl PinnedDrop for PageList {
+impl<const ORDER: u32> PinnedDrop for PageList<ORDER> {
     fn drop(self: Pin<&mut Self>) {
         self.clear();
     }
@@ -260,6 +293,10 @@ pub(crate) fn available_pages() -> u64 {
     let pages = unsafe { bindings::si_mem_available() };
     u64::try_from(pages).unwrap_or(0)
 }
+
+/// Order of the blocks handed out as free page hints (`MAX_PAGE_ORDER`, the
+/// C driver's choice: 4 MiB with 4 KiB pages).
+pub(crate) const HINT_BLOCK_ORDER: u32 = bindings::VBRS_MAX_PAGE_ORDER;
 
 /// The guest's page size as a shift.
 pub(crate) const PAGE_SHIFT: u32 = kernel::page::PAGE_SHIFT as u32;
@@ -572,6 +609,143 @@ impl<T> PinnedDrop for PageReporting<T> {
         if self.registered.load(Ordering::Acquire) {
             // SAFETY: registered and still pinned.
             unsafe { bindings::page_reporting_unregister(self.info.get()) };
+        }
+    }
+}
+
+/// The owner of a [`Shrinker`].
+///
+/// # Safety
+///
+/// `OFFSET` must be the byte offset of a `Shrinker<Self>` field in `Self`,
+/// and the owner must stay pinned while the shrinker is registered.
+pub(crate) unsafe trait HasShrinker: Sized + Sync {
+    /// Offset of the `Shrinker<Self>` field.
+    const OFFSET: usize;
+    /// Pages the owner could free.
+    fn count(&self) -> u64;
+    /// Frees up to `pages` pages and returns how many it freed.
+    fn scan(&self, pages: u64) -> u64;
+}
+
+/// Implements [`HasShrinker`] for `$owner` whose `$field` is its shrinker.
+#[macro_export]
+macro_rules! impl_has_shrinker {
+    ($owner:ty, $field:ident, $count:path, $scan:path) => {
+        // SAFETY: the offset is computed by the compiler for this field,
+        // whose type is `Shrinker<$owner>`.
+        unsafe impl $crate::mm::HasShrinker for $owner {
+            const OFFSET: usize = ::core::mem::offset_of!($owner, $field);
+            fn count(&self) -> u64 {
+                $count(self)
+            }
+            fn scan(&self, pages: u64) -> u64 {
+                $scan(self, pages)
+            }
+        }
+    };
+}
+
+/// A memory shrinker: reclaim asks the owner for pages it can give back.
+///
+/// # Invariants
+///
+/// `shrinker` is null or a shrinker from `shrinker_alloc` whose
+/// `private_data` is the pinned owner, registered until `unregister`.
+#[pin_data(PinnedDrop)]
+pub(crate) struct Shrinker<T> {
+    shrinker: core::sync::atomic::AtomicPtr<bindings::shrinker>,
+    _owner: PhantomData<T>,
+}
+
+/// Shrinker count callback.
+///
+/// # Safety
+///
+/// Called by reclaim with a shrinker registered by [`Shrinker::register`].
+unsafe extern "C" fn shrinker_count<T: HasShrinker>(
+    shrinker: *mut bindings::shrinker,
+    _sc: *mut bindings::shrink_control,
+) -> ffi::c_ulong {
+    // SAFETY: `private_data` is the pinned owner (type invariant).
+    let owner = unsafe { &*(*shrinker).private_data.cast::<T>() };
+    owner.count() as ffi::c_ulong
+}
+
+/// Shrinker scan callback.
+///
+/// # Safety
+///
+/// Called by reclaim with a shrinker registered by [`Shrinker::register`]
+/// and a valid shrink control.
+unsafe extern "C" fn shrinker_scan<T: HasShrinker>(
+    shrinker: *mut bindings::shrinker,
+    sc: *mut bindings::shrink_control,
+) -> ffi::c_ulong {
+    // SAFETY: `private_data` is the pinned owner (type invariant); `sc` is
+    // valid for the call.
+    let (owner, wanted) = unsafe {
+        (
+            &*(*shrinker).private_data.cast::<T>(),
+            (*sc).nr_to_scan as u64,
+        )
+    };
+    owner.scan(wanted) as ffi::c_ulong
+}
+
+impl<T: HasShrinker> Shrinker<T> {
+    /// An initialiser for an unregistered shrinker.
+    pub(crate) fn new() -> impl PinInit<Self> {
+        pin_init!(Self {
+            shrinker: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()),
+            _owner: PhantomData,
+        })
+    }
+
+    /// Allocates and registers the shrinker under `name`.
+    pub(crate) fn register(&self, name: &CStr) -> Result {
+        if !self.shrinker.load(Ordering::Acquire).is_null() {
+            return Ok(());
+        }
+        // SAFETY: `name` is a valid C string; "%s" takes it as the one
+        // variadic argument.
+        let shrinker =
+            unsafe { bindings::shrinker_alloc(0, c_str!("%s").as_char_ptr(), name.as_char_ptr()) };
+        if shrinker.is_null() {
+            return Err(ENOMEM);
+        }
+        // The owner is pinned and embeds `self` at `T::OFFSET`.
+        let owner = (self as *const Self).cast::<u8>().wrapping_sub(T::OFFSET);
+        // SAFETY: `shrinker` is freshly allocated and not yet registered;
+        // INVARIANT: its `private_data` is the pinned owner.
+        unsafe {
+            (*shrinker).count_objects = Some(shrinker_count::<T>);
+            (*shrinker).scan_objects = Some(shrinker_scan::<T>);
+            (*shrinker).private_data = owner.cast_mut().cast();
+            bindings::shrinker_register(shrinker);
+        }
+        self.shrinker.store(shrinker, Ordering::Release);
+        Ok(())
+    }
+
+    /// Unregisters and frees the shrinker; waits for running callbacks.
+    pub(crate) fn unregister(&self) {
+        let shrinker = self.shrinker.swap(core::ptr::null_mut(), Ordering::AcqRel);
+        if !shrinker.is_null() {
+            // SAFETY: allocated and registered by `register`; taken out of
+            // `self`, so freed once.
+            unsafe { bindings::shrinker_free(shrinker) };
+        }
+    }
+}
+
+#[pinned_drop]
+impl<T> PinnedDrop for Shrinker<T> {
+    fn drop(self: Pin<&mut Self>) {
+        let shrinker = self.shrinker.swap(core::ptr::null_mut(), Ordering::AcqRel);
+        if !shrinker.is_null() {
+            // SAFETY: allocated and registered by `register`.
+            unsafe { bindings::shrinker_free(shrinker) };
         }
     }
 }

@@ -297,6 +297,36 @@ impl Virtqueue {
         }
     }
 
+    /// Free descriptors in the ring.
+    pub(crate) fn num_free(&self) -> u32 {
+        // SAFETY: the queue is valid.
+        unsafe { bindings::vbrs_virtqueue_num_free(self.vq.as_ptr()) }
+    }
+
+    /// Takes back every buffer the device has used.
+    pub(crate) fn drain_used(&mut self) {
+        while self.get_buf() {}
+    }
+
+    /// Sleeps until the device returns a buffer (taking it back) or
+    /// `timeout` passes; returns whether a buffer came back.
+    pub(crate) fn wait_used(&mut self, waiter: &WaitQueue, timeout: Jiffies) -> bool {
+        self.wait(waiter, timeout)
+    }
+
+    /// Hands a block of free pages to the device as a free page hint.
+    ///
+    /// The device only notes the block's address (it will not migrate those
+    /// pages); it never writes to it, and the guest may reuse the block at
+    /// any time, as the C driver's shrinker does.
+    pub(crate) fn add_hint<const ORDER: u32>(&mut self, block: &crate::mm::Page<ORDER>) -> Result {
+        // SAFETY: the queue is valid and `&mut self` serialises its use; the
+        // block is a valid page block of `ORDER` in the linear map.
+        to_result(unsafe {
+            bindings::vbrs_virtqueue_add_inbuf_block(self.vq.as_ptr(), block.as_raw(), ORDER)
+        })
+    }
+
     /// Hands a free page report to the device (device-writable buffers) and
     /// sleeps until the device has processed it.
     ///
