@@ -119,6 +119,7 @@ struct DebugView {
     reserve_pages: Atomic<u64>,
     stats_updates: Atomic<u64>,
     free_page_reports: Atomic<u64>,
+    hint_rounds: Atomic<u64>,
     hinted_blocks: Atomic<u64>,
     hint_blocks_held: Atomic<u64>,
     host_stalled: Atomic<u64>,
@@ -139,6 +140,7 @@ impl DebugView {
             reserve_pages: Atomic::new(0),
             stats_updates: Atomic::new(0),
             free_page_reports: Atomic::new(0),
+            hint_rounds: Atomic::new(0),
             hinted_blocks: Atomic::new(0),
             hint_blocks_held: Atomic::new(0),
             host_stalled: Atomic::new(0),
@@ -484,6 +486,7 @@ impl Balloon {
                 }
             }
             HintAction::Start(id) => {
+                self.view.hint_rounds.fetch_add(1, Relaxed);
                 queue.drain_used();
                 **active = id.to_le();
                 if let Err(err) = queue.add_outbuf(u32_bytes(active)) {
@@ -518,6 +521,7 @@ impl Balloon {
     ) -> u64 {
         let mut sent = 0;
         let poll = kernel::time::msecs_to_jiffies(10);
+
         while !self.stop_update.load(Ordering::Acquire)
             && hint::round_continues(dev.read_config_le32(config::FREE_PAGE_HINT_CMD_ID), id)
         {
@@ -813,6 +817,7 @@ impl virtio::Driver for Balloon {
                     dir.read_only_file(c_str!("backoff_ms"), &view.backoff_ms);
                     dir.read_only_file(c_str!("stats_updates"), &view.stats_updates);
                     dir.read_only_file(c_str!("free_page_reports"), &view.free_page_reports);
+                    dir.read_only_file(c_str!("hint_rounds"), &view.hint_rounds);
                     dir.read_only_file(c_str!("hinted_blocks"), &view.hinted_blocks);
                     dir.read_only_file(c_str!("hint_blocks_held"), &view.hint_blocks_held);
                     dir.read_only_file(c_str!("host_stalled"), &view.host_stalled);
