@@ -715,7 +715,7 @@ impl<T: HasShrinker> Shrinker<T> {
             return Err(ENOMEM);
         }
         // The owner is pinned and embeds `self` at `T::OFFSET`.
-        let owner = (self as *const Self).cast::<u8>().wrapping_sub(T::OFFSET);
+        let owner = core::ptr::from_ref(self).cast::<u8>().wrapping_sub(T::OFFSET);
         // SAFETY: `shrinker` is freshly allocated and not yet registered;
         // INVARIANT: its `private_data` is the pinned owner.
         unsafe {
