@@ -49,9 +49,12 @@ pub trait Backend {
     fn commit_inflate(&mut self);
     /// The host never got the staged pages: free them.
     fn abort_inflate(&mut self);
-    /// Takes one page out of the balloon into the deflate staging area and
-    /// returns its frame number.
-    fn dequeue_page(&mut self) -> Option<u64>;
+    /// Takes up to `max` guest pages out of the balloon into the deflate
+    /// staging area and returns how many it took (fewer when pages are
+    /// isolated for migration).
+    fn dequeue_pages(&mut self, max: u64) -> u64;
+    /// Calls `f` with the frame number of every page staged for deflate.
+    fn staged_deflate_pfns(&self, f: &mut dyn FnMut(u64));
     /// The host was told about the staged pages: give them back to the guest.
     fn commit_deflate(&mut self);
     /// The host was not told: put the staged pages back into the balloon.
@@ -265,22 +268,25 @@ impl Engine {
     }
 
     fn deflate<B: Backend>(&mut self, backend: &mut B, buffer: &mut [u32], wanted: u64) -> Step {
-        let mut batch = PfnBatch::new(buffer, self.geometry, self.little_endian);
-        let mut left = wanted;
-        while left > 0 && batch.has_room() {
-            let Some(pfn) = backend.dequeue_page() else {
-                break;
-            };
-            if let Err(err) = batch.push_page(pfn) {
-                // Unreachable: inflate only ballooned pages that had a PFN.
-                log::warn!("balloon page without a device PFN: {:?}\n", err);
-                break;
-            }
-            left = left.saturating_sub(u64::from(self.geometry.balloon_pages_per_page()));
-        }
-        if batch.is_empty() {
+        let per_page = u64::from(self.geometry.balloon_pages_per_page());
+        let capacity = buffer.len() as u64 / per_page;
+        if backend.dequeue_pages((wanted / per_page).min(capacity)) == 0 {
             // Every page left is isolated for migration right now; the
             // migration puts it back (or swaps it) shortly.
+            return Step::Backoff(ISOLATED_RETRY_MS);
+        }
+        let mut batch = PfnBatch::new(buffer, self.geometry, self.little_endian);
+        let mut unnamed = 0u32;
+        backend.staged_deflate_pfns(&mut |pfn| {
+            // Cannot fail: the staged pages fit the buffer and each had a
+            // device PFN when it was inflated.
+            if batch.push_page(pfn).is_err() {
+                unnamed += 1;
+            }
+        });
+        if unnamed > 0 {
+            log::error!("{} balloon pages without a device PFN\n", unnamed);
+            backend.abort_deflate();
             return Step::Backoff(ISOLATED_RETRY_MS);
         }
         let sent = batch.len() as u64;
@@ -397,12 +403,13 @@ impl Engine {
         backend.abort_inflate();
         backend.commit_deflate();
         while self.pages > 0 {
-            if backend.dequeue_page().is_none() {
+            let got = backend.dequeue_pages(self.pages / per_page) * per_page;
+            if got == 0 {
                 return false;
             }
             backend.commit_deflate();
-            self.pages = self.pages.saturating_sub(per_page);
-            self.counters.deflated += per_page;
+            self.pages = self.pages.saturating_sub(got);
+            self.counters.deflated += got;
         }
         self.stalled = false;
         true

@@ -112,10 +112,17 @@ impl Backend for Model {
             self.free_page(page);
         }
     }
-    fn dequeue_page(&mut self) -> Option<u64> {
-        let page = self.balloon.pop()?;
-        self.staged_deflate.push(page);
-        Some(page)
+    fn dequeue_pages(&mut self, max: u64) -> u64 {
+        let mut taken = 0;
+        while taken < max {
+            let Some(page) = self.balloon.pop() else { break };
+            self.staged_deflate.push(page);
+            taken += 1;
+        }
+        taken
+    }
+    fn staged_deflate_pfns(&self, f: &mut dyn FnMut(u64)) {
+        self.staged_deflate.iter().for_each(|pfn| f(*pfn));
     }
     fn commit_deflate(&mut self) {
         for page in std::mem::take(&mut self.staged_deflate) {

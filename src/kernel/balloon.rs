@@ -312,11 +312,13 @@ impl Backend for Host<'_> {
         self.staged_inflate.as_mut().clear();
     }
 
-    fn dequeue_page(&mut self) -> Option<u64> {
-        let page = self.balloon.dequeue()?;
-        let pfn = page.pfn();
-        self.staged_deflate.as_mut().push(page);
-        Some(pfn)
+    fn dequeue_pages(&mut self, max: u64) -> u64 {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        self.balloon.dequeue_list(self.staged_deflate.as_mut(), max) as u64
+    }
+
+    fn staged_deflate_pfns(&self, f: &mut dyn FnMut(u64)) {
+        self.staged_deflate.for_each_pfn(f);
     }
 
     fn commit_deflate(&mut self) {

@@ -130,6 +130,13 @@ struct page *vbrs_page_list_pop(struct list_head *list)
 	return page;
 }
 
+struct page *vbrs_page_list_next(struct list_head *list, struct page *page)
+{
+	struct list_head *next = page ? page->lru.next : list->next;
+
+	return next == list ? NULL : list_entry(next, struct page, lru);
+}
+
 unsigned long vbrs_page_to_pfn(struct page *page)
 {
 	return page_to_pfn(page);

@@ -44,6 +44,7 @@ bool vbrs_virt_addr_valid(const void *addr);
 void vbrs_init_list_head(struct list_head *list);
 void vbrs_page_list_add(struct page *page, struct list_head *list);
 struct page *vbrs_page_list_pop(struct list_head *list);
+struct page *vbrs_page_list_next(struct list_head *list, struct page *page);
 unsigned long vbrs_page_to_pfn(struct page *page);
 struct page *vbrs_alloc_free_block(unsigned int order);
 void vbrs_free_block(struct page *page, unsigned int order);

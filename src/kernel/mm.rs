@@ -138,6 +138,21 @@ impl<const ORDER: u32> PageList<ORDER> {
         Some(Page { page })
     }
 
+    /// Calls `f` with the frame number of every page on the list.
+    pub(crate) fn for_each_pfn(&self, f: &mut dyn FnMut(u64)) {
+        let head = self.head.get();
+        let mut page = core::ptr::null_mut();
+        loop {
+            // SAFETY: the head is initialised and `page` is null or on it.
+            page = unsafe { bindings::vbrs_page_list_next(head, page) };
+            if page.is_null() {
+                return;
+            }
+            // SAFETY: `page` is a valid page on the list.
+            f(unsafe { bindings::vbrs_page_to_pfn(page) } as u64);
+        }
+    }
+
     /// Frees every page on the list.
     pub(crate) fn clear(mut self: Pin<&mut Self>) {
         while self.as_mut().pop().is_some() {}
@@ -253,29 +268,29 @@ impl<T: HasBalloonDevInfo> BalloonDevInfo<T> {
         })
     }
 
-    /// Moves every page of `list` into the balloon.
-    pub(crate) fn enqueue_list(&self, mut list: Pin<&mut PageList>) -> usize {
-        let mut moved = 0;
-        while let Some(page) = list.as_mut().pop() {
-            // SAFETY: the descriptor is initialised and the page is ours and
-            // on no list; the balloon core takes over its reference.
-            unsafe { bindings::balloon_page_enqueue(self.info.get(), page.into_raw()) };
-            moved += 1;
-        }
+    /// Moves every page of `list` into the balloon, under one lock.
+    pub(crate) fn enqueue_list(&self, list: Pin<&mut PageList>) -> usize {
+        // SAFETY: only `len` changes; the head stays pinned.
+        let list = unsafe { list.get_unchecked_mut() };
+        // SAFETY: the descriptor and the list are initialised; the list owns
+        // its pages (one reference each), which the balloon core takes over
+        // as it unlinks them.
+        let moved = unsafe { bindings::balloon_page_list_enqueue(self.info.get(), list.head.get()) };
+        list.len = 0;
         moved
     }
 
-    /// Takes one page out of the balloon, or `None` when every page left
-    /// is isolated for migration.
-    ///
-    /// The caller must know the balloon is not empty: the core treats a
-    /// dequeue from an empty balloon as lost pages and BUGs.
-    pub(crate) fn dequeue(&self) -> Option<Page> {
-        // SAFETY: the descriptor is initialised; the caller's count says a
-        // page is on the list or isolated.
-        let page = NonNull::new(unsafe { bindings::balloon_page_dequeue(self.info.get()) })?;
-        // INVARIANT: the core handed us its reference and unlinked the page.
-        Some(Page { page })
+    /// Moves up to `max` pages from the balloon onto `list`, under one lock;
+    /// returns how many (fewer when pages are isolated for migration).
+    pub(crate) fn dequeue_list(&self, list: Pin<&mut PageList>, max: usize) -> usize {
+        // SAFETY: only `len` changes; the head stays pinned.
+        let list = unsafe { list.get_unchecked_mut() };
+        // SAFETY: the descriptor and the list are initialised; the core hands
+        // over one reference per page it links onto the list.
+        let moved =
+            unsafe { bindings::balloon_page_list_dequeue(self.info.get(), list.head.get(), max) };
+        list.len += moved;
+        moved
     }
 }
 
