@@ -28,23 +28,18 @@ pub enum HostError {
 /// areas (one for an inflate, one for a deflate) until the host has
 /// acknowledged the buffer that names them.
 pub trait Backend {
-    /// A guest page allocated for the balloon but not yet in it.
-    type Page;
-
     /// Reads `num_pages`, the host's target, from the config space.
     fn read_target(&mut self) -> u32;
     /// Writes `actual`, the balloon's size, to the config space.
     fn write_actual(&mut self, actual: u32);
     /// Guest pages the guest could give without trouble (MemAvailable).
     fn available_pages(&mut self) -> u64;
-    /// Allocates one page for the balloon, without retrying or warning.
-    fn alloc_page(&mut self) -> Option<Self::Page>;
-    /// The page frame number of `page`.
-    fn page_pfn(&self, page: &Self::Page) -> u64;
-    /// Frees a page that never got into the balloon.
-    fn free_page(&mut self, page: Self::Page);
-    /// Puts `page` in the inflate staging area.
-    fn stage_inflate(&mut self, page: Self::Page);
+    /// Allocates up to `max` guest pages for the balloon into the inflate
+    /// staging area, without retrying or warning, and returns how many it
+    /// got (fewer when the guest is short of memory).
+    fn alloc_pages(&mut self, max: u64) -> u64;
+    /// Calls `f` with the frame number of every page staged for inflate.
+    fn staged_inflate_pfns(&self, f: &mut dyn FnMut(u64));
     /// The host has the staged pages: move them into the balloon.
     fn commit_inflate(&mut self);
     /// The host never got the staged pages: free them.
@@ -213,34 +208,40 @@ impl Engine {
     }
 
     fn inflate<B: Backend>(&mut self, backend: &mut B, buffer: &mut [u32], wanted: u64) -> Step {
-        let per_page = u64::from(self.geometry.balloon_pages_per_page());
-        let capacity = buffer.len() as u64 / per_page;
+        let capacity = self.geometry.guest_pages(buffer.len() as u64);
         let budget = inflate_budget(
-            wanted / per_page,
+            self.geometry.guest_pages(wanted),
             capacity,
             backend.available_pages(),
             self.reserve,
         );
-        let mut batch = PfnBatch::new(buffer, self.geometry, self.little_endian);
-        let mut short = budget < (wanted / per_page).min(capacity);
-        for _ in 0..budget {
-            let Some(page) = backend.alloc_page() else {
-                short = true;
-                break;
-            };
-            match batch.push_page(backend.page_pfn(&page)) {
-                Ok(()) => backend.stage_inflate(page),
-                Err(err) => {
-                    // A page the 32-bit PFN cannot name cannot be ballooned.
-                    log::warn!("cannot balloon a page: {:?}\n", err);
-                    backend.free_page(page);
-                    short = true;
-                    break;
+        let want = self.geometry.guest_pages(wanted).min(capacity);
+        let got = if budget > 0 {
+            backend.alloc_pages(budget)
+        } else {
+            0
+        };
+        let short = got < want;
+        let mut sent = 0;
+        if got > 0 {
+            let mut batch = PfnBatch::new(buffer, self.geometry, self.little_endian);
+            let mut unnamed = 0u32;
+            backend.staged_inflate_pfns(&mut |pfn| {
+                if batch.push_page(pfn).is_err() {
+                    unnamed += 1;
                 }
+            });
+            if unnamed > 0 {
+                // A page the 32-bit PFN cannot name cannot be ballooned.
+                log::warn!(
+                    "{} pages beyond the device's 32-bit PFNs; not ballooned\n",
+                    unnamed
+                );
+                backend.abort_inflate();
+                self.counters.alloc_failures += 1;
+                return Step::Backoff(self.backoff.fail());
             }
-        }
-        let sent = batch.len() as u64;
-        if sent > 0 {
+            sent = batch.len() as u64;
             match backend.tell_host(QueueRole::Inflate, batch.as_slice()) {
                 Ok(()) => {
                     backend.commit_inflate();
@@ -268,9 +269,8 @@ impl Engine {
     }
 
     fn deflate<B: Backend>(&mut self, backend: &mut B, buffer: &mut [u32], wanted: u64) -> Step {
-        let per_page = u64::from(self.geometry.balloon_pages_per_page());
-        let capacity = buffer.len() as u64 / per_page;
-        if backend.dequeue_pages((wanted / per_page).min(capacity)) == 0 {
+        let capacity = self.geometry.guest_pages(buffer.len() as u64);
+        if backend.dequeue_pages(self.geometry.guest_pages(wanted).min(capacity)) == 0 {
             // Every page left is isolated for migration right now; the
             // migration puts it back (or swaps it) shortly.
             return Step::Backoff(ISOLATED_RETRY_MS);
@@ -403,7 +403,7 @@ impl Engine {
         backend.abort_inflate();
         backend.commit_deflate();
         while self.pages > 0 {
-            let got = backend.dequeue_pages(self.pages / per_page) * per_page;
+            let got = backend.dequeue_pages(self.geometry.guest_pages(self.pages)) * per_page;
             if got == 0 {
                 return false;
             }

@@ -30,7 +30,9 @@ pub enum PfnError {
 /// How guest pages map onto balloon pages for one guest page size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageGeometry {
-    balloon_pages_per_page: u32,
+    /// log2 of the balloon pages in one guest page; every division by the
+    /// page ratio is a shift, so no path has a division by zero to check.
+    shift: u32,
 }
 
 impl PageGeometry {
@@ -40,21 +42,21 @@ impl PageGeometry {
             return Err(PfnError::UnsupportedPageShift(page_shift));
         }
         Ok(Self {
-            balloon_pages_per_page: 1 << (page_shift - BALLOON_PFN_SHIFT),
+            shift: page_shift - BALLOON_PFN_SHIFT,
         })
     }
 
     /// Balloon pages in one guest page (1 for 4 KiB, 16 for 64 KiB pages).
     pub const fn balloon_pages_per_page(self) -> u32 {
-        self.balloon_pages_per_page
+        1 << self.shift
     }
 
     /// The first balloon PFN of the guest page with frame number `pfn`.
     pub fn balloon_pfn(self, pfn: u64) -> Result<u32, PfnError> {
         let first = pfn
-            .checked_mul(u64::from(self.balloon_pages_per_page))
+            .checked_mul(u64::from(self.balloon_pages_per_page()))
             .ok_or(PfnError::PfnTooLarge(pfn))?;
-        let last = first + u64::from(self.balloon_pages_per_page) - 1;
+        let last = first + u64::from(self.balloon_pages_per_page()) - 1;
         if last > u64::from(u32::MAX) {
             return Err(PfnError::PfnTooLarge(pfn));
         }
@@ -63,7 +65,7 @@ impl PageGeometry {
 
     /// The guest page frame number a balloon PFN belongs to.
     pub const fn guest_pfn(self, balloon_pfn: u32) -> u64 {
-        balloon_pfn as u64 / self.balloon_pages_per_page as u64
+        (balloon_pfn as u64) >> self.shift
     }
 
     /// Rounds a count of balloon pages up to whole guest pages.
@@ -71,13 +73,16 @@ impl PageGeometry {
     /// Without this, a host target that is not a multiple of the guest page
     /// would make the guest inflate and deflate one page for ever.
     pub const fn align_up(self, balloon_pages: u64) -> u64 {
-        let per = self.balloon_pages_per_page as u64;
-        balloon_pages.div_ceil(per) * per
+        let mask = (1u64 << self.shift) - 1;
+        match balloon_pages.checked_add(mask) {
+            Some(up) => up & !mask,
+            None => u64::MAX & !mask,
+        }
     }
 
     /// Guest pages held by `balloon_pages` balloon pages (rounded down).
     pub const fn guest_pages(self, balloon_pages: u64) -> u64 {
-        balloon_pages / self.balloon_pages_per_page as u64
+        balloon_pages >> self.shift
     }
 }
 

@@ -74,8 +74,6 @@ impl Model {
 }
 
 impl Backend for Model {
-    type Page = u64;
-
     fn read_target(&mut self) -> u32 {
         self.num_pages
     }
@@ -86,36 +84,44 @@ impl Backend for Model {
     fn available_pages(&mut self) -> u64 {
         self.available_override.unwrap_or(self.free.len() as u64)
     }
-    fn alloc_page(&mut self) -> Option<u64> {
-        if let Some(left) = self.alloc_left.as_mut() {
-            if *left == 0 {
-                return None;
+    fn alloc_pages(&mut self, max: u64) -> u64 {
+        assert!(
+            self.staged_inflate.is_empty(),
+            "allocating over a staged batch"
+        );
+        let mut got = 0;
+        while got < max {
+            if let Some(left) = self.alloc_left.as_mut() {
+                if *left == 0 {
+                    break;
+                }
+                *left -= 1;
             }
-            *left -= 1;
+            let Some(page) = self.free.pop_first() else {
+                break;
+            };
+            self.staged_inflate.push(page);
+            got += 1;
         }
-        self.free.pop_first()
+        got
     }
-    fn page_pfn(&self, page: &u64) -> u64 {
-        *page
-    }
-    fn free_page(&mut self, page: u64) {
-        assert!(self.free.insert(page), "double free of {page}");
-    }
-    fn stage_inflate(&mut self, page: u64) {
-        self.staged_inflate.push(page);
+    fn staged_inflate_pfns(&self, f: &mut dyn FnMut(u64)) {
+        self.staged_inflate.iter().for_each(|pfn| f(*pfn));
     }
     fn commit_inflate(&mut self) {
         self.balloon.append(&mut self.staged_inflate);
     }
     fn abort_inflate(&mut self) {
         for page in std::mem::take(&mut self.staged_inflate) {
-            self.free_page(page);
+            assert!(self.free.insert(page), "double free of {page}");
         }
     }
     fn dequeue_pages(&mut self, max: u64) -> u64 {
         let mut taken = 0;
         while taken < max {
-            let Some(page) = self.balloon.pop() else { break };
+            let Some(page) = self.balloon.pop() else {
+                break;
+            };
             self.staged_deflate.push(page);
             taken += 1;
         }
@@ -133,7 +139,7 @@ impl Backend for Model {
                     "MUST_TELL_HOST: page {page} freed before the host was told"
                 );
             }
-            self.free_page(page);
+            assert!(self.free.insert(page), "double free of {page}");
         }
     }
     fn abort_deflate(&mut self) {

@@ -25,8 +25,8 @@ use kernel::time::Jiffies;
 use kernel::{c_str, new_mutex};
 
 use crate::mm::{
-    self, BalloonDevInfo, OomNotifier, Page, PageList, PageReporting, ReportedPages, Shrinker,
-    HINT_BLOCK_ORDER,
+    self, BalloonDevInfo, BulkAlloc, OomNotifier, Page, PageList, PageReporting, ReportedPages,
+    Shrinker, HINT_BLOCK_ORDER,
 };
 use crate::virtio::{
     self, DelayedWork, Device, DeviceHandle, SendError, Virtqueue, Virtqueues, WaitQueue,
@@ -86,6 +86,8 @@ struct State {
     staged_inflate: Pin<KBox<PageList>>,
     /// Pages out of the balloon for the deflate in flight.
     staged_deflate: Pin<KBox<PageList>>,
+    /// Scratch space of the bulk page allocator.
+    bulk: BulkAlloc,
 }
 
 /// The stats queue and the buffer the host holds between requests.
@@ -270,12 +272,11 @@ struct Host<'a> {
     balloon: &'a BalloonDevInfo<Balloon>,
     staged_inflate: Pin<&'a mut PageList>,
     staged_deflate: Pin<&'a mut PageList>,
+    bulk: &'a mut BulkAlloc,
     timeout: Jiffies,
 }
 
 impl Backend for Host<'_> {
-    type Page = Page;
-
     fn read_target(&mut self) -> u32 {
         self.dev.read_config_le32(config::NUM_PAGES)
     }
@@ -288,20 +289,22 @@ impl Backend for Host<'_> {
         mm::available_pages()
     }
 
-    fn alloc_page(&mut self) -> Option<Page> {
-        Page::alloc()
+    fn alloc_pages(&mut self, max: u64) -> u64 {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        // The bulk allocator takes many pages per call while memory is
+        // plentiful; near the watermarks it stops and single allocations
+        // (with light reclaim, like the C driver's) take over.
+        let mut got = self.bulk.alloc_into(self.staged_inflate.as_mut(), max);
+        while got < max {
+            let Some(page) = Page::alloc() else { break };
+            self.staged_inflate.as_mut().push(page);
+            got += 1;
+        }
+        got as u64
     }
 
-    fn page_pfn(&self, page: &Page) -> u64 {
-        page.pfn()
-    }
-
-    fn free_page(&mut self, page: Page) {
-        drop(page);
-    }
-
-    fn stage_inflate(&mut self, page: Page) {
-        self.staged_inflate.as_mut().push(page);
+    fn staged_inflate_pfns(&self, f: &mut dyn FnMut(u64)) {
+        self.staged_inflate.for_each_pfn(f);
     }
 
     fn commit_inflate(&mut self) {
@@ -362,6 +365,7 @@ impl Balloon {
             pfns,
             staged_inflate,
             staged_deflate,
+            bulk,
             ..
         } = state;
         let engine = engine.as_mut()?;
@@ -373,6 +377,7 @@ impl Balloon {
             balloon: &self.pages,
             staged_inflate: staged_inflate.as_mut(),
             staged_deflate: staged_deflate.as_mut(),
+            bulk,
             timeout: host_timeout(),
         };
         let result = f(engine, &mut host, pfns);
@@ -442,14 +447,13 @@ impl Balloon {
     /// The guest is out of memory (`DEFLATE_ON_OOM`): give back one buffer
     /// of pages, so the OOM killer need not run while the balloon has any.
     fn out_of_memory(&self) -> u64 {
-        let per_page = u64::from(self.geometry.balloon_pages_per_page());
         let mut state = self.state.lock();
         let freed = self
             .with_engine(&mut state, |engine, host, pfns| {
                 engine.oom_deflate(host, pfns, PFNS_PER_BUFFER as u64)
             })
             .unwrap_or(0);
-        freed.checked_div(per_page).unwrap_or(0)
+        self.geometry.guest_pages(freed)
     }
 
     /// The page reporting core has free pages for the host to discard.
@@ -789,6 +793,7 @@ impl virtio::Driver for Balloon {
             pfns,
             staged_inflate: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
             staged_deflate: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
+            bulk: BulkAlloc::new(PFNS_PER_BUFFER)?,
         };
         let stats = StatsState {
             queue: None,

@@ -142,6 +142,15 @@ unsigned long vbrs_page_to_pfn(struct page *page)
 	return page_to_pfn(page);
 }
 
+unsigned long vbrs_alloc_balloon_pages_bulk(int nr_pages, struct page **pages)
+{
+	/* The flags of balloon_page_alloc(). */
+	gfp_t gfp = __GFP_NOMEMALLOC | __GFP_NORETRY | __GFP_NOWARN |
+		    (IS_ENABLED(CONFIG_BALLOON_MIGRATION) ? GFP_HIGHUSER_MOVABLE : GFP_HIGHUSER);
+
+	return alloc_pages_bulk(gfp, nr_pages, pages);
+}
+
 struct page *vbrs_alloc_free_block(unsigned int order)
 {
 	return alloc_pages(__GFP_NORETRY | __GFP_NOWARN | __GFP_NOMEMALLOC, order);

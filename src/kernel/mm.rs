@@ -45,12 +45,6 @@ impl<const ORDER: u32> Page<ORDER> {
         Some(Self { page })
     }
 
-    /// Its page frame number.
-    pub(crate) fn pfn(&self) -> u64 {
-        // SAFETY: the page is valid (type invariant).
-        unsafe { bindings::vbrs_page_to_pfn(self.page.as_ptr()) as u64 }
-    }
-
     /// The raw page, for the virtio layer to put its memory on a queue.
     pub(crate) fn as_raw(&self) -> *mut bindings::page {
         self.page.as_ptr()
@@ -80,6 +74,46 @@ impl<const ORDER: u32> Drop for Page<ORDER> {
         // SAFETY: we own one reference to a block of this order (type
         // invariant); dropping it frees the block to the buddy allocator.
         unsafe { bindings::vbrs_free_block(self.page.as_ptr(), ORDER) }
+    }
+}
+
+/// Scratch space for the bulk page allocator.
+pub(crate) struct BulkAlloc {
+    pages: KVec<*mut bindings::page>,
+}
+
+// SAFETY: the array only holds pointers between a call and the hand-over
+// to a list, both under the caller's `&mut`.
+unsafe impl Send for BulkAlloc {}
+
+impl BulkAlloc {
+    /// Room for `capacity` pages per call.
+    pub(crate) fn new(capacity: usize) -> Result<Self> {
+        let mut pages = KVec::with_capacity(capacity, GFP_KERNEL)?;
+        pages.resize(capacity, core::ptr::null_mut(), GFP_KERNEL)?;
+        Ok(Self { pages })
+    }
+
+    /// Allocates up to `max` balloon pages (the flags of
+    /// `balloon_page_alloc`) in one call and puts them on `list`; returns
+    /// how many. Stops early near the low watermark.
+    pub(crate) fn alloc_into(&mut self, mut list: Pin<&mut PageList>, max: usize) -> usize {
+        let count = max.min(self.pages.len());
+        let slots = &mut self.pages[..count];
+        slots.fill(core::ptr::null_mut());
+        let count_c = i32::try_from(count).unwrap_or(i32::MAX);
+        // SAFETY: `slots` has `count` null entries for the allocator to fill.
+        let got = unsafe { bindings::vbrs_alloc_balloon_pages_bulk(count_c, slots.as_mut_ptr()) };
+        let mut taken = 0;
+        for slot in slots.iter_mut().take(got as usize) {
+            let Some(page) = NonNull::new(core::mem::replace(slot, core::ptr::null_mut())) else {
+                continue;
+            };
+            // INVARIANT: a fresh page with its one reference, on no list.
+            list.as_mut().push(Page { page });
+            taken += 1;
+        }
+        taken
     }
 }
 
@@ -275,7 +309,8 @@ impl<T: HasBalloonDevInfo> BalloonDevInfo<T> {
         // SAFETY: the descriptor and the list are initialised; the list owns
         // its pages (one reference each), which the balloon core takes over
         // as it unlinks them.
-        let moved = unsafe { bindings::balloon_page_list_enqueue(self.info.get(), list.head.get()) };
+        let moved =
+            unsafe { bindings::balloon_page_list_enqueue(self.info.get(), list.head.get()) };
         list.len = 0;
         moved
     }
@@ -730,7 +765,9 @@ impl<T: HasShrinker> Shrinker<T> {
             return Err(ENOMEM);
         }
         // The owner is pinned and embeds `self` at `T::OFFSET`.
-        let owner = core::ptr::from_ref(self).cast::<u8>().wrapping_sub(T::OFFSET);
+        let owner = core::ptr::from_ref(self)
+            .cast::<u8>()
+            .wrapping_sub(T::OFFSET);
         // SAFETY: `shrinker` is freshly allocated and not yet registered;
         // INVARIANT: its `private_data` is the pinned owner.
         unsafe {
