@@ -39,7 +39,10 @@ const ALLOWED_TAINT_FLAGS: &[char] = &['G', 'O', 'E'];
 pub struct ConsoleRules {
     /// Accepts OOM-killer reports: the lines from `invoked oom-killer` to the
     /// `Killed process` line are not checked for splats (the report carries
-    /// a `Call Trace`), but their taint still is.
+    /// a `Call Trace`), but their taint still is. So are the allocation
+    /// failure reports of the killed task (from `page allocation failure`
+    /// to the `pages reserved` line that ends the memory dump): a victim
+    /// that is dying fails its last allocations by design.
     pub allow_oom_kills: bool,
 }
 
@@ -61,7 +64,9 @@ impl ConsoleRules {
         let mut bad = Vec::new();
         let mut in_oom_report = false;
         for line in log.lines() {
-            if self.allow_oom_kills && line.contains("invoked oom-killer") {
+            if self.allow_oom_kills
+                && (line.contains("invoked oom-killer") || line.contains("page allocation failure"))
+            {
                 in_oom_report = true;
             }
             let reason = if let Some(flags) = bad_taint(line) {
@@ -74,7 +79,11 @@ impl ConsoleRules {
             if let Some(reason) = reason {
                 bad.push(format!("[{reason}] {}", line.trim_end()));
             }
-            if in_oom_report && (line.contains("Killed process") || line.contains("oom_reaper")) {
+            if in_oom_report
+                && (line.contains("Killed process")
+                    || line.contains("oom_reaper")
+                    || line.contains("pages reserved"))
+            {
                 in_oom_report = false;
             }
         }
@@ -236,6 +245,22 @@ vbrs-init: file systems mounted
         // A bad taint inside the report still fails.
         let tainted = log.replace("G           O", "G        W  O");
         assert!(ConsoleRules::allowing_oom_kills().check(&tainted).is_err());
+    }
+
+    #[test]
+    fn a_dying_victims_allocation_failure_passes_only_when_allowed() {
+        let log = format!(
+            "{BOOT}[ 13.5] memhog: page allocation failure: order:0, mode:0x140dca(GFP_HIGHUSER_MOVABLE|__GFP_ZERO|__GFP_COMP), nodemask=(null)\n\
+             [ 13.5] CPU: 1 UID: 0 PID: 50 Comm: memhog Tainted: G           O        7.3.4 #1\n\
+             [ 13.5] Call Trace:\n\
+             [ 13.5]  ? warn_alloc+0xe6/0x106\n\
+             [ 13.5] Mem-Info:\n\
+             [ 13.5] 273152 pages reserved\n"
+        );
+        assert!(check_clean_console(&log).is_err());
+        assert_eq!(ConsoleRules::allowing_oom_kills().check(&log), Ok(()));
+        let later = format!("{log}[ 14.0] Call Trace:\n");
+        assert!(ConsoleRules::allowing_oom_kills().check(&later).is_err());
     }
 
     #[test]

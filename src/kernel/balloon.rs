@@ -325,7 +325,7 @@ impl Backend for Host<'_> {
     }
 
     fn commit_deflate(&mut self) {
-        self.staged_deflate.as_mut().clear();
+        self.bulk.free_list(self.staged_deflate.as_mut());
     }
 
     fn abort_deflate(&mut self) {

@@ -151,6 +151,11 @@ unsigned long vbrs_alloc_balloon_pages_bulk(int nr_pages, struct page **pages)
 	return alloc_pages_bulk(gfp, nr_pages, pages);
 }
 
+void vbrs_release_pages(struct page **pages, int nr)
+{
+	release_pages(pages, nr);
+}
+
 struct page *vbrs_alloc_free_block(unsigned int order)
 {
 	return alloc_pages(__GFP_NORETRY | __GFP_NOWARN | __GFP_NOMEMALLOC, order);

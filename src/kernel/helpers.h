@@ -48,6 +48,7 @@ struct page *vbrs_page_list_next(struct list_head *list, struct page *page);
 unsigned long vbrs_page_to_pfn(struct page *page);
 struct page *vbrs_alloc_free_block(unsigned int order);
 unsigned long vbrs_alloc_balloon_pages_bulk(int nr_pages, struct page **pages);
+void vbrs_release_pages(struct page **pages, int nr);
 void vbrs_free_block(struct page *page, unsigned int order);
 int vbrs_virtqueue_add_inbuf_block(struct virtqueue *vq, struct page *page, unsigned int order);
 unsigned int vbrs_virtqueue_num_free(struct virtqueue *vq);
