@@ -76,7 +76,7 @@ impl PageGeometry {
         let mask = (1u64 << self.shift) - 1;
         match balloon_pages.checked_add(mask) {
             Some(up) => up & !mask,
-            None => u64::MAX & !mask,
+            None => !mask,
         }
     }
 
