@@ -9,6 +9,7 @@
 #   make bench      inflate/deflate timings, ours against the C driver
 #   make clippy     the kernel's CLIPPY=1 build of the module, plus cargo clippy
 
+SHELL := /bin/bash
 VBRS_CACHE ?= $(HOME)/.cache/virtio-balloon-rs
 export VBRS_CACHE
 TOP := $(CURDIR)
@@ -71,7 +72,13 @@ bench: setup
 
 clippy: check-kdir $(VENDOR)/.stamp
 	cargo clippy --workspace --all-targets -- -D warnings
-	$(KMAKE) CLIPPY=1 modules
+	@mkdir -p build
+	@touch src/kernel/virtio_balloon_main.rs src/lib.rs
+	@set -o pipefail; $(KMAKE) CLIPPY=1 modules 2>&1 | tee build/kernel-clippy.log
+	@if grep -q "warning" build/kernel-clippy.log; then \
+		echo "error: the kernel CLIPPY=1 build of the module has warnings (build/kernel-clippy.log)"; \
+		exit 1; \
+	fi
 
 fmt:
 	cargo fmt --all

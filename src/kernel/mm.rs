@@ -106,7 +106,7 @@ impl BulkAlloc {
         let got = unsafe { bindings::vbrs_alloc_balloon_pages_bulk(count_c, slots.as_mut_ptr()) };
         let mut taken = 0;
         for slot in slots.iter_mut().take(got as usize) {
-            let Some(page) = NonNull::new(core::mem::replace(slot, core::ptr::null_mut())) else {
+            let Some(page) = NonNull::new(core::mem::take(slot)) else {
                 continue;
             };
             // INVARIANT: a fresh page with its one reference, on no list.
