@@ -224,23 +224,19 @@ impl Engine {
         let short = got < want;
         let mut sent = 0;
         if got > 0 {
-            let mut batch = PfnBatch::new(buffer, self.geometry, self.little_endian);
-            let mut unnamed = 0u32;
-            backend.staged_inflate_pfns(&mut |pfn| {
-                if batch.push_page(pfn).is_err() {
-                    unnamed += 1;
+            let batch = match self.fill_batch(buffer, |f| backend.staged_inflate_pfns(f)) {
+                Ok(batch) => batch,
+                Err(unnamed) => {
+                    // A page the 32-bit PFN cannot name cannot be ballooned.
+                    log::warn!(
+                        "{} pages beyond the device's 32-bit PFNs; not ballooned\n",
+                        unnamed
+                    );
+                    backend.abort_inflate();
+                    self.counters.alloc_failures += 1;
+                    return Step::Backoff(self.backoff.fail());
                 }
-            });
-            if unnamed > 0 {
-                // A page the 32-bit PFN cannot name cannot be ballooned.
-                log::warn!(
-                    "{} pages beyond the device's 32-bit PFNs; not ballooned\n",
-                    unnamed
-                );
-                backend.abort_inflate();
-                self.counters.alloc_failures += 1;
-                return Step::Backoff(self.backoff.fail());
-            }
+            };
             sent = batch.len() as u64;
             match backend.tell_host(QueueRole::Inflate, batch.as_slice()) {
                 Ok(()) => {
@@ -268,6 +264,27 @@ impl Engine {
         Step::Progress
     }
 
+    /// Fills `buffer` with the PFNs of the pages `staged` walks; fails with
+    /// the count of pages the device's 32-bit PFNs cannot name.
+    fn fill_batch<'b>(
+        &self,
+        buffer: &'b mut [u32],
+        staged: impl FnOnce(&mut dyn FnMut(u64)),
+    ) -> Result<PfnBatch<'b>, u32> {
+        let mut batch = PfnBatch::new(buffer, self.geometry, self.little_endian);
+        let mut unnamed = 0u32;
+        staged(&mut |pfn| {
+            if batch.push_page(pfn).is_err() {
+                unnamed += 1;
+            }
+        });
+        if unnamed == 0 {
+            Ok(batch)
+        } else {
+            Err(unnamed)
+        }
+    }
+
     fn deflate<B: Backend>(&mut self, backend: &mut B, buffer: &mut [u32], wanted: u64) -> Step {
         let capacity = self.geometry.guest_pages(buffer.len() as u64);
         if backend.dequeue_pages(self.geometry.guest_pages(wanted).min(capacity)) == 0 {
@@ -275,20 +292,16 @@ impl Engine {
             // migration puts it back (or swaps it) shortly.
             return Step::Backoff(ISOLATED_RETRY_MS);
         }
-        let mut batch = PfnBatch::new(buffer, self.geometry, self.little_endian);
-        let mut unnamed = 0u32;
-        backend.staged_deflate_pfns(&mut |pfn| {
-            // Cannot fail: the staged pages fit the buffer and each had a
-            // device PFN when it was inflated.
-            if batch.push_page(pfn).is_err() {
-                unnamed += 1;
+        let batch = match self.fill_batch(buffer, |f| backend.staged_deflate_pfns(f)) {
+            Ok(batch) => batch,
+            Err(unnamed) => {
+                // Unreachable: the staged pages fit the buffer and each had
+                // a device PFN when it was inflated.
+                log::error!("{} balloon pages without a device PFN\n", unnamed);
+                backend.abort_deflate();
+                return Step::Backoff(ISOLATED_RETRY_MS);
             }
-        });
-        if unnamed > 0 {
-            log::error!("{} balloon pages without a device PFN\n", unnamed);
-            backend.abort_deflate();
-            return Step::Backoff(ISOLATED_RETRY_MS);
-        }
+        };
         let sent = batch.len() as u64;
         match backend.tell_host(QueueRole::Deflate, batch.as_slice()) {
             Ok(()) => {
