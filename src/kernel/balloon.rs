@@ -346,8 +346,10 @@ impl Backend for Host<'_> {
     }
 }
 
+/// How long to wait for the host to return a buffer (`host_timeout_ms`,
+/// at least 100 ms: a zero would declare every host dead at once).
 fn host_timeout() -> Jiffies {
-    kernel::time::msecs_to_jiffies(crate::module_parameters::host_timeout_ms.value())
+    kernel::time::msecs_to_jiffies(crate::module_parameters::host_timeout_ms.value().max(100))
 }
 
 impl Balloon {
