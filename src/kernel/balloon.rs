@@ -210,6 +210,13 @@ fn write_status(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         "free_page_reports: {}",
         view.free_page_reports.load(Relaxed)
     )?;
+    writeln!(f, "hint_rounds:       {}", view.hint_rounds.load(Relaxed))?;
+    writeln!(f, "hinted_blocks:     {}", view.hinted_blocks.load(Relaxed))?;
+    writeln!(
+        f,
+        "hint_blocks_held:  {}",
+        view.hint_blocks_held.load(Relaxed)
+    )?;
     writeln!(f, "host_stalled:      {}", view.host_stalled.load(Relaxed))
 }
 

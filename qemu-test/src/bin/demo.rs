@@ -9,6 +9,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use qemu_test::err;
+use qemu_test::qmp::BALLOON_QOM_PATH;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;
@@ -79,6 +80,37 @@ fn run() -> Result<()> {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    println!("== memory statistics over the stats queue (QMP guest-stats, polled every 2 s)");
+    vm.qmp().qom_set(
+        BALLOON_QOM_PATH,
+        "guest-stats-polling-interval",
+        serde_json::json!(2),
+    )?;
+    let start_stats = Instant::now();
+    let stats = loop {
+        let stats = vm.qmp().qom_get(BALLOON_QOM_PATH, "guest-stats")?;
+        if stats["last-update"].as_u64().unwrap_or(0) > 0 {
+            break stats;
+        }
+        if start_stats.elapsed() > Duration::from_secs(10) {
+            return Err(err!("no guest-stats within 10 s: {stats}"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if let Some(map) = stats["stats"].as_object() {
+        for (name, value) in map {
+            println!("   {name:<28} {value}");
+        }
+    }
+
+    println!("== the guest-side view: /sys/kernel/debug/virtio_balloon_rs/{dev}/status");
+    let status = vm.sh_ok(&format!(
+        "cat /sys/kernel/debug/virtio_balloon_rs/{dev}/status"
+    ))?;
+    for line in status.lines() {
+        println!("   {line}");
     }
 
     println!("== inflate to 1024 MiB, then rmmod with the balloon full");
