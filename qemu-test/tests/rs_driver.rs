@@ -317,3 +317,44 @@ fn compaction_migrates_balloon_pages_and_keeps_actual() -> Result<()> {
     vm.check_clean()?;
     vm.shutdown()
 }
+
+#[test]
+fn rmmod_during_inflation_and_config_changes_is_clean() -> Result<()> {
+    let mut vm = boot("rmmod_busy")?;
+    let memtotal = vm.meminfo("MemTotal")?;
+    for round in 0..3 {
+        RS.insmod(&mut vm)?;
+        // Start a large inflation, unload while it runs, and keep changing
+        // the target while the driver goes away.
+        vm.qmp().balloon(512 * MIB)?;
+        std::thread::sleep(Duration::from_millis(100 + 150 * round));
+        vm.sh_ok("rmmod virtio_balloon_rs > /tmp/rmmod.log 2>&1 &")?;
+        for target in [900u64, 1400, 700, 2048] {
+            vm.qmp().balloon(target * MIB)?;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let start = Instant::now();
+        while vm.sh_ok("lsmod")?.contains("virtio_balloon_rs") {
+            ensure(start.elapsed() < Duration::from_secs(60), || {
+                "rmmod did not finish".into()
+            })?;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = vm.sh_ok("cat /tmp/rmmod.log")?;
+        ensure(log.trim().is_empty(), || format!("rmmod said: {log}"))?;
+        expect_memtotal(&mut vm, memtotal)?;
+        ensure(balloon_kb(&mut vm)? == 0, || {
+            "pages left in the balloon".into()
+        })?;
+        ensure(actual_mib(&mut vm)? == GUEST_MIB, || {
+            "actual not back to RAM".into()
+        })?;
+    }
+    let inflated = vmstat(&mut vm, "balloon_inflate")?;
+    let deflated = vmstat(&mut vm, "balloon_deflate")?;
+    ensure(inflated == deflated, || {
+        format!("pages lost: inflated {inflated}, deflated {deflated}")
+    })?;
+    vm.check_clean()?;
+    vm.shutdown()
+}
