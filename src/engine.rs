@@ -159,11 +159,6 @@ impl Engine {
         self.stalled
     }
 
-    /// Changes the reserve floor (guest pages).
-    pub fn set_reserve(&mut self, reserve: u64) {
-        self.reserve = reserve;
-    }
-
     fn actual(&self) -> u32 {
         // `pages` never exceeds `limit`, itself clamped to what `num_pages`
         // (a u32) can ask for; saturate anyway rather than wrap.
