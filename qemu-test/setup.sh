@@ -68,7 +68,7 @@ rust_lib_src=""
 sysroot=$(rustc --print sysroot)
 if [ -d "$sysroot/lib/rustlib/src/rust/library/core" ]; then
 	rust_lib_src="$sysroot/lib/rustlib/src/rust/library"
-elif rustup component add rust-src >/dev/null 2>&1 && [ -d "$sysroot/lib/rustlib/src/rust/library/core" ]; then
+elif timeout 180 rustup component add rust-src >/dev/null 2>&1 && [ -d "$sysroot/lib/rustlib/src/rust/library/core" ]; then
 	rust_lib_src="$sysroot/lib/rustlib/src/rust/library"
 else
 	dst="$cache/rust-src-$rustc_ver"
