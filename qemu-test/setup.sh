@@ -165,6 +165,11 @@ if [ ! -f "$kbuild/.built" ] || [ "$fragment" -nt "$kbuild/.built" ]; then
 	touch "$kbuild/.built"
 fi
 
+# Keep one test kernel: builds for other fragments or toolchains are 400 MB each.
+for old in "$cache"/kbuild-*; do
+	[ "$old" = "$kbuild" ] || { say "removing stale build $old"; rm -rf "$old"; }
+done
+
 # Record where everything is, for the Makefile and the VM tests.
 cat >"$cache/env.mk" <<ENV
 KSRC := $ksrc
