@@ -27,6 +27,7 @@ use std::time::Instant;
 use std::time::SystemTime;
 
 use crate::artifacts;
+use crate::console::check_clean_console;
 use crate::console::last_lines;
 use crate::console::ConsoleRules;
 use crate::err;
@@ -596,6 +597,9 @@ impl Vm {
     /// and this is an error.
     pub fn shutdown(mut self) -> Result<()> {
         self.shell.log_note("\n$ poweroff -f\n");
+        // What the kernel prints from here on (drivers' shutdown callbacks)
+        // must be clean too.
+        let console_start = self.console.len();
         // The shell may already be gone; waiting for QEMU says what happened.
         let _ = self.shell_input.write_all(b"poweroff -f\n");
         let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
@@ -608,6 +612,11 @@ impl Vm {
                         .wait_for(Instant::now() + Duration::from_secs(2), |_| None::<()>);
                     if self.console.text().contains("Kernel panic") {
                         return Err(self.failure("the guest kernel panicked"));
+                    }
+                    let text = self.console.text();
+                    let at_shutdown = text.get(console_start..).unwrap_or("");
+                    if let Err(problem) = check_clean_console(at_shutdown) {
+                        return Err(self.failure(&format!("at shutdown: {problem}")));
                     }
                     self.clean_exit = true;
                     return Ok(());

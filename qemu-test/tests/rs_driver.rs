@@ -358,3 +358,16 @@ fn rmmod_during_inflation_and_config_changes_is_clean() -> Result<()> {
     vm.check_clean()?;
     vm.shutdown()
 }
+
+#[test]
+fn poweroff_with_the_balloon_inflated_is_clean() -> Result<()> {
+    let mut vm = boot("poweroff_inflated")?;
+    RS.insmod(&mut vm)?;
+    balloon_to_mib(&mut vm, 1024)?;
+    // Keep the work busy while the system goes down.
+    vm.qmp().balloon(512 * MIB)?;
+    vm.check_clean()?;
+    // `shutdown` powers off with the module loaded (the driver's shutdown
+    // callback runs) and checks what the kernel printed meanwhile.
+    vm.shutdown()
+}

@@ -674,9 +674,9 @@ impl Balloon {
         Ok(())
     }
 
-    /// Stops everything, empties the balloon and takes the device down
-    /// (remove, freeze, and a failed start).
-    fn teardown(&self, dev: &Device) {
+    /// Stops every activity: no new work, notifiers and shrinker gone, work
+    /// items finished. The device keeps working for the caller.
+    fn quiesce(&self) {
         self.stop_update.store(true, Ordering::Release);
         self.oom.unregister();
         self.reporting.unregister();
@@ -684,6 +684,12 @@ impl Balloon {
         self.update_work.cancel_sync();
         self.stats_work.cancel_sync();
         self.hint_work.cancel_sync();
+    }
+
+    /// Stops everything, empties the balloon and takes the device down
+    /// (remove, freeze, and a failed start).
+    fn teardown(&self, dev: &Device) {
+        self.quiesce();
 
         let mut told_host = false;
         loop {
@@ -897,6 +903,13 @@ impl virtio::Driver for Balloon {
 
     fn remove(&self, dev: &Device) {
         self.teardown(dev);
+    }
+
+    fn shutdown(&self, dev: &Device) {
+        // The machine is going down: no need to give pages back, only to
+        // stop touching the device, as the C driver does.
+        self.quiesce();
+        dev.shutdown();
     }
 }
 

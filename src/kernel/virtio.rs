@@ -86,6 +86,13 @@ impl Device {
         unsafe { bindings::vbrs_virtio_device_ready(self.as_raw()) }
     }
 
+    /// Stops the device at system shutdown: breaks the queues so nothing
+    /// touches it any more, and resets it.
+    pub(crate) fn shutdown(&self) {
+        // SAFETY: `self` is valid.
+        unsafe { bindings::virtio_device_shutdown(self.as_raw()) }
+    }
+
     /// Resets the device: it forgets every buffer and stops interrupts.
     pub(crate) fn reset(&self) {
         // SAFETY: `self` is valid.
@@ -412,6 +419,11 @@ pub(crate) trait Driver: Sized + Send + Sync + 'static {
     fn config_changed(&self, dev: &Device);
     /// Tears the device down; the state is dropped afterwards.
     fn remove(&self, dev: &Device);
+    /// The system is going down: stop all activity, then stop the device
+    /// ([`Device::shutdown`]).
+    fn shutdown(&self, dev: &Device) {
+        dev.shutdown();
+    }
     /// Quiesces before system sleep.
     fn freeze(&self, dev: &Device) -> Result {
         self.remove(dev);
@@ -531,6 +543,17 @@ unsafe extern "C" fn config_changed_callback<T: Driver>(vdev: *mut bindings::vir
     unsafe { driver_data::<T>(vdev).config_changed(Device::from_raw(vdev)) }
 }
 
+/// Forwards `shutdown` to [`Driver::shutdown`].
+///
+/// # Safety
+///
+/// Called by the virtio core with a device bound to `T`.
+unsafe extern "C" fn shutdown_callback<T: Driver>(vdev: *mut bindings::virtio_device) {
+    // SAFETY: bound device; the state stays until remove, which does not
+    // run concurrently with shutdown.
+    unsafe { driver_data::<T>(vdev).shutdown(Device::from_raw(vdev)) }
+}
+
 /// Forwards `freeze` to [`Driver::freeze`].
 ///
 /// # Safety
@@ -588,6 +611,7 @@ impl<T: Driver> Registration<T> {
                 c.probe = Some(probe_callback::<T>);
                 c.remove = Some(remove_callback::<T>);
                 c.config_changed = Some(config_changed_callback::<T>);
+                c.shutdown = Some(shutdown_callback::<T>);
                 c.freeze = Some(freeze_callback::<T>);
                 c.restore = Some(restore_callback::<T>);
                 // SAFETY: `drv` is valid pinned memory; the id table lives in
