@@ -15,8 +15,10 @@ use std::time::Instant;
 use balloon_logic::features::{Features, DRIVER_FEATURE_BITS};
 use common::actual_mib;
 use common::balloon_to_mib;
+use common::bound_device;
 use common::ensure;
 use common::expect_memtotal;
+use common::negotiated_features;
 use common::vmstat;
 use common::Driver;
 use common::GUEST_MIB;
@@ -32,21 +34,10 @@ fn boot(name: &str) -> Result<Vm> {
     Vm::boot(VmConfig::new(name).c_module(false))
 }
 
-/// `Balloon:` of /proc/meminfo in kB, after folding the per-CPU vmstat
-/// deltas (without that it may lag by a few pages).
+/// `Balloon:` of /proc/meminfo in kB (`Vm::meminfo` folds the per-CPU
+/// vmstat deltas first, so it is exact).
 fn balloon_kb(vm: &mut Vm) -> Result<u64> {
-    vm.sh_ok("echo 1 > /proc/sys/vm/stat_refresh")?;
     vm.meminfo("Balloon")
-}
-
-/// The `virtioN` name of the balloon device bound to our driver.
-fn bound_device(vm: &mut Vm) -> Result<String> {
-    let listing = vm.sh_ok("ls /sys/bus/virtio/drivers/virtio_balloon_rs/")?;
-    listing
-        .split_whitespace()
-        .find(|name| name.starts_with("virtio"))
-        .map(str::to_string)
-        .ok_or_else(|| err!("no device bound to virtio_balloon_rs: {listing:?}"))
 }
 
 #[test]
@@ -64,28 +55,19 @@ fn module_binds_negotiates_and_unloads_cleanly() -> Result<()> {
         format!("bound to device id {device_id}")
     })?;
 
-    // sysfs shows the negotiated bits as a string of '0'/'1', bit 0 first.
-    let bits = vm.sh_ok(&format!("cat /sys/bus/virtio/devices/{dev}/features"))?;
-    let bits = bits.trim();
-    let negotiated = bits
-        .chars()
-        .enumerate()
-        .filter(|(_, c)| *c == '1')
-        .fold(0u64, |acc, (i, _)| {
-            acc | (1u64.checked_shl(i as u32).unwrap_or(0))
-        });
+    let negotiated = negotiated_features(&mut vm)?;
     let device_bits = negotiated & ((1 << 24) - 1);
     let asked = DRIVER_FEATURE_BITS
         .iter()
         .fold(0u64, |acc, bit| acc | 1 << bit);
     ensure(device_bits & !asked == 0, || {
-        format!("device-specific bits {device_bits:#x} include some the driver did not ask for ({asked:#x}); sysfs {bits}")
+        format!("device-specific bits {device_bits:#x} include some the driver did not ask for ({asked:#x})")
     })?;
     ensure(negotiated & Features::VERSION_1.bits() != 0, || {
-        format!("VERSION_1 not negotiated: {bits}")
+        format!("VERSION_1 not negotiated: {negotiated:#x}")
     })?;
     ensure(negotiated & Features::ACCESS_PLATFORM.bits() == 0, || {
-        format!("ACCESS_PLATFORM must be cleared: {bits}")
+        format!("ACCESS_PLATFORM must be cleared: {negotiated:#x}")
     })?;
     let lsmod = vm.sh_ok("lsmod")?;
     ensure(lsmod.contains("virtio_balloon_rs"), || {

@@ -11,8 +11,10 @@ use std::time::Instant;
 
 use common::actual_mib;
 use common::balloon_to_mib;
+use common::bound_device;
 use common::ensure;
 use common::expect_memtotal;
+use common::negotiated_features;
 use common::vmstat;
 use common::GUEST_MIB;
 use qemu_test::console::ConsoleRules;
@@ -33,31 +35,9 @@ fn boot(config: VmConfig) -> Result<Vm> {
     Ok(vm)
 }
 
-/// The bound device's name (`virtioN`).
-fn device(vm: &mut Vm) -> Result<String> {
-    let out = vm.sh_ok("ls /sys/bus/virtio/drivers/virtio_balloon_rs/ | grep virtio")?;
-    out.split_whitespace()
-        .next()
-        .map(str::to_string)
-        .ok_or_else(|| err!("no bound device"))
-}
-
-/// The negotiated feature bits from sysfs.
-fn negotiated(vm: &mut Vm) -> Result<u64> {
-    let dev = device(vm)?;
-    let bits = vm.sh_ok(&format!("cat /sys/bus/virtio/devices/{dev}/features"))?;
-    Ok(bits
-        .trim()
-        .chars()
-        .take(64)
-        .enumerate()
-        .filter(|(_, c)| *c == '1')
-        .fold(0, |acc, (i, _)| acc | 1 << i))
-}
-
 /// A number from our debugfs directory.
 fn debugfs(vm: &mut Vm, file: &str) -> Result<u64> {
-    let dev = device(vm)?;
+    let dev = bound_device(vm)?;
     let text = vm.sh_ok(&format!("cat {DEBUGFS}/{dev}/{file}"))?;
     text.trim()
         .parse()
@@ -87,7 +67,7 @@ fn close(a: u64, b: u64) -> bool {
 #[test]
 fn stats_reach_the_host_and_follow_the_guest() -> Result<()> {
     let mut vm = boot(VmConfig::new("stats"))?;
-    ensure(negotiated(&mut vm)? & 1 << 1 != 0, || {
+    ensure(negotiated_features(&mut vm)? & 1 << 1 != 0, || {
         "STATS_VQ not negotiated".into()
     })?;
     vm.qmp()
@@ -175,7 +155,7 @@ fn stats_reach_the_host_and_follow_the_guest() -> Result<()> {
 #[test]
 fn debugfs_view_matches_the_host() -> Result<()> {
     let mut vm = boot(VmConfig::new("debugfs"))?;
-    let dev = device(&mut vm)?;
+    let dev = bound_device(&mut vm)?;
     let status = vm.sh_ok(&format!("cat {DEBUGFS}/{dev}/status"))?;
     eprintln!("{status}");
     ensure(
@@ -186,7 +166,7 @@ fn debugfs_view_matches_the_host() -> Result<()> {
     // debugfs shows the balloon bits and VERSION_1; sysfs adds the ring
     // transport bits (event index, ring reset) the virtio core keeps.
     let balloon_bits = ((1 << 6) - 1) | (1 << 32) | (1 << 33);
-    let sysfs = negotiated(&mut vm)? & balloon_bits;
+    let sysfs = negotiated_features(&mut vm)? & balloon_bits;
     ensure(features.starts_with(&format!("{sysfs:#x} ")), || {
         format!("debugfs features {features:?}, sysfs {sysfs:#x}")
     })?;
@@ -240,7 +220,7 @@ fn hog(vm: &mut Vm, mib: u64) -> Result<(i32, String)> {
 #[test]
 fn deflate_on_oom_gives_pages_back_instead_of_killing() -> Result<()> {
     let mut vm = boot(VmConfig::new("deflate_on_oom").balloon_options("deflate-on-oom=on"))?;
-    ensure(negotiated(&mut vm)? & 1 << 2 != 0, || {
+    ensure(negotiated_features(&mut vm)? & 1 << 2 != 0, || {
         "DEFLATE_ON_OOM not negotiated".into()
     })?;
     let memtotal = vm.meminfo("MemTotal")?;
@@ -280,7 +260,7 @@ fn deflate_on_oom_gives_pages_back_instead_of_killing() -> Result<()> {
 #[test]
 fn without_deflate_on_oom_the_balloon_holds() -> Result<()> {
     let mut vm = boot(VmConfig::new("no_deflate_on_oom"))?;
-    ensure(negotiated(&mut vm)? & 1 << 2 == 0, || {
+    ensure(negotiated_features(&mut vm)? & 1 << 2 == 0, || {
         "DEFLATE_ON_OOM negotiated".into()
     })?;
     balloon_to_mib(&mut vm, 1024)?;
@@ -306,7 +286,7 @@ fn free_page_reporting_returns_memory_to_the_host() -> Result<()> {
             .memory_mib(4096)
             .balloon_options("free-page-reporting=on"),
     )?;
-    ensure(negotiated(&mut vm)? & 1 << 5 != 0, || {
+    ensure(negotiated_features(&mut vm)? & 1 << 5 != 0, || {
         "REPORTING not negotiated".into()
     })?;
     let (rc, out) = hog(&mut vm, 2048)?;
@@ -338,7 +318,7 @@ fn free_page_reporting_returns_memory_to_the_host() -> Result<()> {
 fn page_poison_follows_the_guest_and_gates_reporting() -> Result<()> {
     // Without poisoning or init_on_free the bit is withdrawn; reporting stays.
     let mut vm = boot(VmConfig::new("no_poison").balloon_options("free-page-reporting=on"))?;
-    let bits = negotiated(&mut vm)?;
+    let bits = negotiated_features(&mut vm)?;
     ensure(bits & 1 << 4 == 0 && bits & 1 << 5 != 0, || {
         format!("features {bits:#x}")
     })?;
@@ -351,7 +331,7 @@ fn page_poison_follows_the_guest_and_gates_reporting() -> Result<()> {
             .cmdline("init_on_free=1")
             .balloon_options("free-page-reporting=on"),
     )?;
-    let bits = negotiated(&mut vm)?;
+    let bits = negotiated_features(&mut vm)?;
     ensure(bits & 1 << 4 != 0 && bits & 1 << 5 != 0, || {
         format!("features {bits:#x}")
     })?;
@@ -365,7 +345,7 @@ fn page_poison_follows_the_guest_and_gates_reporting() -> Result<()> {
             .cmdline("init_on_free=1")
             .balloon_options("free-page-reporting=on,page-poison=off"),
     )?;
-    let bits = negotiated(&mut vm)?;
+    let bits = negotiated_features(&mut vm)?;
     ensure(bits & 1 << 4 == 0 && bits & 1 << 5 == 0, || {
         format!("features {bits:#x}")
     })?;
@@ -405,7 +385,7 @@ fn free_page_hints_during_migration() -> Result<()> {
             .qemu_args(["-object", "iothread,id=io0"])
             .balloon_options("free-page-hint=on,iothread=io0"),
     )?;
-    ensure(negotiated(&mut vm)? & 1 << 3 != 0, || {
+    ensure(negotiated_features(&mut vm)? & 1 << 3 != 0, || {
         "FREE_PAGE_HINT not negotiated".into()
     })?;
     // Dirty most of the guest's memory and free it again, and cap the

@@ -92,3 +92,27 @@ pub fn ensure(condition: bool, what: impl FnOnce() -> String) -> Result<()> {
         Err(qemu_test::Error(what()))
     }
 }
+
+/// The `virtioN` name of the balloon device bound to our driver.
+pub fn bound_device(vm: &mut Vm) -> Result<String> {
+    let listing = vm.sh_ok("ls /sys/bus/virtio/drivers/virtio_balloon_rs/")?;
+    listing
+        .split_whitespace()
+        .find(|name| name.starts_with("virtio"))
+        .map(str::to_string)
+        .ok_or_else(|| err!("no device bound to virtio_balloon_rs: {listing:?}"))
+}
+
+/// The feature bits negotiated with the bound device, from sysfs (a string
+/// of '0'/'1', bit 0 first).
+pub fn negotiated_features(vm: &mut Vm) -> Result<u64> {
+    let dev = bound_device(vm)?;
+    let bits = vm.sh_ok(&format!("cat /sys/bus/virtio/devices/{dev}/features"))?;
+    Ok(bits
+        .trim()
+        .chars()
+        .take(64)
+        .enumerate()
+        .filter(|(_, c)| *c == '1')
+        .fold(0, |acc, (i, _)| acc | 1 << i))
+}
