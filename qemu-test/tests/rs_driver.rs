@@ -353,3 +353,27 @@ fn poweroff_with_the_balloon_inflated_is_clean() -> Result<()> {
     // callback runs) and checks what the kernel printed meanwhile.
     vm.shutdown()
 }
+
+#[test]
+fn legacy_device_follows_targets() -> Result<()> {
+    // A transitional device in legacy mode: no VERSION_1, PFNs in guest
+    // byte order, config space still little-endian.
+    let mut vm = Vm::boot(
+        VmConfig::new("legacy")
+            .c_module(false)
+            .balloon_options("disable-modern=on,disable-legacy=off"),
+    )?;
+    let memtotal = vm.meminfo("MemTotal")?;
+    RS.insmod(&mut vm)?;
+    let negotiated = negotiated_features(&mut vm)?;
+    ensure(negotiated & Features::VERSION_1.bits() == 0, || {
+        format!("VERSION_1 negotiated on a legacy device: {negotiated:#x}")
+    })?;
+    for target in [1536u64, 1024, 2048] {
+        balloon_to_mib(&mut vm, target)?;
+        expect_memtotal(&mut vm, memtotal - (GUEST_MIB - target) * 1024)?;
+    }
+    vm.rmmod("virtio_balloon_rs")?;
+    vm.check_clean()?;
+    vm.shutdown()
+}
