@@ -10,8 +10,15 @@
 
 use crate::backoff::Backoff;
 use crate::features::QueueRole;
-use crate::pfn::{PageGeometry, PfnBatch};
-use crate::target::{inflate_budget, Direction, Target};
+use crate::pfn::{
+    PageGeometry,
+    PfnBatch, //
+};
+use crate::target::{
+    inflate_budget,
+    Direction,
+    Target, //
+};
 
 /// Why telling the host failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,32 +8,79 @@
 //! are reached through [`crate::virtio`] and [`crate::mm`].
 
 use core::fmt;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{
+    AtomicBool,
+    Ordering, //
+};
 
 use balloon_logic::config;
-use balloon_logic::engine::{Backend, Counters, Engine, HostError, Step};
-use balloon_logic::features::{self, queue_layout, Features, QueueRole};
-use balloon_logic::hint::{self, HintAction};
-use balloon_logic::pfn::{PageGeometry, PFNS_PER_BUFFER};
+use balloon_logic::engine::{
+    Backend,
+    Counters,
+    Engine,
+    HostError,
+    Step, //
+};
+use balloon_logic::features::{
+    self,
+    queue_layout,
+    Features,
+    QueueRole, //
+};
+use balloon_logic::hint::{
+    self,
+    HintAction, //
+};
+use balloon_logic::pfn::{
+    PageGeometry,
+    PFNS_PER_BUFFER, //
+};
 use balloon_logic::stats;
 use balloon_logic::target::reserve_pages;
-use kernel::debugfs::{Dir, Scope};
+use kernel::debugfs::{
+    Dir,
+    Scope, //
+};
 use kernel::prelude::*;
-use kernel::sync::atomic::{Atomic, Relaxed};
+use kernel::sync::atomic::{
+    Atomic,
+    Relaxed, //
+};
 use kernel::sync::Mutex;
 use kernel::time::Jiffies;
-use kernel::{c_str, new_mutex};
+use kernel::{
+    c_str,
+    new_mutex, //
+};
 
 use crate::mm::{
-    self, BalloonDevInfo, BulkAlloc, OomNotifier, Page, PageList, PageReporting, ReportedPages,
-    Shrinker, HINT_BLOCK_ORDER,
+    self,
+    BalloonDevInfo,
+    BulkAlloc,
+    OomNotifier,
+    Page,
+    PageList,
+    PageReporting,
+    ReportedPages,
+    Shrinker,
+    HINT_BLOCK_ORDER, //
 };
 use crate::virtio::{
-    self, DelayedWork, Device, DeviceHandle, SendError, Virtqueue, Virtqueues, WaitQueue,
+    self,
+    DelayedWork,
+    Device,
+    DeviceHandle,
+    SendError,
+    Virtqueue,
+    Virtqueues,
+    WaitQueue, //
 };
 use crate::{
-    impl_has_balloon_dev_info, impl_has_delayed_work, impl_has_oom_notifier,
-    impl_has_page_reporting, impl_has_shrinker,
+    impl_has_balloon_dev_info,
+    impl_has_delayed_work,
+    impl_has_oom_notifier,
+    impl_has_page_reporting,
+    impl_has_shrinker, //
 };
 
 /// Where each queue role sits in the device's queue list.

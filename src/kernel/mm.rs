@@ -10,7 +10,10 @@
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{
+    AtomicBool,
+    Ordering, //
+};
 
 use kernel::c_str;
 use kernel::error::to_result;
