@@ -19,6 +19,7 @@ use common::bound_device;
 use common::ensure;
 use common::expect_memtotal;
 use common::negotiated_features;
+use common::unload_and_power_off;
 use common::vmstat;
 use common::Driver;
 use common::GUEST_MIB;
@@ -86,9 +87,7 @@ fn module_binds_negotiates_and_unloads_cleanly() -> Result<()> {
     // The module can come back.
     RS.insmod(&mut vm)?;
     bound_device(&mut vm)?;
-    vm.rmmod("virtio_balloon_rs")?;
-    vm.check_clean()?;
-    vm.shutdown()
+    unload_and_power_off(vm, None)
 }
 
 #[test]
@@ -118,9 +117,7 @@ fn follows_each_target_exactly() -> Result<()> {
     ensure(inflated == 1536 * 256 && deflated == 1536 * 256, || {
         format!("vmstat balloon_inflate {inflated}, balloon_deflate {deflated}")
     })?;
-    vm.rmmod("virtio_balloon_rs")?;
-    vm.check_clean()?;
-    vm.shutdown()
+    unload_and_power_off(vm, None)
 }
 
 #[test]
@@ -160,9 +157,7 @@ fn target_set_before_insmod_is_reached() -> Result<()> {
     RS.insmod(&mut vm)?;
     vm.qmp().wait_actual(1024 * MIB, common::BALLOON_TIMEOUT)?;
     expect_memtotal(&mut vm, memtotal - 1024 * 1024)?;
-    vm.rmmod("virtio_balloon_rs")?;
-    vm.check_clean()?;
-    vm.shutdown()
+    unload_and_power_off(vm, None)
 }
 
 #[test]
@@ -183,10 +178,7 @@ fn rapidly_changing_targets_settle_on_the_last() -> Result<()> {
         "did not stay at 1200 MiB".into()
     })?;
     expect_memtotal(&mut vm, memtotal - 848 * 1024)?;
-    vm.rmmod("virtio_balloon_rs")?;
-    expect_memtotal(&mut vm, memtotal)?;
-    vm.check_clean()?;
-    vm.shutdown()
+    unload_and_power_off(vm, Some(memtotal))
 }
 
 /// Polls `actual` until it has not moved for `quiet`, and returns it (MiB).
@@ -248,9 +240,7 @@ fn impossible_target_settles_without_oom_and_recovers() -> Result<()> {
     expect_memtotal(&mut vm, memtotal - 1024 * 1024)?;
     balloon_to_mib(&mut vm, GUEST_MIB)?;
     expect_memtotal(&mut vm, memtotal)?;
-    vm.rmmod("virtio_balloon_rs")?;
-    vm.check_clean()?;
-    vm.shutdown()
+    unload_and_power_off(vm, None)
 }
 
 #[test]
@@ -294,10 +284,7 @@ fn compaction_migrates_balloon_pages_and_keeps_actual() -> Result<()> {
     ensure(balloon_kb(&mut vm)? == 600 * 1024, || {
         "Balloon: changed".into()
     })?;
-    vm.rmmod("virtio_balloon_rs")?;
-    expect_memtotal(&mut vm, memtotal)?;
-    vm.check_clean()?;
-    vm.shutdown()
+    unload_and_power_off(vm, Some(memtotal))
 }
 
 #[test]
@@ -373,7 +360,5 @@ fn legacy_device_follows_targets() -> Result<()> {
         balloon_to_mib(&mut vm, target)?;
         expect_memtotal(&mut vm, memtotal - (GUEST_MIB - target) * 1024)?;
     }
-    vm.rmmod("virtio_balloon_rs")?;
-    vm.check_clean()?;
-    vm.shutdown()
+    unload_and_power_off(vm, None)
 }

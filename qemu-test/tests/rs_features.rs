@@ -15,6 +15,7 @@ use common::bound_device;
 use common::ensure;
 use common::expect_memtotal;
 use common::negotiated_features;
+use common::unload_and_power_off;
 use common::vmstat;
 use common::GUEST_MIB;
 use qemu_test::console::ConsoleRules;
@@ -147,9 +148,7 @@ fn stats_reach_the_host_and_follow_the_guest() -> Result<()> {
     ensure(debugfs(&mut vm, "stats_updates")? >= 2, || {
         "debugfs stats_updates".into()
     })?;
-    vm.rmmod("virtio_balloon_rs")?;
-    vm.check_clean()?;
-    vm.shutdown()
+    unload_and_power_off(vm, None)
 }
 
 #[test]
@@ -251,10 +250,7 @@ fn deflate_on_oom_gives_pages_back_instead_of_killing() -> Result<()> {
         "re-inflated without a new target".into()
     })?;
     balloon_to_mib(&mut vm, 1536)?;
-    vm.rmmod("virtio_balloon_rs")?;
-    expect_memtotal(&mut vm, memtotal)?;
-    vm.check_clean()?;
-    vm.shutdown()
+    unload_and_power_off(vm, Some(memtotal))
 }
 
 #[test]
@@ -309,9 +305,7 @@ fn free_page_reporting_returns_memory_to_the_host() -> Result<()> {
     ensure(debugfs(&mut vm, "free_page_reports")? > 0, || {
         "no reports counted".into()
     })?;
-    vm.rmmod("virtio_balloon_rs")?;
-    vm.check_clean()?;
-    vm.shutdown()
+    unload_and_power_off(vm, None)
 }
 
 #[test]
@@ -349,9 +343,7 @@ fn page_poison_follows_the_guest_and_gates_reporting() -> Result<()> {
     ensure(bits & 1 << 4 == 0 && bits & 1 << 5 == 0, || {
         format!("features {bits:#x}")
     })?;
-    vm.rmmod("virtio_balloon_rs")?;
-    vm.check_clean()?;
-    vm.shutdown()
+    unload_and_power_off(vm, None)
 }
 
 #[test]
@@ -372,10 +364,7 @@ fn suspend_and_resume_keep_the_target() -> Result<()> {
     ensure(dmesg.contains("balloon empty"), || {
         "freeze did not empty the balloon".into()
     })?;
-    vm.rmmod("virtio_balloon_rs")?;
-    expect_memtotal(&mut vm, memtotal)?;
-    vm.check_clean()?;
-    vm.shutdown()
+    unload_and_power_off(vm, Some(memtotal))
 }
 
 #[test]
@@ -440,7 +429,5 @@ fn free_page_hints_during_migration() -> Result<()> {
     })?;
     // The balloon itself still works.
     balloon_to_mib(&mut vm, 1536)?;
-    vm.rmmod("virtio_balloon_rs")?;
-    vm.check_clean()?;
-    vm.shutdown()
+    unload_and_power_off(vm, None)
 }

@@ -116,3 +116,15 @@ pub fn negotiated_features(vm: &mut Vm) -> Result<u64> {
         .filter(|(_, c)| *c == '1')
         .fold(0, |acc, (i, _)| acc | 1 << i))
 }
+
+/// Unloads our driver, checks that every page came back (`MemTotal` as
+/// `memtotal_kb`, when given) and that the kernel log is clean, and powers
+/// the guest off (which checks the log of the shutdown too).
+pub fn unload_and_power_off(mut vm: Vm, memtotal_kb: Option<u64>) -> Result<()> {
+    vm.rmmod(Driver::Rs.module_name())?;
+    if let Some(kb) = memtotal_kb {
+        expect_memtotal(&mut vm, kb)?;
+    }
+    vm.check_clean()?;
+    vm.shutdown()
+}
