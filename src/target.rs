@@ -69,11 +69,12 @@ pub fn inflate_budget(wanted: u64, capacity: u64, available: u64, reserve: u64) 
     wanted.min(capacity).min(available.saturating_sub(reserve))
 }
 
-/// The reserve floor in guest pages.
+/// The reserve floor in guest pages: `reserve_kib` rounded up to whole
+/// pages of `page_size` bytes.
 ///
-/// `watermark_pages` is what the kernel keeps back for itself (the sum of the
-/// zones' high watermarks and lowmem reserves, `totalreserve_pages`), and
-/// `extra_kib` the module parameter on top of it.
-pub fn reserve_pages(watermark_pages: u64, extra_kib: u64, page_size: u64) -> u64 {
-    watermark_pages.saturating_add(extra_kib.saturating_mul(1024) / page_size.max(1))
+/// It sits on top of the kernel's own reserves: `available` in
+/// [`inflate_budget`] is MemAvailable, which already leaves out the zones'
+/// high watermarks and lowmem reserves (`totalreserve_pages`).
+pub fn reserve_pages(reserve_kib: u64, page_size: u64) -> u64 {
+    reserve_kib.saturating_mul(1024).div_ceil(page_size.max(1))
 }

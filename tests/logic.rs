@@ -203,9 +203,10 @@ fn budget_respects_capacity_and_reserve() {
     assert_eq!(inflate_budget(10_000, 4096, 1 << 20, 4096), 4096);
     assert_eq!(inflate_budget(10_000, 4096, 5000, 4096), 904);
     assert_eq!(inflate_budget(10_000, 4096, 100, 4096), 0);
-    assert_eq!(reserve_pages(1000, 16 * 1024, 4096), 1000 + 4096);
-    assert_eq!(reserve_pages(u64::MAX, u64::MAX, 4096), u64::MAX);
-    assert_eq!(reserve_pages(10, 64, 65536), 11);
+    assert_eq!(reserve_pages(16 * 1024, 4096), 4096);
+    assert_eq!(reserve_pages(0, 4096), 0);
+    assert_eq!(reserve_pages(u64::MAX, 4096), u64::MAX / 4096 + 1);
+    assert_eq!(reserve_pages(64, 65536), 1, "rounds up to a whole page");
 }
 
 #[test]

@@ -83,9 +83,12 @@ use crate::{
     impl_has_shrinker, //
 };
 
-/// Where each queue role sits in the device's queue list.
+/// The device's queues for the negotiated features: their names, in the
+/// order the device numbers them, and where each role sits.
 #[derive(Clone, Copy)]
 struct QueueIndex {
+    names: [&'static CStr; features::MAX_QUEUES],
+    count: usize,
     inflate: usize,
     deflate: usize,
     stats: Option<usize>,
@@ -94,10 +97,11 @@ struct QueueIndex {
 }
 
 impl QueueIndex {
-    fn new(features: Features) -> (Self, [&'static CStr; features::MAX_QUEUES], usize) {
+    fn new(features: Features) -> Self {
         let (layout, count) = queue_layout(features);
-        let mut names = [c_str!(""); features::MAX_QUEUES];
         let mut index = Self {
+            names: [c_str!(""); features::MAX_QUEUES],
+            count,
             inflate: 0,
             deflate: 1,
             stats: None,
@@ -106,7 +110,7 @@ impl QueueIndex {
         };
         for (i, role) in layout.iter().take(count).enumerate() {
             let Some(role) = *role else { continue };
-            names[i] = queue_name(role);
+            index.names[i] = queue_name(role);
             match role {
                 QueueRole::Inflate => index.inflate = i,
                 QueueRole::Deflate => index.deflate = i,
@@ -115,7 +119,12 @@ impl QueueIndex {
                 QueueRole::FreePage => index.free_page = Some(i),
             }
         }
-        (index, names, count)
+        index
+    }
+
+    /// The names of the queues to find.
+    fn names(&self) -> &[&'static CStr] {
+        &self.names[..self.count]
     }
 }
 
@@ -635,8 +644,8 @@ impl Balloon {
 
     /// Sets the device up: queues, poison value, stats, notifiers.
     fn bring_up(&self, dev: &Device) -> Result {
-        let (index, names, count) = QueueIndex::new(self.features);
-        let mut queues = dev.find_vqs::<Self>(&names[..count])?;
+        let index = self.index;
+        let mut queues = dev.find_vqs::<Self>(index.names())?;
         let inflate_queue = queues.take(index.inflate);
         let deflate_queue = queues.take(index.deflate);
         let stats_queue = index.stats.and_then(|i| queues.take(i));
@@ -647,7 +656,7 @@ impl Balloon {
         let per_page = u64::from(self.geometry.balloon_pages_per_page());
         let limit = mm::total_ram_pages().saturating_mul(per_page);
         let page_size = 1u64 << mm::PAGE_SHIFT;
-        let reserve = reserve_pages(0, crate::module_parameters::reserve_kb.value(), page_size);
+        let reserve = reserve_pages(crate::module_parameters::reserve_kb.value(), page_size);
         {
             let mut state = self.state.lock();
             let engine = Engine::new(
@@ -711,7 +720,7 @@ impl Balloon {
             "bound: features {:#x} ({:?}), {} queues, target {} KiB, reserve {} KiB\n",
             self.features.bits(),
             DisplayFeatures(self.features),
-            count,
+            index.count,
             u64::from(target) * 4,
             reserve * (page_size / 1024)
         );
@@ -772,7 +781,7 @@ impl Balloon {
             }
             let counters = state.engine.take().map(|engine| engine.counters());
             if let Some(mut queues) = state.queues.take() {
-                let (index, _, _) = QueueIndex::new(self.features);
+                let index = self.index;
                 let taken = [
                     (Some(index.inflate), state.inflate_queue.take()),
                     (Some(index.deflate), state.deflate_queue.take()),
@@ -844,7 +853,7 @@ impl virtio::Driver for Balloon {
             dev_err!(dev.as_dev(), "unsupported page size\n");
             EINVAL
         })?;
-        let (index, _, _) = QueueIndex::new(features);
+        let index = QueueIndex::new(features);
         let mut pfns = KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL)?;
         pfns.resize(PFNS_PER_BUFFER, 0, GFP_KERNEL)?;
         let state = State {
