@@ -12,7 +12,8 @@ use crate::backoff::Backoff;
 use crate::features::QueueRole;
 use crate::pfn::{
     PageGeometry,
-    PfnBatch, //
+    PfnBatch,
+    PFNS_PER_BUFFER, //
 };
 use crate::target::{
     inflate_budget,
@@ -23,9 +24,13 @@ use crate::target::{
 /// Why telling the host failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostError {
-    /// The buffer could not be queued (queue full, out of memory, broken device).
+    /// The buffer could not be queued now (queue full, out of memory); the
+    /// host never saw it.
     Queue,
-    /// The host did not hand the buffer back in time; it may still own it.
+    /// The device is broken (surprise removal, a fatal transport error):
+    /// no buffer will ever be queued again; the host never saw this one.
+    Broken,
+    /// The host did not hand the buffer back in time; it may still read it.
     Timeout,
 }
 
@@ -41,6 +46,9 @@ pub trait Backend {
     fn write_actual(&mut self, actual: u32);
     /// Guest pages the guest could give without trouble (MemAvailable).
     fn available_pages(&mut self) -> u64;
+    /// Guest pages of RAM the kernel manages now (`totalram_pages`); grows
+    /// with memory hot-plug.
+    fn managed_pages(&mut self) -> u64;
     /// Allocates up to `max` guest pages for the balloon into the inflate
     /// staging area, without retrying or warning, and returns how many it
     /// got (fewer when the guest is short of memory).
@@ -49,12 +57,14 @@ pub trait Backend {
     fn staged_inflate_pfns(&self, f: &mut dyn FnMut(u64));
     /// The host has the staged pages: move them into the balloon.
     fn commit_inflate(&mut self);
-    /// The host never got the staged pages: free them.
+    /// The host never got the staged pages (or was reset): free them.
     fn abort_inflate(&mut self);
     /// Takes up to `max` guest pages out of the balloon into the deflate
     /// staging area and returns how many it took (fewer when pages are
     /// isolated for migration).
     fn dequeue_pages(&mut self, max: u64) -> u64;
+    /// Whether the balloon holds no page at all, isolated ones included.
+    fn balloon_is_empty(&mut self) -> bool;
     /// Calls `f` with the frame number of every page staged for deflate.
     fn staged_deflate_pfns(&self, f: &mut dyn FnMut(u64));
     /// The host was told about the staged pages: give them back to the guest.
@@ -63,10 +73,23 @@ pub trait Backend {
     fn abort_deflate(&mut self);
     /// Sends `pfns` on `queue` and waits until the host hands the buffer back.
     fn tell_host(&mut self, queue: QueueRole, pfns: &[u32]) -> Result<(), HostError>;
+    /// Whether the buffer a [`HostError::Timeout`] left with the host on
+    /// `queue` has come back since (never waits).
+    fn host_returned(&mut self, queue: QueueRole) -> bool;
+    /// Keeps the old page of the migration in progress away from the
+    /// allocator (the migration core would free it when the migration
+    /// succeeds) until [`Backend::release_held_page`].
+    fn hold_migrated_page(&mut self);
+    /// Gives the page [`Backend::hold_migrated_page`] kept back to the guest.
+    fn release_held_page(&mut self);
 }
 
 /// How long to wait for pages isolated by a running migration.
 pub const ISOLATED_RETRY_MS: u32 = 10;
+
+/// Consecutive queueing failures after which a drain stops trying to tell
+/// the host (the device is then reset and the pages reclaimed untold).
+pub const DRAIN_QUEUE_ATTEMPTS: u32 = 4;
 
 /// What one [`Engine::step`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +100,8 @@ pub enum Step {
     Progress,
     /// Nothing could be done now; try again after this many milliseconds.
     Backoff(u32),
-    /// The device stopped answering; no more updates until it is reset.
+    /// The host holds a late buffer (call again when it comes back) or the
+    /// device is broken (no more updates until it is reset).
     Stalled,
 }
 
@@ -98,17 +122,54 @@ pub struct Counters {
     pub oom_deflated: u64,
     /// OOM notifications that found pages to give back.
     pub oom_events: u64,
+    /// Buffers the host handed back after the deadline.
+    pub late_buffers: u64,
+}
+
+/// A buffer the host did not hand back in time: the pages it names stay
+/// out of the allocator, and the PFN array stays unchanged, until it comes
+/// back or the device is reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Late {
+    /// An inflate naming this many balloon pages (the staged inflate pages).
+    Inflate(u64),
+    /// A deflate naming this many balloon pages (the staged deflate pages).
+    Deflate(u64),
+    /// A migration's inflate of the new page; the old page is held and
+    /// still needs its deflate.
+    MigrationInflate,
+    /// A migration's deflate of the held old page.
+    MigrationDeflate,
+}
+
+impl Late {
+    /// The queue the late buffer is on.
+    pub fn queue(self) -> QueueRole {
+        match self {
+            Late::Inflate(_) | Late::MigrationInflate => QueueRole::Inflate,
+            Late::Deflate(_) | Late::MigrationDeflate => QueueRole::Deflate,
+        }
+    }
 }
 
 /// The balloon's state and the policy that moves it.
 pub struct Engine {
     geometry: PageGeometry,
     little_endian: bool,
-    limit: u64,
+    /// Whether ballooned pages leave `totalram_pages` (no `DEFLATE_ON_OOM`).
+    ram_excludes_balloon: bool,
     reserve: u64,
+    /// Balloon pages the host was told of and not told back (what `actual`
+    /// says): the balloon list and the deflate staging area.
     pages: u64,
     backoff: Backoff,
-    stalled: bool,
+    /// The buffer the host holds past the deadline, if any.
+    late: Option<Late>,
+    /// The frame of an old migrated page kept from the allocator until the
+    /// host acknowledges its deflate.
+    held_page: Option<u64>,
+    /// The device refused a buffer for good.
+    broken: bool,
     counters: Counters,
     last_clamped: bool,
     held_target: Option<u32>,
@@ -118,17 +179,25 @@ pub struct Engine {
 impl Engine {
     /// A new, empty balloon.
     ///
-    /// `limit` is the most the balloon may ever hold (guest RAM in balloon
-    /// pages); `reserve` the guest pages it never inflates into.
-    pub fn new(geometry: PageGeometry, little_endian: bool, limit: u64, reserve: u64) -> Self {
+    /// `ram_excludes_balloon` says whether inflated pages leave the RAM the
+    /// backend's [`Backend::managed_pages`] counts; `reserve` is the guest
+    /// pages the balloon never inflates into.
+    pub fn new(
+        geometry: PageGeometry,
+        little_endian: bool,
+        ram_excludes_balloon: bool,
+        reserve: u64,
+    ) -> Self {
         Self {
             geometry,
             little_endian,
-            limit,
+            ram_excludes_balloon,
             reserve,
             pages: 0,
             backoff: Backoff::new(),
-            stalled: false,
+            late: None,
+            held_page: None,
+            broken: false,
             counters: Counters::default(),
             last_clamped: false,
             held_target: None,
@@ -161,25 +230,100 @@ impl Engine {
         self.reserve
     }
 
-    /// Whether the device stopped answering.
+    /// Whether updates stopped: a buffer is late or the device is broken.
     pub fn is_stalled(&self) -> bool {
-        self.stalled
+        self.late.is_some() || self.broken
+    }
+
+    /// The buffer the host holds past its deadline, if any.
+    pub fn late(&self) -> Option<Late> {
+        self.late
     }
 
     fn actual(&self) -> u32 {
-        // `pages` never exceeds `limit`, itself clamped to what `num_pages`
-        // (a u32) can ask for; saturate anyway rather than wrap.
+        // `pages` never exceeds the RAM limit, itself clamped to what
+        // `num_pages` (a u32) can ask for; saturate anyway rather than wrap.
         u32::try_from(self.pages).unwrap_or(u32::MAX)
+    }
+
+    /// The most the balloon may hold now, in balloon pages: the guest's RAM,
+    /// which memory hot-plug may have grown since load.
+    fn limit<B: Backend>(&self, backend: &mut B) -> u64 {
+        let per_page = u64::from(self.geometry.balloon_pages_per_page());
+        let managed = backend.managed_pages().saturating_mul(per_page);
+        if self.ram_excludes_balloon {
+            managed.saturating_add(self.pages)
+        } else {
+            managed
+        }
+    }
+
+    /// Brings the engine up to date with the host: finishes the step of a
+    /// late buffer that came back, then tells the host of a held page.
+    /// Returns `Some(step)` when nothing else may be done now.
+    fn catch_up<B: Backend>(&mut self, backend: &mut B, buffer: &mut [u32]) -> Option<Step> {
+        if self.broken {
+            return Some(Step::Stalled);
+        }
+        if let Some(late) = self.late {
+            if !backend.host_returned(late.queue()) {
+                return Some(Step::Stalled);
+            }
+            self.late = None;
+            self.counters.late_buffers += 1;
+            match late {
+                Late::Inflate(sent) => {
+                    backend.commit_inflate();
+                    self.pages += sent;
+                    self.counters.inflated += sent;
+                }
+                Late::Deflate(sent) => {
+                    backend.commit_deflate();
+                    self.pages -= sent;
+                    self.counters.deflated += sent;
+                }
+                // The old page's deflate follows below.
+                Late::MigrationInflate => self.counters.migrated += 1,
+                Late::MigrationDeflate => {
+                    self.held_page = None;
+                    backend.release_held_page();
+                }
+            }
+            log::info!(
+                "host returned the late {:?} buffer; balloon updates resume\n",
+                late.queue()
+            );
+            backend.write_actual(self.actual());
+        }
+        let pfn = self.held_page?;
+        let mut batch = PfnBatch::new(buffer, self.geometry, self.little_endian);
+        if batch.push_page(pfn).is_err() {
+            // It was ballooned, so it had a device PFN; never taken.
+            self.held_page = None;
+            backend.release_held_page();
+            return None;
+        }
+        match backend.tell_host(QueueRole::Deflate, batch.as_slice()) {
+            Ok(()) => {
+                self.held_page = None;
+                backend.release_held_page();
+                None
+            }
+            Err(HostError::Timeout) => Some(self.went_late(Late::MigrationDeflate)),
+            Err(HostError::Broken) => Some(self.went_broken(QueueRole::Deflate)),
+            Err(HostError::Queue) => Some(Step::Backoff(self.backoff.fail())),
+        }
     }
 
     /// Moves the balloon one buffer towards the target and reports `actual`.
     pub fn step<B: Backend>(&mut self, backend: &mut B, buffer: &mut [u32]) -> Step {
-        if self.stalled {
-            return Step::Stalled;
+        if let Some(step) = self.catch_up(backend, buffer) {
+            return step;
         }
         let num_pages = backend.read_target();
         self.last_target = num_pages;
-        let target = Target::from_config(num_pages, self.geometry, self.limit);
+        let limit = self.limit(backend);
+        let target = Target::from_config(num_pages, self.geometry, limit);
         if target.clamped && !self.last_clamped {
             self.counters.clamped_targets += 1;
             log::info!(
@@ -207,6 +351,28 @@ impl Engine {
         };
         backend.write_actual(self.actual());
         step
+    }
+
+    /// How many guest pages the next [`Engine::step`] would allocate, so
+    /// that the caller can allocate them before taking its lock.
+    pub fn pages_to_allocate<B: Backend>(&mut self, backend: &mut B) -> u64 {
+        if self.is_stalled() || self.held_page.is_some() {
+            return 0;
+        }
+        let num_pages = backend.read_target();
+        if self.held_target.is_some_and(|held| held == num_pages) {
+            return 0;
+        }
+        let limit = self.limit(backend);
+        match Target::from_config(num_pages, self.geometry, limit).direction(self.pages) {
+            Direction::Inflate(wanted) => inflate_budget(
+                self.geometry.guest_pages(wanted),
+                self.geometry.guest_pages(PFNS_PER_BUFFER as u64),
+                backend.available_pages(),
+                self.reserve,
+            ),
+            _ => 0,
+        }
     }
 
     fn inflate<B: Backend>(&mut self, backend: &mut B, buffer: &mut [u32], wanted: u64) -> Step {
@@ -246,7 +412,7 @@ impl Engine {
                     self.pages += sent;
                     self.counters.inflated += sent;
                 }
-                Err(err) => return self.host_failed(err, backend, QueueRole::Inflate),
+                Err(err) => return self.host_failed(err, backend, QueueRole::Inflate, sent),
             }
         }
         if short {
@@ -313,8 +479,30 @@ impl Engine {
                 self.backoff.succeed();
                 Step::Progress
             }
-            Err(err) => self.host_failed(err, backend, QueueRole::Deflate),
+            Err(err) => self.host_failed(err, backend, QueueRole::Deflate, sent),
         }
+    }
+
+    /// The host holds a buffer past its deadline: stop until it comes back.
+    fn went_late(&mut self, late: Late) -> Step {
+        log::error!(
+            "host did not return the {:?} buffer in time; balloon updates wait for it (or a device reset)\n",
+            late.queue()
+        );
+        self.late = Some(late);
+        Step::Stalled
+    }
+
+    /// The device will take no more buffers: stop until it is reset.
+    fn went_broken(&mut self, queue: QueueRole) -> Step {
+        if !self.broken {
+            log::error!(
+                "the device refused a {:?} buffer for good (broken); balloon updates stop until it is reset\n",
+                queue
+            );
+        }
+        self.broken = true;
+        Step::Stalled
     }
 
     fn host_failed<B: Backend>(
@@ -322,14 +510,16 @@ impl Engine {
         err: HostError,
         backend: &mut B,
         queue: QueueRole,
+        sent: u64,
     ) -> Step {
+        let undo = |backend: &mut B| match queue {
+            QueueRole::Deflate => backend.abort_deflate(),
+            _ => backend.abort_inflate(),
+        };
         match err {
             HostError::Queue => {
                 // The host never saw the buffer: undo and retry later.
-                match queue {
-                    QueueRole::Deflate => backend.abort_deflate(),
-                    _ => backend.abort_inflate(),
-                }
+                undo(backend);
                 let delay = self.backoff.fail();
                 if self.backoff.should_log() {
                     log::warn!(
@@ -340,15 +530,18 @@ impl Engine {
                 }
                 Step::Backoff(delay)
             }
+            HostError::Broken => {
+                undo(backend);
+                self.went_broken(queue)
+            }
             HostError::Timeout => {
                 // The host may still read the buffer and the staged pages:
-                // keep both untouched until the device is reset.
-                log::error!(
-                    "host did not return the {:?} buffer; balloon updates stop until the device is reset\n",
-                    queue
-                );
-                self.stalled = true;
-                Step::Stalled
+                // keep both untouched until it returns or the device resets.
+                let late = match queue {
+                    QueueRole::Deflate => Late::Deflate(sent),
+                    _ => Late::Inflate(sent),
+                };
+                self.went_late(late)
             }
         }
     }
@@ -365,7 +558,7 @@ impl Engine {
         buffer: &mut [u32],
         max: u64,
     ) -> u64 {
-        if self.stalled || self.pages == 0 {
+        if self.catch_up(backend, buffer).is_some() || self.pages == 0 {
             return 0;
         }
         let before = self.pages;
@@ -393,12 +586,14 @@ impl Engine {
     ///
     /// Returns [`Step::Reached`] once empty (after writing `actual = 0`),
     /// [`Step::Progress`] after a batch, [`Step::Backoff`] while pages are
-    /// isolated for migration, and [`Step::Stalled`] when the host stopped
-    /// answering: then the caller resets the device and calls
-    /// [`Engine::forget_all`].
+    /// isolated for migration or a buffer could not be queued, and
+    /// [`Step::Stalled`] when the host stopped answering or cannot be told
+    /// (the device is broken, or queueing failed
+    /// [`DRAIN_QUEUE_ATTEMPTS`] times in a row): then the caller resets the
+    /// device and calls [`Engine::forget_all`].
     pub fn drain_step<B: Backend>(&mut self, backend: &mut B, buffer: &mut [u32]) -> Step {
-        if self.stalled {
-            return Step::Stalled;
+        if let Some(step) = self.catch_up(backend, buffer) {
+            return self.drain_outcome(step);
         }
         if self.pages == 0 {
             backend.write_actual(0);
@@ -406,33 +601,86 @@ impl Engine {
         }
         let step = self.deflate(backend, buffer, self.pages);
         backend.write_actual(self.actual());
-        step
+        self.drain_outcome(step)
+    }
+
+    /// A drain gives up telling the host after repeated queueing failures.
+    fn drain_outcome(&mut self, step: Step) -> Step {
+        match step {
+            Step::Backoff(_) if self.backoff.failures() >= DRAIN_QUEUE_ATTEMPTS => {
+                log::error!(
+                    "cannot queue buffers to empty the balloon; reclaiming the pages after a reset\n"
+                );
+                self.broken = true;
+                Step::Stalled
+            }
+            other => other,
+        }
     }
 
     /// After a device reset, gives every page back without telling the host.
     ///
-    /// Returns `false` while some pages are isolated for migration; call
-    /// again after a short sleep without holding the balloon lock.
+    /// The reset made the host drop every buffer, so whatever a late buffer
+    /// named is the guest's again. Returns `false` while some pages are
+    /// isolated for migration; call again after a short sleep without
+    /// holding the balloon lock.
     pub fn forget_all<B: Backend>(&mut self, backend: &mut B) -> bool {
         let per_page = u64::from(self.geometry.balloon_pages_per_page());
-        backend.abort_inflate();
-        backend.commit_deflate();
+        match self.late.take() {
+            Some(Late::Deflate(sent)) => {
+                backend.commit_deflate();
+                self.pages = self.pages.saturating_sub(sent);
+                self.counters.deflated += sent;
+            }
+            Some(Late::Inflate(_)) => backend.abort_inflate(),
+            Some(Late::MigrationInflate) | Some(Late::MigrationDeflate) | None => {}
+        }
+        if self.held_page.take().is_some() {
+            backend.release_held_page();
+        }
+        let batch = self.geometry.guest_pages(PFNS_PER_BUFFER as u64);
         while self.pages > 0 {
-            let got = backend.dequeue_pages(self.geometry.guest_pages(self.pages)) * per_page;
+            let got = backend.dequeue_pages(batch);
             if got == 0 {
-                return false;
+                if !backend.balloon_is_empty() {
+                    // Isolated for migration: back shortly.
+                    return false;
+                }
+                log::error!(
+                    "balloon empty but {} pages still counted; count reset\n",
+                    self.pages
+                );
+                self.pages = 0;
+                break;
             }
             backend.commit_deflate();
+            let got = got * per_page;
             self.pages = self.pages.saturating_sub(got);
             self.counters.deflated += got;
         }
-        self.stalled = false;
+        // Pages the count missed would be left on a list about to be freed.
+        loop {
+            let stray = backend.dequeue_pages(batch);
+            if stray == 0 {
+                break;
+            }
+            log::error!("{} balloon pages were not counted; freed\n", stray);
+            backend.commit_deflate();
+        }
+        self.broken = false;
         true
     }
 
     /// Tells the host that the guest page `new_pfn` replaces `old_pfn` in
     /// the balloon (page migration by compaction): inflate the new page,
     /// then deflate the old one, as the C driver does.
+    ///
+    /// `Ok` means the new page takes the old one's place. When the host is
+    /// late with either buffer the migration still succeeds (the host may
+    /// discard the new page at any time, so it must stay in the balloon),
+    /// and the old page is held away from the allocator until the host
+    /// acknowledges its deflate or the device is reset. An error means the
+    /// host never saw the new page, and the core keeps the old one.
     pub fn migrate<B: Backend>(
         &mut self,
         backend: &mut B,
@@ -440,24 +688,55 @@ impl Engine {
         new_pfn: u64,
         old_pfn: u64,
     ) -> Result<(), HostError> {
-        if self.stalled {
-            return Err(HostError::Queue);
+        if let Some(step) = self.catch_up(backend, buffer) {
+            return Err(if step == Step::Stalled && self.late.is_some() {
+                HostError::Timeout
+            } else {
+                HostError::Queue
+            });
         }
-        for (queue, pfn) in [(QueueRole::Inflate, new_pfn), (QueueRole::Deflate, old_pfn)] {
-            let mut batch = PfnBatch::new(buffer, self.geometry, self.little_endian);
-            batch.push_page(pfn).map_err(|_| HostError::Queue)?;
-            if let Err(err) = backend.tell_host(queue, batch.as_slice()) {
-                if err == HostError::Timeout {
-                    log::error!(
-                        "host did not return the {:?} buffer of a migration; balloon updates stop until the device is reset\n",
-                        queue
-                    );
-                    self.stalled = true;
+        let mut batch = PfnBatch::new(buffer, self.geometry, self.little_endian);
+        batch.push_page(new_pfn).map_err(|_| HostError::Queue)?;
+        match backend.tell_host(QueueRole::Inflate, batch.as_slice()) {
+            Ok(()) => {}
+            Err(HostError::Timeout) => {
+                backend.hold_migrated_page();
+                self.held_page = Some(old_pfn);
+                self.went_late(Late::MigrationInflate);
+                return Ok(());
+            }
+            Err(err) => {
+                if err == HostError::Broken {
+                    self.went_broken(QueueRole::Inflate);
                 }
                 return Err(err);
             }
         }
-        self.counters.migrated += 1;
+        // The host has the new page: from here the migration succeeds, and
+        // the old page stays held until the host hears of its deflate.
+        let mut batch = PfnBatch::new(buffer, self.geometry, self.little_endian);
+        let told = batch
+            .push_page(old_pfn)
+            .map_err(|_| HostError::Queue)
+            .and_then(|()| backend.tell_host(QueueRole::Deflate, batch.as_slice()));
+        match told {
+            Ok(()) => self.counters.migrated += 1,
+            Err(err) => {
+                backend.hold_migrated_page();
+                self.held_page = Some(old_pfn);
+                self.counters.migrated += 1;
+                match err {
+                    HostError::Timeout => {
+                        self.went_late(Late::MigrationDeflate);
+                    }
+                    HostError::Broken => {
+                        self.went_broken(QueueRole::Deflate);
+                    }
+                    // Told again by the next step.
+                    HostError::Queue => {}
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -40,3 +40,22 @@ pub fn on_cmd_id(received: u32, active: u32) -> HintAction {
 pub fn round_continues(received: u32, active: u32) -> bool {
     received == active && received != CMD_ID_STOP && received != CMD_ID_DONE
 }
+
+/// A command id as the device reads it from a buffer (`cpu_to_virtio32`):
+/// little-endian for a 1.0 device, the guest's own order for a legacy one.
+pub fn cmd_id_to_device(id: u32, little_endian: bool) -> u32 {
+    if little_endian {
+        id.to_le()
+    } else {
+        id
+    }
+}
+
+/// The inverse of [`cmd_id_to_device`].
+pub fn cmd_id_from_device(word: u32, little_endian: bool) -> u32 {
+    if little_endian {
+        u32::from_le(word)
+    } else {
+        word
+    }
+}

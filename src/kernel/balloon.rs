@@ -46,17 +46,23 @@ use kernel::sync::atomic::{
     Atomic,
     Relaxed, //
 };
-use kernel::sync::Mutex;
+use kernel::sync::{
+    Mutex,
+    SpinLockIrq, //
+};
 use kernel::time::Jiffies;
 use kernel::{
     c_str,
-    new_mutex, //
+    new_mutex,
+    new_spinlock_irq, //
 };
 
 use crate::mm::{
     self,
     BalloonDevInfo,
     BulkAlloc,
+    HeldPage,
+    MigratingPage,
     OomNotifier,
     Page,
     PageList,
@@ -142,8 +148,34 @@ struct State {
     staged_inflate: Pin<KBox<PageList>>,
     /// Pages out of the balloon for the deflate in flight.
     staged_deflate: Pin<KBox<PageList>>,
-    /// Scratch space of the bulk page allocator.
+    /// Scratch space for freeing deflated pages in batches.
     bulk: BulkAlloc,
+    /// The old page of a migration, kept from the allocator until the host
+    /// acknowledges its deflate.
+    held: Option<HeldPage>,
+}
+
+/// Pages allocated for the next inflate before the balloon lock is taken,
+/// so that direct reclaim never runs under it (the OOM notifier waits for
+/// that lock). Only the update work uses it.
+struct Prealloc {
+    pages: Pin<KBox<PageList>>,
+    bulk: BulkAlloc,
+}
+
+impl Prealloc {
+    /// Allocates up to `count` balloon pages: many per call while memory is
+    /// plentiful; near the watermarks the bulk allocator stops and single
+    /// allocations (with light reclaim, like the C driver's) take over.
+    fn fill(&mut self, count: u64) {
+        let count = usize::try_from(count).unwrap_or(usize::MAX);
+        let mut got = self.bulk.alloc_into(self.pages.as_mut(), count);
+        while got < count {
+            let Some(page) = Page::alloc() else { break };
+            self.pages.as_mut().push(page);
+            got += 1;
+        }
+    }
 }
 
 /// The stats queue and the buffer the host holds between requests.
@@ -181,12 +213,17 @@ struct DebugView {
     hinted_blocks: Atomic<u64>,
     hint_blocks_held: Atomic<u64>,
     host_stalled: Atomic<u64>,
+    late_buffers: Atomic<u64>,
+    /// Balloon (4 KiB) pages per guest page, to show the reserve in them.
+    balloon_pages_per_page: u64,
 }
 
 impl DebugView {
-    fn new(features: Features) -> Self {
+    fn new(features: Features, geometry: PageGeometry) -> Self {
         Self {
             features,
+            late_buffers: Atomic::new(0),
+            balloon_pages_per_page: u64::from(geometry.balloon_pages_per_page()),
             target_pages: Atomic::new(0),
             actual_pages: Atomic::new(0),
             inflated_pages: Atomic::new(0),
@@ -213,8 +250,10 @@ impl DebugView {
             alloc_failures,
             migrated,
             oom_deflated,
+            late_buffers,
             ..
         } = engine.counters();
+        self.late_buffers.store(late_buffers, Relaxed);
         self.target_pages
             .store(u64::from(engine.last_target()), Relaxed);
         self.actual_pages.store(engine.pages(), Relaxed);
@@ -225,7 +264,8 @@ impl DebugView {
             .store(u64::from(engine.backoff_ms()), Relaxed);
         self.migrated_pages.store(migrated, Relaxed);
         self.oom_deflated_pages.store(oom_deflated, Relaxed);
-        self.reserve_pages.store(engine.reserve(), Relaxed);
+        self.reserve_pages
+            .store(engine.reserve() * self.balloon_pages_per_page, Relaxed);
         self.host_stalled
             .store(u64::from(engine.is_stalled()), Relaxed);
     }
@@ -273,7 +313,8 @@ fn write_status(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         "hint_blocks_held:  {}",
         view.hint_blocks_held.load(Relaxed)
     )?;
-    writeln!(f, "host_stalled:      {}", view.host_stalled.load(Relaxed))
+    writeln!(f, "host_stalled:      {}", view.host_stalled.load(Relaxed))?;
+    writeln!(f, "late_buffers:      {}", view.late_buffers.load(Relaxed))
 }
 
 /// The per-device driver state.
@@ -308,7 +349,15 @@ pub(crate) struct Balloon {
     #[pin]
     reporting: PageReporting<Balloon>,
     /// Set while the device is down or going down: no new work is queued.
-    stop_update: AtomicBool,
+    /// Interrupts queue work under it.
+    #[pin]
+    stop_update: SpinLockIrq<bool>,
+    /// The engine waits for a late inflate or deflate buffer: its return
+    /// queues the update work.
+    waiting_for_host: AtomicBool,
+    /// Pages for the next inflate, allocated outside the balloon lock.
+    #[pin]
+    prealloc: Mutex<Prealloc>,
     view: Pin<KBox<Scope<DebugView>>>,
     _debugfs_root: Dir,
 }
@@ -336,6 +385,11 @@ struct Host<'a> {
     staged_inflate: Pin<&'a mut PageList>,
     staged_deflate: Pin<&'a mut PageList>,
     bulk: &'a mut BulkAlloc,
+    /// Pages allocated for this step, outside the lock.
+    prealloc: Option<Pin<&'a mut PageList>>,
+    held: &'a mut Option<HeldPage>,
+    /// The migration in progress, in the migration callback.
+    migrating: Option<&'a MigratingPage<'a>>,
     timeout: Jiffies,
 }
 
@@ -352,18 +406,19 @@ impl Backend for Host<'_> {
         mm::available_pages()
     }
 
+    fn managed_pages(&mut self) -> u64 {
+        mm::total_ram_pages()
+    }
+
     fn alloc_pages(&mut self, max: u64) -> u64 {
+        // The pages were allocated before the lock was taken.
+        let Some(prealloc) = self.prealloc.as_mut() else {
+            return 0;
+        };
         let max = usize::try_from(max).unwrap_or(usize::MAX);
-        // The bulk allocator takes many pages per call while memory is
-        // plentiful; near the watermarks it stops and single allocations
-        // (with light reclaim, like the C driver's) take over.
-        let mut got = self.bulk.alloc_into(self.staged_inflate.as_mut(), max);
-        while got < max {
-            let Some(page) = Page::alloc() else { break };
-            self.staged_inflate.as_mut().push(page);
-            got += 1;
-        }
-        got as u64
+        self.staged_inflate
+            .as_mut()
+            .take_from(prealloc.as_mut(), max) as u64
     }
 
     fn staged_inflate_pfns(&self, f: &mut dyn FnMut(u64)) {
@@ -381,6 +436,10 @@ impl Backend for Host<'_> {
     fn dequeue_pages(&mut self, max: u64) -> u64 {
         let max = usize::try_from(max).unwrap_or(usize::MAX);
         self.balloon.dequeue_list(self.staged_deflate.as_mut(), max) as u64
+    }
+
+    fn balloon_is_empty(&mut self) -> bool {
+        self.balloon.is_empty()
     }
 
     fn staged_deflate_pfns(&self, f: &mut dyn FnMut(u64)) {
@@ -404,8 +463,27 @@ impl Backend for Host<'_> {
         vq.send_and_wait(pfns, self.acked, self.timeout)
             .map_err(|err| match err {
                 SendError::Queue(_) => HostError::Queue,
+                SendError::Broken => HostError::Broken,
                 SendError::Timeout => HostError::Timeout,
             })
+    }
+
+    fn host_returned(&mut self, queue: QueueRole) -> bool {
+        match queue {
+            QueueRole::Inflate => self.inflate_queue.get_buf(),
+            QueueRole::Deflate => self.deflate_queue.get_buf(),
+            _ => false,
+        }
+    }
+
+    fn hold_migrated_page(&mut self) {
+        if let Some(migrating) = self.migrating {
+            *self.held = Some(migrating.hold());
+        }
+    }
+
+    fn release_held_page(&mut self) {
+        *self.held = None;
     }
 }
 
@@ -418,9 +496,14 @@ fn host_timeout() -> Jiffies {
 impl Balloon {
     /// Runs `f` with the engine, the PFN buffer and a backend over the
     /// device, under the balloon lock; `None` while the device is down.
+    ///
+    /// `prealloc` holds the pages allocated for this step; `migrating` is
+    /// the migration in progress, in the migration callback.
     fn with_engine<R>(
         &self,
         state: &mut State,
+        prealloc: Option<Pin<&mut PageList>>,
+        migrating: Option<&MigratingPage<'_>>,
         f: impl FnOnce(&mut Engine, &mut Host<'_>, &mut [u32]) -> R,
     ) -> Option<R> {
         let State {
@@ -431,6 +514,7 @@ impl Balloon {
             staged_inflate,
             staged_deflate,
             bulk,
+            held,
             ..
         } = state;
         let engine = engine.as_mut()?;
@@ -443,25 +527,68 @@ impl Balloon {
             staged_inflate: staged_inflate.as_mut(),
             staged_deflate: staged_deflate.as_mut(),
             bulk,
+            prealloc,
+            held,
+            migrating,
             timeout: host_timeout(),
         };
         let result = f(engine, &mut host, pfns);
         self.view.update(engine);
+        self.waiting_for_host
+            .store(engine.late().is_some(), Ordering::Release);
         Some(result)
+    }
+
+    /// Queues `work` unless the device is going down; the check and the
+    /// queueing happen under one lock, so that once [`Balloon::quiesce`]
+    /// has taken it, nothing new is queued (callable from interrupts).
+    fn queue_unless_stopped<const ID: u64>(&self, work: &DelayedWork<Balloon, ID>)
+    where
+        Balloon: virtio::HasDelayedWork<ID>,
+    {
+        let stopped = self.stop_update.lock();
+        if !*stopped {
+            work.run_now();
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        *self.stop_update.lock()
     }
 
     /// The size work: one batch towards the target, then re-queue.
     fn update(&self) {
-        if self.stop_update.load(Ordering::Acquire) {
+        if self.stopped() {
             return;
+        }
+        // Allocate outside the balloon lock: direct reclaim may take long,
+        // and the OOM notifier waits for that lock.
+        let wanted = {
+            let mut state = self.state.lock();
+            self.with_engine(&mut state, None, None, |engine, host, _| {
+                engine.pages_to_allocate(host)
+            })
+        };
+        let mut prealloc = self.prealloc.lock();
+        if let Some(count) = wanted.filter(|count| *count > 0) {
+            prealloc.fill(count);
         }
         let step = {
             let mut state = self.state.lock();
-            self.with_engine(&mut state, |engine, host, pfns| engine.step(host, pfns))
+            self.with_engine(
+                &mut state,
+                Some(prealloc.pages.as_mut()),
+                None,
+                |engine, host, pfns| engine.step(host, pfns),
+            )
         };
+        // What the step did not take (the target moved meanwhile) goes back.
+        prealloc.pages.as_mut().clear();
+        drop(prealloc);
         match step {
             Some(Step::Progress) => self.update_work.queue(0),
             Some(Step::Backoff(delay_ms)) => self.update_work.queue(delay_ms),
+            // A late buffer coming back queues the work again.
             Some(Step::Reached) | Some(Step::Stalled) | None => {}
         }
     }
@@ -475,7 +602,7 @@ impl Balloon {
     /// The stats work: the host returned the stats buffer to ask for fresh
     /// figures; refill it and hand it back.
     fn send_stats(&self) {
-        if self.stop_update.load(Ordering::Acquire) {
+        if self.stopped() {
             return;
         }
         let mut guard = self.stats.lock();
@@ -498,12 +625,12 @@ impl Balloon {
     }
 
     /// Compaction moved a ballooned page: tell the host.
-    fn migrate(&self, new_pfn: u64, old_pfn: u64) -> Result {
-        // Never wait for the lock: the inflate path may itself be in
-        // compaction, waiting for this migration. The core retries later.
+    fn migrate(&self, pages: &MigratingPage<'_>) -> Result {
+        // Never wait for the lock: its holder may be waiting for the host,
+        // and compaction has other pages to move. The core retries later.
         let mut state = self.state.try_lock().ok_or(EAGAIN)?;
-        self.with_engine(&mut state, |engine, host, pfns| {
-            engine.migrate(host, pfns, new_pfn, old_pfn)
+        self.with_engine(&mut state, None, Some(pages), |engine, host, pfns| {
+            engine.migrate(host, pfns, pages.new_pfn, pages.old_pfn)
         })
         .ok_or(EAGAIN)?
         .map_err(|_| EAGAIN)
@@ -514,7 +641,7 @@ impl Balloon {
     fn out_of_memory(&self) -> u64 {
         let mut state = self.state.lock();
         let freed = self
-            .with_engine(&mut state, |engine, host, pfns| {
+            .with_engine(&mut state, None, None, |engine, host, pfns| {
                 engine.oom_deflate(host, pfns, PFNS_PER_BUFFER as u64)
             })
             .unwrap_or(0);
@@ -533,7 +660,7 @@ impl Balloon {
     /// The hint work: the host wrote a command id; start a round, or take
     /// the hinted blocks back when it is done.
     fn free_page_hint(&self) {
-        if self.stop_update.load(Ordering::Acquire) {
+        if self.stopped() {
             return;
         }
         let dev = self.dev.get();
@@ -546,7 +673,8 @@ impl Balloon {
             blocks,
         } = &mut *guard;
         let Some(queue) = queue.as_mut() else { return };
-        match hint::on_cmd_id(received, u32::from_le(**active)) {
+        let little_endian = self.features.pfns_little_endian();
+        match hint::on_cmd_id(received, hint::cmd_id_from_device(**active, little_endian)) {
             HintAction::Nothing => {}
             HintAction::ReturnAll => {
                 let held = blocks.len();
@@ -559,7 +687,7 @@ impl Balloon {
             HintAction::Start(id) => {
                 self.view.hint_rounds.fetch_add(1, Relaxed);
                 queue.drain_used();
-                **active = id.to_le();
+                **active = hint::cmd_id_to_device(id, little_endian);
                 if let Err(err) = queue.add_outbuf(u32_bytes(active)) {
                     dev_err!(dev.as_dev(), "cannot send the hint start id: {:?}\n", err);
                     return;
@@ -593,7 +721,7 @@ impl Balloon {
         let mut sent = 0;
         let poll = kernel::time::msecs_to_jiffies(10);
 
-        while !self.stop_update.load(Ordering::Acquire)
+        while !self.stopped()
             && hint::round_continues(dev.read_config_le32(config::FREE_PAGE_HINT_CMD_ID), id)
         {
             queue.drain_used();
@@ -653,16 +781,15 @@ impl Balloon {
         let hint_queue = index.free_page.and_then(|i| queues.take(i));
         let reporting_capacity = reporting_queue.as_ref().map(Virtqueue::size);
 
-        let per_page = u64::from(self.geometry.balloon_pages_per_page());
-        let limit = mm::total_ram_pages().saturating_mul(per_page);
         let page_size = 1u64 << mm::PAGE_SHIFT;
         let reserve = reserve_pages(crate::module_parameters::reserve_kb.value(), page_size);
         {
             let mut state = self.state.lock();
+            // Without deflate-on-OOM, inflated pages leave the managed RAM.
             let engine = Engine::new(
                 self.geometry,
                 self.features.pfns_little_endian(),
-                limit,
+                !self.features.contains(Features::DEFLATE_ON_OOM),
                 reserve,
             );
             self.view.update(&engine);
@@ -680,7 +807,8 @@ impl Balloon {
                 return Err(ENOSPC);
             }
             let mut hint = self.hint.lock();
-            *hint.active = hint::CMD_ID_STOP.to_le();
+            *hint.active =
+                hint::cmd_id_to_device(hint::CMD_ID_STOP, self.features.pfns_little_endian());
             hint.queue = Some(queue);
         }
 
@@ -724,16 +852,20 @@ impl Balloon {
             u64::from(target) * 4,
             reserve * (page_size / 1024)
         );
-        self.stop_update.store(false, Ordering::Release);
-        // Honour a target set before the driver was loaded.
+        *self.stop_update.lock() = false;
+        // Honour a target set before the driver was loaded, and a stats
+        // request the host made while the callbacks still ignored it.
         self.update_work.run_now();
+        self.stats_work.run_now();
         Ok(())
     }
 
     /// Stops every activity: no new work, notifiers and shrinker gone, work
     /// items finished. The device keeps working for the caller.
     fn quiesce(&self) {
-        self.stop_update.store(true, Ordering::Release);
+        // Once this is set under the lock, no interrupt queues work again,
+        // so the cancellations below are final.
+        *self.stop_update.lock() = true;
         self.oom.unregister();
         self.reporting.unregister();
         self.hint_shrinker.unregister();
@@ -750,7 +882,7 @@ impl Balloon {
         let mut told_host = false;
         loop {
             let mut state = self.state.lock();
-            let step = self.with_engine(&mut state, |engine, host, pfns| {
+            let step = self.with_engine(&mut state, None, None, |engine, host, pfns| {
                 engine.drain_step(host, pfns)
             });
             match step {
@@ -772,7 +904,9 @@ impl Balloon {
             // After the reset the host holds no buffer and no page: whatever
             // is left (after a stall) goes back to the guest untold.
             let done = self
-                .with_engine(&mut state, |engine, host, _| engine.forget_all(host))
+                .with_engine(&mut state, None, None, |engine, host, _| {
+                    engine.forget_all(host)
+                })
                 .unwrap_or(true);
             if !done {
                 drop(state);
@@ -848,6 +982,10 @@ impl virtio::Driver for Balloon {
     }
 
     fn probe(dev: &Device, handle: DeviceHandle) -> Result<Pin<KBox<Self>>> {
+        if !dev.has_config_access() {
+            dev_err!(dev.as_dev(), "probe failure: config access disabled\n");
+            return Err(EINVAL);
+        }
         let features = Features::from_bits_truncate(dev.features());
         let geometry = PageGeometry::new(mm::PAGE_SHIFT).map_err(|_| {
             dev_err!(dev.as_dev(), "unsupported page size\n");
@@ -865,6 +1003,11 @@ impl virtio::Driver for Balloon {
             staged_inflate: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
             staged_deflate: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
             bulk: BulkAlloc::new(PFNS_PER_BUFFER)?,
+            held: None,
+        };
+        let prealloc = Prealloc {
+            pages: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
+            bulk: BulkAlloc::new(PFNS_PER_BUFFER)?,
         };
         let stats = StatsState {
             queue: None,
@@ -879,7 +1022,7 @@ impl virtio::Driver for Balloon {
         let root = Dir::new(c_str!("virtio_balloon_rs"));
         let view = KBox::pin_init(
             root.scope(
-                DebugView::new(features),
+                DebugView::new(features, geometry),
                 dev.as_dev().name(),
                 |view, dir| {
                     dir.read_callback_file(c_str!("status"), view, &write_status);
@@ -899,6 +1042,7 @@ impl virtio::Driver for Balloon {
                     dir.read_only_file(c_str!("hinted_blocks"), &view.hinted_blocks);
                     dir.read_only_file(c_str!("hint_blocks_held"), &view.hint_blocks_held);
                     dir.read_only_file(c_str!("host_stalled"), &view.host_stalled);
+                    dir.read_only_file(c_str!("late_buffers"), &view.late_buffers);
                 },
             ),
             GFP_KERNEL,
@@ -921,7 +1065,9 @@ impl virtio::Driver for Balloon {
                 pages <- BalloonDevInfo::new(!features.contains(Features::DEFLATE_ON_OOM)),
                 oom <- OomNotifier::new(),
                 reporting <- PageReporting::new(),
-                stop_update: AtomicBool::new(true),
+                stop_update <- new_spinlock_irq!(true),
+                waiting_for_host: AtomicBool::new(false),
+                prealloc <- new_mutex!(prealloc),
                 view,
                 _debugfs_root: root,
             }),
@@ -940,20 +1086,23 @@ impl virtio::Driver for Balloon {
         // Stats buffers come back when the host wants figures; every other
         // queue's completion wakes whoever waits for its buffer.
         if self.index.stats == Some(queue_index as usize) {
-            if !self.stop_update.load(Ordering::Acquire) {
-                self.stats_work.run_now();
-            }
+            self.queue_unless_stopped(&self.stats_work);
         } else {
             self.acked.wake_up();
+            // A late buffer came back: the update work finishes its step.
+            let index = queue_index as usize;
+            if (index == self.index.inflate || index == self.index.deflate)
+                && self.waiting_for_host.load(Ordering::Acquire)
+            {
+                self.queue_unless_stopped(&self.update_work);
+            }
         }
     }
 
     fn config_changed(&self, _dev: &Device) {
-        if !self.stop_update.load(Ordering::Acquire) {
-            self.update_work.run_now();
-            if self.features.contains(Features::FREE_PAGE_HINT) {
-                self.hint_work.run_now();
-            }
+        self.queue_unless_stopped(&self.update_work);
+        if self.features.contains(Features::FREE_PAGE_HINT) {
+            self.queue_unless_stopped(&self.hint_work);
         }
     }
 

@@ -207,3 +207,18 @@ bool vbrs_page_poisoning_enabled(void)
 {
 	return page_poisoning_enabled_static();
 }
+
+bool vbrs_virtio_has_config_get(const struct virtio_device *vdev)
+{
+	return vdev->config->get;
+}
+
+bool vbrs_balloon_is_empty(struct balloon_dev_info *info)
+{
+	return READ_ONCE(info->isolated_pages) == 0 && list_empty_careful(&info->pages);
+}
+
+void vbrs_get_page(struct page *page)
+{
+	get_page(page);
+}

@@ -57,5 +57,8 @@ unsigned long vbrs_totalram_pages(void);
 unsigned long vbrs_global_node_page_state(int item);
 bool vbrs_want_init_on_free(void);
 bool vbrs_page_poisoning_enabled(void);
+bool vbrs_virtio_has_config_get(const struct virtio_device *vdev);
+bool vbrs_balloon_is_empty(struct balloon_dev_info *info);
+void vbrs_get_page(struct page *page);
 
 #endif /* VBRS_HELPERS_H */

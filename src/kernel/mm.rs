@@ -80,6 +80,50 @@ impl<const ORDER: u32> Drop for Page<ORDER> {
     }
 }
 
+/// An extra reference to a page that someone else (the migration core) may
+/// still be using; the page goes back to the allocator only when every
+/// reference, this one included, is dropped.
+///
+/// # Invariants
+///
+/// `page` is a valid page on which this value owns one reference.
+pub(crate) struct HeldPage {
+    page: NonNull<bindings::page>,
+}
+
+// SAFETY: a page reference may be dropped from any thread.
+unsafe impl Send for HeldPage {}
+
+impl Drop for HeldPage {
+    fn drop(&mut self) {
+        // SAFETY: we own one reference (type invariant); `put_page` drops it
+        // without touching `lru`, which another owner may be using.
+        unsafe { bindings::vbrs_free_block(self.page.as_ptr(), 0) }
+    }
+}
+
+/// The old page of a balloon page migration, during the migration callback.
+pub(crate) struct MigratingPage<'a> {
+    page: NonNull<bindings::page>,
+    /// The frame of the new page.
+    pub(crate) new_pfn: u64,
+    /// The frame of the old page.
+    pub(crate) old_pfn: u64,
+    _callback: PhantomData<&'a ()>,
+}
+
+impl MigratingPage<'_> {
+    /// Takes a reference to the old page, so that it stays out of the
+    /// allocator after the migration core is done with it.
+    pub(crate) fn hold(&self) -> HeldPage {
+        // SAFETY: the migration core holds a reference to the old page for
+        // the whole callback, so it is valid and taking another is allowed.
+        unsafe { bindings::vbrs_get_page(self.page.as_ptr()) };
+        // INVARIANT: we just took the reference the new value owns.
+        HeldPage { page: self.page }
+    }
+}
+
 /// Scratch space for the bulk page allocator.
 pub(crate) struct BulkAlloc {
     pages: KVec<*mut bindings::page>,
@@ -201,6 +245,20 @@ impl<const ORDER: u32> PageList<ORDER> {
         Some(Page { page })
     }
 
+    /// Moves up to `count` blocks from `other` onto this list; returns how
+    /// many it moved.
+    pub(crate) fn take_from(mut self: Pin<&mut Self>, mut other: Pin<&mut Self>, count: usize) -> usize {
+        let mut moved = 0;
+        while moved < count {
+            let Some(page) = other.as_mut().pop() else {
+                break;
+            };
+            self.as_mut().push(page);
+            moved += 1;
+        }
+        moved
+    }
+
     /// Calls `f` with the frame number of every page on the list.
     pub(crate) fn for_each_pfn(&self, f: &mut dyn FnMut(u64)) {
         let head = self.head.get();
@@ -247,9 +305,11 @@ impl<const ORDER: u32> PinnedDrop for PageList<ORDER> {
 pub(crate) unsafe trait HasBalloonDevInfo: Sized + Sync {
     /// Offset of the `BalloonDevInfo<Self>` field.
     const OFFSET: usize;
-    /// Tells the host that `new_pfn` replaces `old_pfn` in the balloon.
-    /// Errors make the core keep the old page (`EAGAIN` to retry later).
-    fn migrate(&self, new_pfn: u64, old_pfn: u64) -> Result;
+    /// Tells the host that the new page replaces the old one in the
+    /// balloon. Errors make the core keep the old page (`EAGAIN` to retry
+    /// later); on success the core frees the old page unless the owner
+    /// holds it ([`MigratingPage::hold`]).
+    fn migrate(&self, pages: &MigratingPage<'_>) -> Result;
 }
 
 /// Implements [`HasBalloonDevInfo`] for `$owner` whose `$field` is its balloon.
@@ -260,8 +320,8 @@ macro_rules! impl_has_balloon_dev_info {
         // whose type is `BalloonDevInfo<$owner>`.
         unsafe impl $crate::mm::HasBalloonDevInfo for $owner {
             const OFFSET: usize = ::core::mem::offset_of!($owner, $field);
-            fn migrate(&self, new_pfn: u64, old_pfn: u64) -> ::kernel::error::Result {
-                $migrate(self, new_pfn, old_pfn)
+            fn migrate(&self, pages: &$crate::mm::MigratingPage<'_>) -> ::kernel::error::Result {
+                $migrate(self, pages)
             }
         }
     };
@@ -300,14 +360,23 @@ unsafe extern "C" fn migrate_callback<T: HasBalloonDevInfo>(
     // SAFETY: `info` is the `info` field of a live `BalloonDevInfo<T>` at
     // `T::OFFSET` in a pinned `T` (trait contract); the core passes valid,
     // locked pages.
-    unsafe {
-        let owner = info.cast::<u8>().sub(T::OFFSET).cast::<T>();
-        let new_pfn = bindings::vbrs_page_to_pfn(newpage) as u64;
-        let old_pfn = bindings::vbrs_page_to_pfn(page) as u64;
-        match (*owner).migrate(new_pfn, old_pfn) {
-            Ok(()) => 0,
-            Err(err) => err.to_errno(),
-        }
+    let (owner, pages) = unsafe {
+        (
+            &*info.cast::<u8>().sub(T::OFFSET).cast::<T>(),
+            MigratingPage {
+                page: match NonNull::new(page) {
+                    Some(page) => page,
+                    None => return EINVAL.to_errno(),
+                },
+                new_pfn: bindings::vbrs_page_to_pfn(newpage) as u64,
+                old_pfn: bindings::vbrs_page_to_pfn(page) as u64,
+                _callback: PhantomData,
+            },
+        )
+    };
+    match owner.migrate(&pages) {
+        Ok(()) => 0,
+        Err(err) => err.to_errno(),
     }
 }
 
@@ -342,6 +411,12 @@ impl<T: HasBalloonDevInfo> BalloonDevInfo<T> {
             unsafe { bindings::balloon_page_list_enqueue(self.info.get(), list.head.get()) };
         list.len = 0;
         moved
+    }
+
+    /// Whether the balloon holds no page, isolated ones included.
+    pub(crate) fn is_empty(&self) -> bool {
+        // SAFETY: the descriptor is initialised; the helper only reads it.
+        unsafe { bindings::vbrs_balloon_is_empty(self.info.get()) }
     }
 
     /// Moves up to `max` pages from the balloon onto `list`, under one lock;
@@ -600,6 +675,17 @@ macro_rules! impl_has_page_reporting {
     };
 }
 
+/// The order of the free blocks to report: with 64 KiB pages the default
+/// (`pageblock_order`, 512 MiB) would never trigger, so 2 MiB blocks, as
+/// the C driver does; otherwise the default.
+fn reporting_order() -> u32 {
+    if PAGE_SHIFT == 16 {
+        5
+    } else {
+        bindings::VBRS_PAGE_REPORTING_ORDER_UNSPECIFIED as u32
+    }
+}
+
 /// A free page reporting registration (`mm/page_reporting.c`).
 #[pin_data(PinnedDrop)]
 pub(crate) struct PageReporting<T> {
@@ -665,7 +751,7 @@ impl<T: HasPageReporting> PageReporting<T> {
         // after registration the core owns it until `unregister`.
         unsafe {
             (*info).report = Some(report_callback::<T>);
-            (*info).order = bindings::VBRS_PAGE_REPORTING_ORDER_UNSPECIFIED as u32;
+            (*info).order = reporting_order();
             (*info).capacity = capacity;
             to_result(bindings::page_reporting_register(info))?;
         }

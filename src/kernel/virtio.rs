@@ -61,6 +61,12 @@ impl Device {
         unsafe { bindings::vbrs_virtio_features(self.as_raw()) }
     }
 
+    /// Whether the transport gives access to the config space.
+    pub(crate) fn has_config_access(&self) -> bool {
+        // SAFETY: `self` is a valid virtio device (type invariant).
+        unsafe { bindings::vbrs_virtio_has_config_get(self.as_raw()) }
+    }
+
     /// Withdraws a feature during [`Driver::validate`], before negotiation ends.
     pub(crate) fn clear_feature(&self, bit: u32) {
         // SAFETY: `self` is valid; clearing a bit before FEATURES_OK is what
@@ -219,6 +225,9 @@ unsafe impl Send for Virtqueue {}
 pub(crate) enum SendError {
     /// The queue did not take the buffer.
     Queue(Error),
+    /// The queue is broken (the device is gone or failed): it will never
+    /// take a buffer again.
+    Broken,
     /// The device did not hand the buffer back in time; it may still use it.
     Timeout,
 }
@@ -247,6 +256,12 @@ impl Virtqueue {
         // buffer is in the linear map (checked) and the caller keeps it
         // until the device returns it.
         to_result(unsafe { bindings::vbrs_virtqueue_add_outbuf(self.vq.as_ptr(), data, len, data) })
+    }
+
+    /// Whether the queue is broken (surprise removal, transport failure).
+    pub(crate) fn is_broken(&self) -> bool {
+        // SAFETY: the queue is valid.
+        unsafe { bindings::virtqueue_is_broken(self.vq.as_ptr()) }
     }
 
     /// Number of descriptors in the queue's ring.
@@ -294,8 +309,13 @@ impl Virtqueue {
         waiter: &WaitQueue,
         timeout: Jiffies,
     ) -> core::result::Result<(), SendError> {
-        self.add_outbuf(words.as_bytes())
-            .map_err(SendError::Queue)?;
+        if let Err(err) = self.add_outbuf(words.as_bytes()) {
+            return Err(if self.is_broken() {
+                SendError::Broken
+            } else {
+                SendError::Queue(err)
+            });
+        }
         self.kick();
         if self.wait(waiter, timeout) {
             Ok(())

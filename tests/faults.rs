@@ -1,0 +1,261 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Property test of the engine against hosts that are slow, dead, broken or
+//! refuse buffers: random sequences of target changes, OOM deflates,
+//! migrations, late buffers coming back, isolation by compaction,
+//! freeze/restore and remove. After every step the model checks that no
+//! page was lost or duplicated, that no page the host may still read was
+//! freed or reused, that the host was told before any page went back, and
+//! that `actual` never claims pages the host was not told of; every
+//! teardown must end.
+//!
+//! 10,000 cases by default; `BALLOON_PROPTEST_CASES=N` runs N.
+
+mod model;
+
+use balloon_logic::engine::{Engine, Step};
+use model::{HostMode, Model};
+use proptest::prelude::*;
+
+/// Guest pages of the model: small, so targets reach every corner.
+const GUEST_PAGES: u64 = 512;
+/// PFNs per buffer: small, so moves take several batches.
+const BUFFER: usize = 64;
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// The host sets a new target (balloon pages).
+    Target(u32),
+    /// The host answers the next buffers this way.
+    Mode(HostMode),
+    /// The update work runs up to this many steps.
+    Steps(u8),
+    /// The host processes the buffer it sat on and hands it back.
+    DeliverLate,
+    /// The guest runs out of memory.
+    Oom(u16),
+    /// Compaction isolates a balloon page, then migrates it (or puts it back).
+    Migrate(u16, bool),
+    /// Compaction puts isolated pages back.
+    Putback,
+    /// Allocation starts failing after this many pages (or never).
+    AllocLimit(Option<u16>),
+    /// Memory is hot-plugged.
+    Hotplug(u8),
+    /// Suspend: drain, reset, then a new engine on the same device.
+    FreezeRestore,
+    /// Remove: drain, reset, forget; then the driver is loaded again.
+    Remove,
+}
+
+fn host_mode() -> impl Strategy<Value = HostMode> {
+    prop_oneof![
+        4 => Just(HostMode::Prompt),
+        2 => Just(HostMode::Slow),
+        1 => Just(HostMode::Dead),
+        1 => Just(HostMode::Broken),
+        1 => Just(HostMode::Refusing),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u32..=(GUEST_PAGES as u32 + 64)).prop_map(Op::Target),
+        2 => host_mode().prop_map(Op::Mode),
+        6 => (1u8..20).prop_map(Op::Steps),
+        2 => Just(Op::DeliverLate),
+        1 => (1u16..200).prop_map(Op::Oom),
+        2 => (any::<u16>(), any::<bool>()).prop_map(|(i, m)| Op::Migrate(i, m)),
+        1 => Just(Op::Putback),
+        1 => proptest::option::of(0u16..300).prop_map(Op::AllocLimit),
+        1 => (1u8..64).prop_map(Op::Hotplug),
+        1 => Just(Op::FreezeRestore),
+        1 => Just(Op::Remove),
+    ]
+}
+
+/// The driver: one engine on one device, and the PFN array it sends from.
+struct Driver {
+    engine: Engine,
+    buffer: Vec<u32>,
+    /// The PFN array as it was when a buffer went late: the host may read
+    /// it until the buffer comes back, so it must not change.
+    late_snapshot: Option<(u64, Vec<u32>)>,
+}
+
+impl Driver {
+    fn new(model: &Model) -> Self {
+        Self {
+            engine: Engine::new(model.geometry, true, false, 0),
+            buffer: vec![0; BUFFER],
+            late_snapshot: None,
+        }
+    }
+
+    /// Checks the array the host may still read, and remembers it when a
+    /// buffer goes late.
+    fn watch_buffer(&mut self, model: &Model) {
+        match (&model.late, &self.late_snapshot) {
+            (Some(late), Some((serial, snapshot))) if !late.returned && late.serial == *serial => {
+                assert_eq!(
+                    &self.buffer, snapshot,
+                    "PFN array changed under a late buffer"
+                );
+            }
+            (Some(late), _) if !late.returned => {
+                self.late_snapshot = Some((late.serial, self.buffer.clone()));
+            }
+            _ => self.late_snapshot = None,
+        }
+    }
+
+    fn step(&mut self, model: &mut Model) -> Step {
+        let step = self.engine.step(model, &mut self.buffer);
+        self.watch_buffer(model);
+        step
+    }
+
+    /// Remove or freeze: drain, reset the device, forget the rest. Panics
+    /// if it does not end.
+    fn teardown(&mut self, model: &mut Model) {
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            assert!(steps < 10_000, "drain did not end");
+            let step = self.engine.drain_step(model, &mut self.buffer);
+            self.watch_buffer(model);
+            model.check();
+            match step {
+                Step::Progress => {}
+                Step::Backoff(_) => {
+                    // Isolated pages come back; a refusing queue is retried.
+                    if steps % 3 == 0 {
+                        model.putback_isolated();
+                    }
+                }
+                Step::Reached | Step::Stalled => break,
+            }
+        }
+        model.reset();
+        self.late_snapshot = None;
+        let mut tries = 0;
+        while !self.engine.forget_all(model) {
+            tries += 1;
+            assert!(tries < 100, "forget_all did not end");
+            model.putback_isolated();
+        }
+        model.check();
+        assert_eq!(self.engine.pages(), 0);
+        assert!(model.balloon.is_empty() && model.staged_deflate.is_empty());
+        assert!(model.staged_inflate.is_empty() && model.held.is_empty());
+        assert_eq!(model.free.len() as u64, model.total(), "pages leaked");
+    }
+}
+
+fn run(ops: &[Op]) {
+    let mut model = Model::new(12, GUEST_PAGES);
+    let mut driver = Driver::new(&model);
+    for op in ops {
+        match op {
+            Op::Target(pages) => model.num_pages = *pages,
+            Op::Mode(mode) => model.mode = *mode,
+            Op::Steps(count) => {
+                for _ in 0..*count {
+                    if driver.step(&mut model) != Step::Progress {
+                        break;
+                    }
+                }
+            }
+            Op::DeliverLate => model.deliver_late(),
+            Op::Oom(max) => {
+                driver
+                    .engine
+                    .oom_deflate(&mut model, &mut driver.buffer, u64::from(*max));
+                driver.watch_buffer(&model);
+            }
+            Op::Migrate(index, migrate) => {
+                if let Some(old) = model.isolate(usize::from(*index)) {
+                    if *migrate {
+                        let Driver { engine, buffer, .. } = &mut driver;
+                        let _ = model.migrate_with(old, |model, new| {
+                            engine.migrate(model, buffer, new, old)
+                        });
+                        driver.watch_buffer(&model);
+                    }
+                }
+            }
+            Op::Putback => model.putback_isolated(),
+            Op::AllocLimit(limit) => model.alloc_left = limit.map(u64::from),
+            Op::Hotplug(pages) => model.hotplug(u64::from(*pages)),
+            Op::FreezeRestore | Op::Remove => {
+                driver.teardown(&mut model);
+                model.mode = HostMode::Prompt;
+                driver = Driver::new(&model);
+            }
+        }
+        model.check();
+        assert!(
+            driver.engine.pages() <= model.total(),
+            "balloon larger than the guest"
+        );
+    }
+    // Whatever happened, the driver can always be removed.
+    model.putback_isolated();
+    driver.teardown(&mut model);
+}
+
+fn cases() -> u32 {
+    std::env::var("BALLOON_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn no_host_loses_hangs_or_corrupts_the_balloon(ops in proptest::collection::vec(op(), 1..60)) {
+        run(&ops);
+    }
+}
+
+/// A recovered slow host always lets the balloon reach a reachable target.
+#[test]
+fn every_host_mode_then_prompt_reaches_the_target() {
+    for mode in [
+        HostMode::Slow,
+        HostMode::Dead,
+        HostMode::Broken,
+        HostMode::Refusing,
+    ] {
+        let mut model = Model::new(12, GUEST_PAGES);
+        let mut driver = Driver::new(&model);
+        model.num_pages = 300;
+        model.mode = mode;
+        for _ in 0..20 {
+            driver.step(&mut model);
+        }
+        model.check();
+        model.mode = HostMode::Prompt;
+        model.deliver_late();
+        let reached = (0..100).any(|_| driver.step(&mut model) == Step::Reached);
+        match mode {
+            // Late buffers come back; refusals are retried.
+            HostMode::Slow | HostMode::Refusing => {
+                assert!(reached, "{mode:?}: target not reached after recovery");
+                assert_eq!(model.actual, 300);
+            }
+            // A dead or broken device needs a reset: remove ends cleanly.
+            HostMode::Dead | HostMode::Broken => {
+                assert!(!reached, "{mode:?}: moved without a reset");
+                driver.teardown(&mut model);
+            }
+            HostMode::Prompt => unreachable!(),
+        }
+    }
+}
