@@ -323,6 +323,11 @@ fn remove(engine: &mut Engine, model: &mut Model) {
     for _ in 0..1000 {
         if engine.forget_all(model) {
             assert_eq!(engine.pages(), 0);
+            let counters = engine.counters();
+            assert_eq!(
+                counters.inflated, counters.deflated,
+                "the balloon count drifted from the pages"
+            );
             assert_eq!(model.free.len() as u64, model.total(), "pages leaked");
             model.check();
             return;

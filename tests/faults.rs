@@ -146,6 +146,11 @@ impl Driver {
         }
         model.check();
         assert_eq!(self.engine.pages(), 0);
+        let counters = self.engine.counters();
+        assert_eq!(
+            counters.inflated, counters.deflated,
+            "the balloon count drifted from the pages"
+        );
         assert!(model.balloon.is_empty() && model.staged_deflate.is_empty());
         assert!(model.staged_inflate.is_empty() && model.held.is_empty());
         assert_eq!(model.free.len() as u64, model.total(), "pages leaked");
