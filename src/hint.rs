@@ -50,12 +50,3 @@ pub fn cmd_id_to_device(id: u32, little_endian: bool) -> u32 {
         id
     }
 }
-
-/// The inverse of [`cmd_id_to_device`].
-pub fn cmd_id_from_device(word: u32, little_endian: bool) -> u32 {
-    if little_endian {
-        u32::from_le(word)
-    } else {
-        word
-    }
-}

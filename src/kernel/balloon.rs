@@ -77,6 +77,7 @@ use crate::virtio::{
     Device,
     DeviceHandle,
     SendError,
+    QueueSpec,
     Virtqueue,
     Virtqueues,
     WaitQueue, //
@@ -93,7 +94,7 @@ use crate::{
 /// order the device numbers them, and where each role sits.
 #[derive(Clone, Copy)]
 struct QueueIndex {
-    names: [&'static CStr; features::MAX_QUEUES],
+    specs: [QueueSpec; features::MAX_QUEUES],
     count: usize,
     inflate: usize,
     deflate: usize,
@@ -106,7 +107,7 @@ impl QueueIndex {
     fn new(features: Features) -> Self {
         let (layout, count) = queue_layout(features);
         let mut index = Self {
-            names: [c_str!(""); features::MAX_QUEUES],
+            specs: [queue_spec(QueueRole::Inflate); features::MAX_QUEUES],
             count,
             inflate: 0,
             deflate: 1,
@@ -116,7 +117,7 @@ impl QueueIndex {
         };
         for (i, role) in layout.iter().take(count).enumerate() {
             let Some(role) = *role else { continue };
-            index.names[i] = queue_name(role);
+            index.specs[i] = queue_spec(role);
             match role {
                 QueueRole::Inflate => index.inflate = i,
                 QueueRole::Deflate => index.deflate = i,
@@ -128,9 +129,9 @@ impl QueueIndex {
         index
     }
 
-    /// The names of the queues to find.
-    fn names(&self) -> &[&'static CStr] {
-        &self.names[..self.count]
+    /// The queues to find.
+    fn specs(&self) -> &[QueueSpec] {
+        &self.specs[..self.count]
     }
 }
 
@@ -178,20 +179,17 @@ impl Prealloc {
     }
 }
 
-/// The stats queue and the buffer the host holds between requests.
+/// The stats queue; it owns the buffer the host holds between requests.
 struct StatsState {
     queue: Option<Virtqueue>,
-    buffer: KBox<[u8; stats::BUFFER_SIZE]>,
 }
 
 /// Free page hinting: the queue, the command id buffers the host reads,
 /// and the blocks hinted so far.
 struct HintState {
     queue: Option<Virtqueue>,
-    /// Id of the round last started; sent to the host as a buffer.
-    active: KBox<u32>,
-    /// The stop id, sent at the end of a round.
-    stop: KBox<u32>,
+    /// Id of the round last started (the guest's byte order).
+    active: u32,
     blocks: Pin<KBox<PageList<HINT_BLOCK_ORDER>>>,
 }
 
@@ -606,13 +604,15 @@ impl Balloon {
             return;
         }
         let mut guard = self.stats.lock();
-        let StatsState { queue, buffer } = &mut *guard;
-        let Some(queue) = queue.as_mut() else { return };
+        let Some(queue) = guard.queue.as_mut() else {
+            return;
+        };
         if !queue.get_buf() {
             return;
         }
-        let len = self.fill_stats(buffer);
-        if let Err(err) = queue.add_outbuf(&buffer[..len]) {
+        let mut buffer = [0u8; stats::BUFFER_SIZE];
+        let len = self.fill_stats(&mut buffer);
+        if let Err(err) = queue.send(&buffer[..len]) {
             dev_warn!(
                 self.dev.get().as_dev(),
                 "cannot queue the stats buffer: {:?}\n",
@@ -669,12 +669,11 @@ impl Balloon {
         let HintState {
             queue,
             active,
-            stop,
             blocks,
         } = &mut *guard;
         let Some(queue) = queue.as_mut() else { return };
         let little_endian = self.features.pfns_little_endian();
-        match hint::on_cmd_id(received, hint::cmd_id_from_device(**active, little_endian)) {
+        match hint::on_cmd_id(received, *active) {
             HintAction::Nothing => {}
             HintAction::ReturnAll => {
                 let held = blocks.len();
@@ -687,15 +686,17 @@ impl Balloon {
             HintAction::Start(id) => {
                 self.view.hint_rounds.fetch_add(1, Relaxed);
                 queue.drain_used();
-                **active = hint::cmd_id_to_device(id, little_endian);
-                if let Err(err) = queue.add_outbuf(u32_bytes(active)) {
+                *active = id;
+                let start = hint::cmd_id_to_device(id, little_endian);
+                if let Err(err) = queue.send(&start.to_ne_bytes()) {
                     dev_err!(dev.as_dev(), "cannot send the hint start id: {:?}\n", err);
                     return;
                 }
                 queue.kick();
                 let sent = self.send_hints(dev, queue, blocks.as_mut(), id);
                 queue.drain_used();
-                match queue.add_outbuf(u32_bytes(stop)) {
+                let stop = hint::cmd_id_to_device(hint::CMD_ID_STOP, little_endian);
+                match queue.send(&stop.to_ne_bytes()) {
                     Ok(()) => queue.kick(),
                     Err(err) => dev_err!(dev.as_dev(), "cannot send the hint stop id: {:?}\n", err),
                 }
@@ -773,7 +774,7 @@ impl Balloon {
     /// Sets the device up: queues, poison value, stats, notifiers.
     fn bring_up(&self, dev: &Device) -> Result {
         let index = self.index;
-        let mut queues = dev.find_vqs::<Self>(index.names())?;
+        let mut queues = dev.find_vqs::<Self>(index.specs())?;
         let inflate_queue = queues.take(index.inflate);
         let deflate_queue = queues.take(index.deflate);
         let stats_queue = index.stats.and_then(|i| queues.take(i));
@@ -807,8 +808,7 @@ impl Balloon {
                 return Err(ENOSPC);
             }
             let mut hint = self.hint.lock();
-            *hint.active =
-                hint::cmd_id_to_device(hint::CMD_ID_STOP, self.features.pfns_little_endian());
+            hint.active = hint::CMD_ID_STOP;
             hint.queue = Some(queue);
         }
 
@@ -823,13 +823,10 @@ impl Balloon {
             // Prime the stats queue: the host returns this buffer when it
             // wants fresh figures.
             let mut stats = self.stats.lock();
-            let StatsState {
-                queue: slot,
-                buffer,
-            } = &mut *stats;
-            let len = self.fill_stats(buffer);
-            let queue = slot.insert(queue);
-            queue.add_outbuf(&buffer[..len])?;
+            let mut buffer = [0u8; stats::BUFFER_SIZE];
+            let len = self.fill_stats(&mut buffer);
+            let queue = stats.queue.insert(queue);
+            queue.send(&buffer[..len])?;
             queue.kick();
         }
         if self.features.contains(Features::DEFLATE_ON_OOM) {
@@ -898,7 +895,7 @@ impl Balloon {
                 Some(Step::Stalled) | None => break,
             }
         }
-        dev.reset();
+        let reset = dev.reset();
         loop {
             let mut state = self.state.lock();
             // After the reset the host holds no buffer and no page: whatever
@@ -928,7 +925,7 @@ impl Balloon {
                         queues.put_back(slot, queue);
                     }
                 }
-                dev.del_vqs(queues);
+                dev.del_vqs(queues, reset);
             }
             // Hinted blocks may be reused at any time; the device is reset.
             let mut hint = self.hint.lock();
@@ -953,14 +950,24 @@ impl Balloon {
     }
 }
 
-/// The queue names, by role.
-fn queue_name(role: QueueRole) -> &'static CStr {
-    match role {
-        QueueRole::Inflate => c_str!("inflate"),
-        QueueRole::Deflate => c_str!("deflate"),
-        QueueRole::Stats => c_str!("stats"),
-        QueueRole::FreePage => c_str!("free_page_vq"),
-        QueueRole::Reporting => c_str!("reporting_vq"),
+/// Each queue's name and the device-readable buffers it owns, by role.
+fn queue_spec(role: QueueRole) -> QueueSpec {
+    let (name, out_buffers, out_buffer_size) = match role {
+        // One PFN array in flight at a time.
+        QueueRole::Inflate => (c_str!("inflate"), 1, PFNS_PER_BUFFER * 4),
+        QueueRole::Deflate => (c_str!("deflate"), 1, PFNS_PER_BUFFER * 4),
+        // The host keeps the stats buffer until it wants fresh figures.
+        QueueRole::Stats => (c_str!("stats"), 1, stats::BUFFER_SIZE),
+        // A round's start and stop ids, with room for ids the host has not
+        // handed back yet.
+        QueueRole::FreePage => (c_str!("free_page_vq"), 4, 4),
+        // Reports are the page reporting core's scatterlists.
+        QueueRole::Reporting => (c_str!("reporting_vq"), 0, 0),
+    };
+    QueueSpec {
+        name,
+        out_buffers,
+        out_buffer_size,
     }
 }
 
@@ -1009,14 +1016,10 @@ impl virtio::Driver for Balloon {
             pages: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
             bulk: BulkAlloc::new(PFNS_PER_BUFFER)?,
         };
-        let stats = StatsState {
-            queue: None,
-            buffer: KBox::new([0u8; stats::BUFFER_SIZE], GFP_KERNEL)?,
-        };
+        let stats = StatsState { queue: None };
         let hint = HintState {
             queue: None,
-            active: KBox::new(hint::CMD_ID_STOP.to_le(), GFP_KERNEL)?,
-            stop: KBox::new(hint::CMD_ID_STOP.to_le(), GFP_KERNEL)?,
+            active: hint::CMD_ID_STOP,
             blocks: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
         };
         let root = Dir::new(c_str!("virtio_balloon_rs"));
@@ -1133,9 +1136,4 @@ impl fmt::Debug for DisplayFeatures {
         }
         Ok(())
     }
-}
-
-/// The bytes of a command id buffer, as the device reads them.
-fn u32_bytes(word: &KBox<u32>) -> &[u8] {
-    word.as_bytes()
 }

@@ -69,11 +69,13 @@ int vbrs_virtqueue_add_inbuf_nowait(struct virtqueue *vq, struct scatterlist *sg
 	return virtqueue_add_inbuf(vq, sg, nents, token, GFP_NOWAIT);
 }
 
-long vbrs_wait_for_buf(struct wait_queue_head *wq, struct virtqueue *vq, long timeout)
+void *vbrs_wait_for_buf(struct wait_queue_head *wq, struct virtqueue *vq, long timeout)
 {
 	unsigned int len;
+	void *token = NULL;
 
-	return wait_event_timeout(*wq, virtqueue_get_buf(vq, &len), timeout);
+	wait_event_timeout(*wq, (token = virtqueue_get_buf(vq, &len)), timeout);
+	return token;
 }
 
 void vbrs_init_waitqueue_head(struct wait_queue_head *wq)

@@ -31,7 +31,7 @@ void vbrs_virtio_cwrite_le32(struct virtio_device *vdev, unsigned int offset, u3
 int vbrs_virtqueue_add_outbuf(struct virtqueue *vq, void *buf, unsigned int len, void *token);
 int vbrs_virtqueue_add_inbuf_nowait(struct virtqueue *vq, struct scatterlist *sg,
 				    unsigned int nents, void *token);
-long vbrs_wait_for_buf(struct wait_queue_head *wq, struct virtqueue *vq, long timeout);
+void *vbrs_wait_for_buf(struct wait_queue_head *wq, struct virtqueue *vq, long timeout);
 void vbrs_init_waitqueue_head(struct wait_queue_head *wq);
 void vbrs_wake_up(struct wait_queue_head *wq);
 

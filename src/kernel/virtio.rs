@@ -100,21 +100,39 @@ impl Device {
     }
 
     /// Resets the device: it forgets every buffer and stops interrupts.
-    pub(crate) fn reset(&self) {
+    /// The token proves it to [`Device::del_vqs`].
+    pub(crate) fn reset(&self) -> DeviceReset {
         // SAFETY: `self` is valid.
-        unsafe { bindings::virtio_reset_device(self.as_raw()) }
+        unsafe { bindings::virtio_reset_device(self.as_raw()) };
+        DeviceReset(())
     }
 
-    /// Finds the queues named in `names`, in order, each with a completion
-    /// callback that calls `T::queue_done`.
-    pub(crate) fn find_vqs<T: Driver>(&self, names: &[&'static CStr]) -> Result<Virtqueues> {
-        let count = names.len();
+    /// Finds the queues of `specs`, in order, each with a completion
+    /// callback that calls `T::queue_done` and the device-readable buffers
+    /// it owns.
+    pub(crate) fn find_vqs<T: Driver>(&self, specs: &[QueueSpec]) -> Result<Virtqueues> {
+        let count = specs.len();
         if count > MAX_QUEUES {
             return Err(EINVAL);
         }
+        // Allocate the buffers first: no queue exists yet if this fails.
+        let mut out: [KVec<OutBuffer>; MAX_QUEUES] = Default::default();
+        for (buffers, spec) in out.iter_mut().zip(specs) {
+            for _ in 0..spec.out_buffers {
+                let mut bytes = KVec::with_capacity(spec.out_buffer_size, GFP_KERNEL)?;
+                bytes.resize(spec.out_buffer_size, 0, GFP_KERNEL)?;
+                buffers.push(
+                    OutBuffer {
+                        bytes,
+                        in_flight: false,
+                    },
+                    GFP_KERNEL,
+                )?;
+            }
+        }
         let mut info: [bindings::virtqueue_info; MAX_QUEUES] = Default::default();
-        for (slot, name) in info.iter_mut().zip(names) {
-            slot.name = name.as_char_ptr();
+        for (slot, spec) in info.iter_mut().zip(specs) {
+            slot.name = spec.name.as_char_ptr();
             slot.callback = Some(queue_callback::<T>);
         }
         let mut vqs = [core::ptr::null_mut(); MAX_QUEUES];
@@ -132,20 +150,20 @@ impl Device {
             slots: Default::default(),
             count,
         };
-        for (slot, vq) in queues.slots.iter_mut().zip(vqs).take(count) {
+        for ((slot, vq), out) in queues.slots.iter_mut().zip(vqs).zip(out).take(count) {
             // INVARIANT: the core just created this queue; it lives until
             // `del_vqs`, which only deletes once every handle is back.
-            *slot = NonNull::new(vq).map(|vq| Virtqueue { vq });
+            *slot = NonNull::new(vq).map(|vq| Virtqueue { vq, out });
         }
         Ok(queues)
     }
 
-    /// Deletes the queues; the device must have been reset first.
+    /// Deletes the queues, after the reset `_reset` proves.
     ///
     /// Every handle [`Virtqueues::take`] gave out must have been put back;
     /// if one is missing the queues are left alone (and logged), since
     /// deleting them would leave that handle dangling.
-    pub(crate) fn del_vqs(&self, queues: Virtqueues) {
+    pub(crate) fn del_vqs(&self, mut queues: Virtqueues, _reset: DeviceReset) {
         // `queues` (every handle) is consumed here; it is dropped at the end.
         if queues.slots.iter().take(queues.count).any(Option::is_none) {
             dev_err!(
@@ -154,10 +172,36 @@ impl Device {
             );
             return;
         }
+        // The reset made the device drop every buffer: they are ours again.
+        for queue in queues.slots.iter_mut().flatten() {
+            queue.out.iter_mut().for_each(|buffer| buffer.in_flight = false);
+        }
         // SAFETY: `self` is valid and every handle to the queues has been
         // consumed (checked above), so nothing uses them any more.
         unsafe { bindings::vbrs_virtio_del_vqs(self.as_raw()) }
     }
+}
+
+/// Proof that the device was reset: it holds no buffer any more.
+pub(crate) struct DeviceReset(());
+
+/// What to set up for one virtqueue.
+#[derive(Clone, Copy)]
+pub(crate) struct QueueSpec {
+    /// The queue's name.
+    pub(crate) name: &'static CStr,
+    /// How many device-readable buffers the queue owns, for
+    /// [`Virtqueue::send`].
+    pub(crate) out_buffers: usize,
+    /// The size of each, in bytes.
+    pub(crate) out_buffer_size: usize,
+}
+
+/// A device-readable buffer a virtqueue owns, kmalloc memory.
+struct OutBuffer {
+    bytes: KVec<u8>,
+    /// The device may read it: it was added and not yet handed back.
+    in_flight: bool,
 }
 
 /// A handle to the bound device, kept in the driver's state so that work
@@ -206,14 +250,28 @@ impl Virtqueues {
     }
 }
 
-/// One virtqueue of a device.
+/// One virtqueue of a device, with the device-readable buffers it owns.
 ///
 /// # Invariants
 ///
 /// `vq` is a valid virtqueue until the handle is given back to
-/// [`Device::del_vqs`] (through [`Virtqueues`]).
+/// [`Device::del_vqs`] (through [`Virtqueues`]). The device only reads an
+/// out buffer while it is marked in flight, and the token of buffer `i` on
+/// the ring is `i + 1` (never a kernel address, so never the token of a
+/// buffer added by [`Virtqueue::add_hint`] or [`Virtqueue::report_and_wait`]).
 pub(crate) struct Virtqueue {
     vq: NonNull<bindings::virtqueue>,
+    out: KVec<OutBuffer>,
+}
+
+impl Drop for Virtqueue {
+    fn drop(&mut self) {
+        // A buffer the device may still read must outlive it: leak it.
+        for buffer in self.out.iter_mut().filter(|buffer| buffer.in_flight) {
+            pr_warn!("virtqueue dropped while the device holds a buffer; leaking it\n");
+            core::mem::forget(core::mem::take(&mut buffer.bytes));
+        }
+    }
 }
 
 // SAFETY: a virtqueue may be used from any thread as long as uses are
@@ -240,22 +298,46 @@ fn dma_able(bytes: &[u8]) -> bool {
 }
 
 impl Virtqueue {
-    /// Adds `bytes` as a device-readable buffer; [`Virtqueue::kick`] tells
-    /// the device.
+    /// Copies `bytes` into a free buffer the queue owns and adds it for the
+    /// device to read; [`Virtqueue::kick`] tells the device.
     ///
-    /// The bytes must stay alive and unchanged until [`Virtqueue::get_buf`]
-    /// returns the buffer or the device is reset; memory outside the linear
-    /// map is refused with `EINVAL`.
-    pub(crate) fn add_outbuf(&mut self, bytes: &[u8]) -> Result {
-        if !dma_able(bytes) {
+    /// The buffer stays the queue's, untouched, until the device hands it
+    /// back ([`Virtqueue::get_buf`]) or is reset. Fails with `EBUSY` when
+    /// every buffer is with the device, `EINVAL` when `bytes` is empty or
+    /// larger than a buffer.
+    pub(crate) fn send(&mut self, bytes: &[u8]) -> Result {
+        let len = u32::try_from(bytes.len()).map_err(|_| EINVAL)?;
+        let (index, buffer) = self
+            .out
+            .iter_mut()
+            .enumerate()
+            .find(|(_, buffer)| !buffer.in_flight)
+            .ok_or(EBUSY)?;
+        let slot = buffer.bytes.get_mut(..bytes.len()).ok_or(EINVAL)?;
+        if bytes.is_empty() || !dma_able(slot) {
             return Err(EINVAL);
         }
-        let len = u32::try_from(bytes.len()).map_err(|_| EINVAL)?;
-        let data = bytes.as_ptr().cast_mut().cast::<core::ffi::c_void>();
+        slot.copy_from_slice(bytes);
+        let data = slot.as_mut_ptr().cast::<core::ffi::c_void>();
+        let token = core::ptr::without_provenance_mut::<core::ffi::c_void>(index + 1);
         // SAFETY: the queue is valid and `&mut self` serialises its use; the
-        // buffer is in the linear map (checked) and the caller keeps it
-        // until the device returns it.
-        to_result(unsafe { bindings::vbrs_virtqueue_add_outbuf(self.vq.as_ptr(), data, len, data) })
+        // buffer is kmalloc memory (in the linear map, checked) owned by the
+        // queue, which keeps it unchanged while it is in flight.
+        to_result(unsafe {
+            bindings::vbrs_virtqueue_add_outbuf(self.vq.as_ptr(), data, len, token)
+        })?;
+        // INVARIANT: the device may read it from now on.
+        buffer.in_flight = true;
+        Ok(())
+    }
+
+    /// The device handed back the buffer of `token`: if it is one of ours,
+    /// it is free again.
+    fn returned(&mut self, token: *mut core::ffi::c_void) {
+        let index = token.addr().wrapping_sub(1);
+        if let Some(buffer) = self.out.get_mut(index) {
+            buffer.in_flight = false;
+        }
     }
 
     /// Whether the queue is broken (surprise removal, transport failure).
@@ -280,36 +362,46 @@ impl Virtqueue {
     pub(crate) fn get_buf(&mut self) -> bool {
         let mut len = 0u32;
         // SAFETY: the queue is valid and `&mut self` serialises its use.
-        !unsafe { bindings::virtqueue_get_buf(self.vq.as_ptr(), &mut len) }.is_null()
+        let token = unsafe { bindings::virtqueue_get_buf(self.vq.as_ptr(), &mut len) };
+        if token.is_null() {
+            return false;
+        }
+        self.returned(token);
+        true
     }
 
-    /// Sleeps until the device returns a buffer or `timeout` passes.
+    /// Sleeps until the device returns a buffer (taking it back) or
+    /// `timeout` passes.
     fn wait(&mut self, waiter: &WaitQueue, timeout: Jiffies) -> bool {
         // SAFETY: `waiter` is an initialised wait queue head and the queue is
         // valid; the helper only calls `virtqueue_get_buf` on it.
-        let left = unsafe {
+        let token = unsafe {
             bindings::vbrs_wait_for_buf(
                 waiter.head.get(),
                 self.vq.as_ptr(),
                 isize::try_from(timeout).unwrap_or(isize::MAX),
             )
         };
-        left != 0
+        if token.is_null() {
+            return false;
+        }
+        self.returned(token);
+        true
     }
 
     /// Sends `words` to the device and sleeps until the device hands the
     /// buffer back (the completion callback wakes `waiter`) or `timeout`
     /// jiffies pass.
     ///
-    /// On [`SendError::Timeout`] the device may still read the words: the
-    /// caller must keep them alive and unchanged until the device is reset.
+    /// On [`SendError::Timeout`] the queue keeps the buffer until the
+    /// device hands it back ([`Virtqueue::get_buf`]) or is reset.
     pub(crate) fn send_and_wait(
         &mut self,
         words: &[u32],
         waiter: &WaitQueue,
         timeout: Jiffies,
     ) -> core::result::Result<(), SendError> {
-        if let Err(err) = self.add_outbuf(words.as_bytes()) {
+        if let Err(err) = self.send(words.as_bytes()) {
             return Err(if self.is_broken() {
                 SendError::Broken
             } else {
