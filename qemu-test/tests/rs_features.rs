@@ -347,6 +347,41 @@ fn page_poison_follows_the_guest_and_gates_reporting() -> Result<()> {
 }
 
 #[test]
+fn adjustments_hold_the_devices_wakeup_source() -> Result<()> {
+    let mut vm = boot(VmConfig::new("wakeup"))?;
+    let dev = bound_device(&mut vm)?;
+    let power = format!("/sys/bus/virtio/devices/{dev}/power");
+    // Like the C driver, the device is wakeup capable; user space enables it.
+    let wakeup = vm.sh_ok(&format!("cat {power}/wakeup"))?;
+    ensure(wakeup.trim() == "disabled", || {
+        format!("{power}/wakeup: {wakeup:?} (not wakeup capable?)")
+    })?;
+    vm.sh_ok(&format!("echo enabled > {power}/wakeup"))?;
+    let active_count = |vm: &mut Vm| -> Result<u64> {
+        let text = vm.sh_ok(&format!("cat {power}/wakeup_active_count"))?;
+        text.trim()
+            .parse()
+            .map_err(|_| err!("wakeup_active_count: {text:?}"))
+    };
+    let before = active_count(&mut vm)?;
+    balloon_to_mib(&mut vm, 1536)?;
+    balloon_to_mib(&mut vm, GUEST_MIB)?;
+    let after = active_count(&mut vm)?;
+    ensure(after > before, || {
+        format!("the wakeup source was never activated ({before} -> {after})")
+    })?;
+    // Held only while adjusting: released once the work sees the target
+    // reached (just after `actual` got there).
+    let active = vm.sh_ok(&format!(
+        "for i in $(seq 50); do [ $(cat {power}/wakeup_active) = 0 ] && break; sleep 0.1; done; cat {power}/wakeup_active"
+    ))?;
+    ensure(active.trim() == "0", || {
+        format!("wakeup source still active 5 s after the adjustment: {active:?}")
+    })?;
+    unload_and_power_off(vm, None)
+}
+
+#[test]
 fn suspend_and_resume_keep_the_target() -> Result<()> {
     let mut vm = boot(VmConfig::new("suspend"))?;
     let memtotal = vm.meminfo("MemTotal")?;

@@ -346,10 +346,10 @@ pub(crate) struct Balloon {
     oom: OomNotifier<Balloon>,
     #[pin]
     reporting: PageReporting<Balloon>,
-    /// Set while the device is down or going down: no new work is queued.
+    /// Whether new work may be queued, and the wakeup events in progress.
     /// Interrupts queue work under it.
     #[pin]
-    stop_update: SpinLockIrq<bool>,
+    events: SpinLockIrq<Events>,
     /// The engine waits for a late inflate or deflate buffer: its return
     /// queues the update work.
     waiting_for_host: AtomicBool,
@@ -372,6 +372,22 @@ impl_has_shrinker!(
 impl_has_balloon_dev_info!(Balloon, pages, Balloon::migrate);
 impl_has_oom_notifier!(Balloon, oom, Balloon::out_of_memory);
 impl_has_page_reporting!(Balloon, reporting, Balloon::report_free_pages);
+
+/// A balloon size adjustment keeps the system awake (`pm_stay_awake`).
+const WAKE_ADJUST: u32 = 1 << 0;
+/// So does a stats request.
+const WAKE_STATS: u32 = 1 << 1;
+
+/// What interrupts may start, under an irq-safe lock: the C driver's
+/// `stop_update` and wakeup event state.
+struct Events {
+    /// Set while the device is down or going down: no new work is queued.
+    stopped: bool,
+    /// `WAKE_*` reasons queued and not yet picked up by their work.
+    wakeup: u32,
+    /// The device holds the system awake.
+    awake: bool,
+}
 
 /// The engine's view of the device and the pages, for one locked section.
 struct Host<'a> {
@@ -537,26 +553,54 @@ impl Balloon {
         Some(result)
     }
 
-    /// Queues `work` unless the device is going down; the check and the
-    /// queueing happen under one lock, so that once [`Balloon::quiesce`]
-    /// has taken it, nothing new is queued (callable from interrupts).
-    fn queue_unless_stopped<const ID: u64>(&self, work: &DelayedWork<Balloon, ID>)
+    /// Queues `work` unless the device is going down, keeping the system
+    /// awake for it when `wake` names a reason; the check and the queueing
+    /// happen under one lock, so that once [`Balloon::quiesce`] has taken
+    /// it, nothing new is queued (callable from interrupts).
+    fn queue_unless_stopped<const ID: u64>(&self, work: &DelayedWork<Balloon, ID>, wake: u32)
     where
         Balloon: virtio::HasDelayedWork<ID>,
     {
-        let stopped = self.stop_update.lock();
-        if !*stopped {
-            work.run_now();
+        let mut events = self.events.lock();
+        if events.stopped {
+            return;
+        }
+        if wake != 0 {
+            events.wakeup |= wake;
+            if !events.awake {
+                events.awake = true;
+                self.dev.get().stay_awake();
+            }
+        }
+        work.run_now();
+    }
+
+    /// A work item started on behalf of `wake`; false if the device is
+    /// going down.
+    fn work_started(&self, wake: u32) -> bool {
+        let mut events = self.events.lock();
+        events.wakeup &= !wake;
+        !events.stopped
+    }
+
+    /// A work item is done: let the system sleep if nothing else is pending.
+    fn work_finished(&self) {
+        let mut events = self.events.lock();
+        if events.wakeup == 0 && events.awake {
+            events.awake = false;
+            self.dev.get().relax();
         }
     }
 
     fn stopped(&self) -> bool {
-        *self.stop_update.lock()
+        self.events.lock().stopped
     }
 
-    /// The size work: one batch towards the target, then re-queue.
+    /// The size work: one batch towards the target, then re-queue while
+    /// it makes progress (the system stays awake until then).
     fn update(&self) {
-        if self.stopped() {
+        if !self.work_started(WAKE_ADJUST) {
+            self.work_finished();
             return;
         }
         // Allocate outside the balloon lock: direct reclaim may take long,
@@ -584,11 +628,16 @@ impl Balloon {
         prealloc.pages.as_mut().clear();
         drop(prealloc);
         match step {
-            Some(Step::Progress) => self.update_work.queue(0),
+            Some(Step::Progress) => {
+                self.update_work.queue(0);
+                return;
+            }
+            // No progress to wait for: the system may sleep meanwhile.
             Some(Step::Backoff(delay_ms)) => self.update_work.queue(delay_ms),
             // A late buffer coming back queues the work again.
             Some(Step::Reached) | Some(Step::Stalled) | None => {}
         }
+        self.work_finished();
     }
 
     /// Fills the stats buffer with fresh figures.
@@ -600,9 +649,14 @@ impl Balloon {
     /// The stats work: the host returned the stats buffer to ask for fresh
     /// figures; refill it and hand it back.
     fn send_stats(&self) {
-        if self.stopped() {
-            return;
+        if self.work_started(WAKE_STATS) {
+            self.refill_stats();
         }
+        self.work_finished();
+    }
+
+    /// Hands the host a fresh stats buffer if it gave the last one back.
+    fn refill_stats(&self) {
         let mut guard = self.stats.lock();
         let Some(queue) = guard.queue.as_mut() else {
             return;
@@ -812,6 +866,7 @@ impl Balloon {
             hint.queue = Some(queue);
         }
 
+        dev.set_wakeup_capable();
         if self.features.contains(Features::PAGE_POISON) {
             let poison = features::poison_value(mm::zeroes_free_pages());
             dev.write_config_le32(config::POISON_VAL, poison);
@@ -849,11 +904,11 @@ impl Balloon {
             u64::from(target) * 4,
             reserve * (page_size / 1024)
         );
-        *self.stop_update.lock() = false;
+        self.events.lock().stopped = false;
         // Honour a target set before the driver was loaded, and a stats
         // request the host made while the callbacks still ignored it.
-        self.update_work.run_now();
-        self.stats_work.run_now();
+        self.queue_unless_stopped(&self.update_work, WAKE_ADJUST);
+        self.queue_unless_stopped(&self.stats_work, 0);
         Ok(())
     }
 
@@ -862,13 +917,19 @@ impl Balloon {
     fn quiesce(&self) {
         // Once this is set under the lock, no interrupt queues work again,
         // so the cancellations below are final.
-        *self.stop_update.lock() = true;
+        self.events.lock().stopped = true;
         self.oom.unregister();
         self.reporting.unregister();
         self.hint_shrinker.unregister();
         self.update_work.cancel_sync();
         self.stats_work.cancel_sync();
         self.hint_work.cancel_sync();
+        // A cancelled work item never picked up its wakeup event.
+        let mut events = self.events.lock();
+        events.wakeup = 0;
+        if core::mem::take(&mut events.awake) {
+            self.dev.get().relax();
+        }
     }
 
     /// Stops everything, empties the balloon and takes the device down
@@ -1068,7 +1129,11 @@ impl virtio::Driver for Balloon {
                 pages <- BalloonDevInfo::new(!features.contains(Features::DEFLATE_ON_OOM)),
                 oom <- OomNotifier::new(),
                 reporting <- PageReporting::new(),
-                stop_update <- new_spinlock_irq!(true),
+                events <- new_spinlock_irq!(Events {
+                    stopped: true,
+                    wakeup: 0,
+                    awake: false,
+                }),
                 waiting_for_host: AtomicBool::new(false),
                 prealloc <- new_mutex!(prealloc),
                 view,
@@ -1089,7 +1154,7 @@ impl virtio::Driver for Balloon {
         // Stats buffers come back when the host wants figures; every other
         // queue's completion wakes whoever waits for its buffer.
         if self.index.stats == Some(queue_index as usize) {
-            self.queue_unless_stopped(&self.stats_work);
+            self.queue_unless_stopped(&self.stats_work, WAKE_STATS);
         } else {
             self.acked.wake_up();
             // A late buffer came back: the update work finishes its step.
@@ -1097,15 +1162,15 @@ impl virtio::Driver for Balloon {
             if (index == self.index.inflate || index == self.index.deflate)
                 && self.waiting_for_host.load(Ordering::Acquire)
             {
-                self.queue_unless_stopped(&self.update_work);
+                self.queue_unless_stopped(&self.update_work, WAKE_ADJUST);
             }
         }
     }
 
     fn config_changed(&self, _dev: &Device) {
-        self.queue_unless_stopped(&self.update_work);
+        self.queue_unless_stopped(&self.update_work, WAKE_ADJUST);
         if self.features.contains(Features::FREE_PAGE_HINT) {
-            self.queue_unless_stopped(&self.hint_work);
+            self.queue_unless_stopped(&self.hint_work, 0);
         }
     }
 

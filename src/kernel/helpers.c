@@ -5,6 +5,7 @@
 #include <linux/balloon.h>
 #include <linux/list.h>
 #include <linux/mm.h>
+#include <linux/pm_wakeup.h>
 #include <linux/scatterlist.h>
 #include <linux/vmstat.h>
 #include <linux/virtio.h>
@@ -223,4 +224,19 @@ bool vbrs_balloon_is_empty(struct balloon_dev_info *info)
 void vbrs_get_page(struct page *page)
 {
 	get_page(page);
+}
+
+void vbrs_virtio_set_wakeup_capable(struct virtio_device *vdev)
+{
+	device_set_wakeup_capable(&vdev->dev, true);
+}
+
+void vbrs_virtio_stay_awake(struct virtio_device *vdev)
+{
+	pm_stay_awake(&vdev->dev);
+}
+
+void vbrs_virtio_relax(struct virtio_device *vdev)
+{
+	pm_relax(&vdev->dev);
 }

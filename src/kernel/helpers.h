@@ -60,5 +60,8 @@ bool vbrs_page_poisoning_enabled(void);
 bool vbrs_virtio_has_config_get(const struct virtio_device *vdev);
 bool vbrs_balloon_is_empty(struct balloon_dev_info *info);
 void vbrs_get_page(struct page *page);
+void vbrs_virtio_set_wakeup_capable(struct virtio_device *vdev);
+void vbrs_virtio_stay_awake(struct virtio_device *vdev);
+void vbrs_virtio_relax(struct virtio_device *vdev);
 
 #endif /* VBRS_HELPERS_H */

@@ -153,7 +153,11 @@ impl BulkAlloc {
         let got = unsafe { bindings::vbrs_alloc_balloon_pages_bulk(count_c, slots.as_mut_ptr()) };
         let mut taken = 0;
         for slot in slots.iter_mut().take(got as usize) {
-            let Some(page) = NonNull::new(core::mem::take(slot)) else {
+            // Not `mem::take`: raw pointers are `Default` only from Rust 1.88,
+            // and the module must build with 1.85.
+            let raw = *slot;
+            *slot = core::ptr::null_mut();
+            let Some(page) = NonNull::new(raw) else {
                 continue;
             };
             // INVARIANT: a fresh page with its one reference, on no list.

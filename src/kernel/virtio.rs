@@ -86,6 +86,28 @@ impl Device {
         unsafe { bindings::vbrs_virtio_cwrite_le32(self.as_raw(), offset as u32, value) }
     }
 
+    /// Lets the device hold a wakeup source of its own (user space enables
+    /// it in `power/wakeup`), as the C driver does: the transport has its
+    /// own, and wakeup sources do not nest.
+    pub(crate) fn set_wakeup_capable(&self) {
+        // SAFETY: `self` is valid.
+        unsafe { bindings::vbrs_virtio_set_wakeup_capable(self.as_raw()) }
+    }
+
+    /// Keeps the system from suspending until [`Device::relax`] (a no-op
+    /// unless the device's wakeup source is enabled); callable from
+    /// interrupts.
+    pub(crate) fn stay_awake(&self) {
+        // SAFETY: `self` is valid.
+        unsafe { bindings::vbrs_virtio_stay_awake(self.as_raw()) }
+    }
+
+    /// Ends what [`Device::stay_awake`] started.
+    pub(crate) fn relax(&self) {
+        // SAFETY: `self` is valid.
+        unsafe { bindings::vbrs_virtio_relax(self.as_raw()) }
+    }
+
     /// Sets DRIVER_OK: the device may use the queues from now on.
     pub(crate) fn ready(&self) {
         // SAFETY: `self` is valid; called once the queues are set up.
