@@ -357,7 +357,6 @@ pub(crate) struct Balloon {
     #[pin]
     prealloc: Mutex<Prealloc>,
     view: Pin<KBox<Scope<DebugView>>>,
-    _debugfs_root: Dir,
 }
 
 impl_has_delayed_work!(Balloon, update_work, 0, Balloon::update);
@@ -1036,6 +1035,8 @@ impl virtio::Driver for Balloon {
     const NAME: &'static CStr = c_str!("virtio_balloon_rs");
     const DEVICE_ID: u32 = features::DEVICE_ID;
     const FEATURE_TABLE: &'static [u32] = features::DRIVER_FEATURE_BITS;
+    /// The debugfs directory every device's own directory goes in.
+    type Shared = Dir;
 
     fn validate(dev: &Device) -> Result {
         let offered = Features::from_bits_truncate(dev.features());
@@ -1049,7 +1050,7 @@ impl virtio::Driver for Balloon {
         Ok(())
     }
 
-    fn probe(dev: &Device, handle: DeviceHandle) -> Result<Pin<KBox<Self>>> {
+    fn probe(dev: &Device, handle: DeviceHandle, root: &Dir) -> Result<Pin<KBox<Self>>> {
         if !dev.has_config_access() {
             dev_err!(dev.as_dev(), "probe failure: config access disabled\n");
             return Err(EINVAL);
@@ -1083,7 +1084,6 @@ impl virtio::Driver for Balloon {
             active: hint::CMD_ID_STOP,
             blocks: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
         };
-        let root = Dir::new(c_str!("virtio_balloon_rs"));
         let view = KBox::pin_init(
             root.scope(
                 DebugView::new(features, geometry),
@@ -1137,7 +1137,6 @@ impl virtio::Driver for Balloon {
                 waiting_for_host: AtomicBool::new(false),
                 prealloc <- new_mutex!(prealloc),
                 view,
-                _debugfs_root: root,
             }),
             GFP_KERNEL,
         )

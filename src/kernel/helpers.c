@@ -240,3 +240,8 @@ void vbrs_virtio_relax(struct virtio_device *vdev)
 {
 	pm_relax(&vdev->dev);
 }
+
+struct virtio_driver *vbrs_virtio_driver_of(struct virtio_device *vdev)
+{
+	return drv_to_virtio(vdev->dev.driver);
+}

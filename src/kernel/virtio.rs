@@ -538,13 +538,15 @@ pub(crate) trait Driver: Sized + Send + Sync + 'static {
     const DEVICE_ID: u32;
     /// Device-specific feature bits it implements (the feature table).
     const FEATURE_TABLE: &'static [u32];
+    /// What every bound device shares, owned by the [`Registration`].
+    type Shared: Send + Sync;
 
     /// Adjusts the offered features before they are accepted.
     fn validate(_dev: &Device) -> Result {
         Ok(())
     }
     /// Allocates the per-device state; no queue exists yet.
-    fn probe(dev: &Device, handle: DeviceHandle) -> Result<Pin<KBox<Self>>>;
+    fn probe(dev: &Device, handle: DeviceHandle, shared: &Self::Shared) -> Result<Pin<KBox<Self>>>;
     /// Sets the device up once the state is reachable from callbacks.
     fn start(&self, dev: &Device) -> Result;
     /// A queue handed buffers back (interrupt context).
@@ -624,7 +626,10 @@ unsafe extern "C" fn probe_callback<T: Driver>(vdev: *mut bindings::virtio_devic
         Some(ptr) => ptr,
         None => return EINVAL.to_errno(),
     });
-    let data = match T::probe(dev, handle) {
+    // SAFETY: the core binds devices to the driver of a live
+    // `Registration<T>`, which outlives every binding (it unregisters on drop).
+    let shared = unsafe { Registration::<T>::shared_of(vdev) };
+    let data = match T::probe(dev, handle, shared) {
         Ok(data) => data,
         Err(err) => return err.to_errno(),
     };
@@ -717,6 +722,7 @@ pub(crate) struct Registration<T: Driver> {
     driver: Opaque<bindings::virtio_driver>,
     #[pin]
     id_table: Opaque<[bindings::virtio_device_id; 2]>,
+    shared: T::Shared,
     _driver: PhantomData<T>,
 }
 
@@ -726,9 +732,28 @@ unsafe impl<T: Driver> Sync for Registration<T> {}
 unsafe impl<T: Driver> Send for Registration<T> {}
 
 impl<T: Driver> Registration<T> {
-    /// Registers driver `T` with the virtio bus for `module`.
-    pub(crate) fn new(module: &'static ThisModule) -> impl PinInit<Self, Error> {
+    /// What the devices bound to the driver of `vdev` share.
+    ///
+    /// # Safety
+    ///
+    /// `vdev` must be bound (or being probed) by the driver of a live
+    /// `Registration<T>`, which must outlive the returned reference.
+    unsafe fn shared_of<'a>(vdev: *mut bindings::virtio_device) -> &'a T::Shared {
+        // SAFETY: the device's driver is the `virtio_driver` embedded (as
+        // `driver`) in a live `Registration<T>` (the caller's contract);
+        // `Opaque` is `repr(transparent)`.
+        unsafe {
+            let drv = bindings::vbrs_virtio_driver_of(vdev);
+            let this = kernel::container_of!(drv.cast::<Opaque<bindings::virtio_driver>>(), Self, driver);
+            &(*this).shared
+        }
+    }
+
+    /// Registers driver `T` with the virtio bus for `module`; its devices
+    /// share `shared`.
+    pub(crate) fn new(module: &'static ThisModule, shared: T::Shared) -> impl PinInit<Self, Error> {
         try_pin_init!(Self {
+            shared,
             id_table <- Opaque::ffi_init(|table: *mut [bindings::virtio_device_id; 2]| {
                 let mut ids: [bindings::virtio_device_id; 2] = Default::default();
                 ids[0].device = T::DEVICE_ID;

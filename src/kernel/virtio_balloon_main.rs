@@ -41,7 +41,8 @@ struct BalloonModule {
 impl kernel::Module for BalloonModule {
     fn init(module: &'static ThisModule) -> Result<Self> {
         logger::init();
-        let registration = KBox::pin_init(virtio::Registration::new(module), GFP_KERNEL)?;
+        let debugfs = kernel::debugfs::Dir::new(c"virtio_balloon_rs");
+        let registration = KBox::pin_init(virtio::Registration::new(module, debugfs), GFP_KERNEL)?;
         Ok(Self {
             _registration: registration,
         })
