@@ -911,14 +911,15 @@ impl Balloon {
         Ok(())
     }
 
-    /// Stops every activity: no new work, notifiers and shrinker gone, work
-    /// items finished. The device keeps working for the caller.
+    /// Stops every activity but page reporting (a report may wait for the
+    /// host until the device is reset): no new work, the OOM notifier and
+    /// the shrinker gone, work items finished. The device keeps working for
+    /// the caller.
     fn quiesce(&self) {
         // Once this is set under the lock, no interrupt queues work again,
         // so the cancellations below are final.
         self.events.lock().stopped = true;
         self.oom.unregister();
-        self.reporting.unregister();
         self.hint_shrinker.unregister();
         self.update_work.cancel_sync();
         self.stats_work.cancel_sync();
@@ -956,6 +957,9 @@ impl Balloon {
             }
         }
         let reset = dev.reset();
+        // A report the host never returned ends with the reset; only then
+        // can page reporting stop.
+        self.reporting.unregister();
         loop {
             let mut state = self.state.lock();
             // After the reset the host holds no buffer and no page: whatever
@@ -1182,6 +1186,7 @@ impl virtio::Driver for Balloon {
         // stop touching the device, as the C driver does.
         self.quiesce();
         dev.shutdown();
+        self.reporting.unregister();
     }
 }
 

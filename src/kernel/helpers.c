@@ -245,3 +245,8 @@ struct virtio_driver *vbrs_virtio_driver_of(struct virtio_device *vdev)
 {
 	return drv_to_virtio(vdev->dev.driver);
 }
+
+bool vbrs_virtqueue_device_running(struct virtqueue *vq)
+{
+	return vq->vdev->config->get_status(vq->vdev) & VIRTIO_CONFIG_S_DRIVER_OK;
+}

@@ -65,5 +65,6 @@ void vbrs_virtio_set_wakeup_capable(struct virtio_device *vdev);
 void vbrs_virtio_stay_awake(struct virtio_device *vdev);
 void vbrs_virtio_relax(struct virtio_device *vdev);
 struct virtio_driver *vbrs_virtio_driver_of(struct virtio_device *vdev);
+bool vbrs_virtqueue_device_running(struct virtqueue *vq);
 
 #endif /* VBRS_HELPERS_H */

@@ -472,15 +472,18 @@ impl Virtqueue {
     /// sleeps until the device has processed it.
     ///
     /// The device may discard the reported pages until it returns the
-    /// buffer and the page reporting core cannot take back pages still being
-    /// reported, so this waits as long as it takes, logging once after
-    /// `warn_after` jiffies.
+    /// buffer, and the page reporting core cannot take back pages still
+    /// being reported, so this waits as long as it takes, logging once
+    /// after `warn_after` jiffies, until the device hands the buffer back
+    /// (`Ok`) or is reset (`ENODEV`: it dropped the buffer, so the pages
+    /// are the guest's again).
     pub(crate) fn report_and_wait(
         &mut self,
         pages: &crate::mm::ReportedPages<'_>,
         waiter: &WaitQueue,
         warn_after: Jiffies,
     ) -> Result {
+        let poll = kernel::time::msecs_to_jiffies(100);
         let (sg, nents) = pages.raw();
         // SAFETY: the queue is valid; `sg` is the page reporting core's
         // scatterlist of `nents` entries, valid until the report callback
@@ -489,11 +492,16 @@ impl Virtqueue {
             bindings::vbrs_virtqueue_add_inbuf_nowait(self.vq.as_ptr(), sg, nents, sg.cast())
         })?;
         self.kick();
-        let mut warned = false;
-        while !self.wait(waiter, warn_after) {
-            if !warned {
+        let mut waited: Jiffies = 0;
+        while !self.wait(waiter, poll) {
+            // SAFETY: the queue and its device are valid.
+            if !unsafe { bindings::vbrs_virtqueue_device_running(self.vq.as_ptr()) } {
+                return Err(ENODEV);
+            }
+            let before = waited;
+            waited = waited.saturating_add(poll);
+            if before < warn_after && waited >= warn_after {
                 pr_warn!("host has not returned a free page report yet; still waiting\n");
-                warned = true;
             }
         }
         Ok(())
