@@ -52,7 +52,6 @@ use kernel::sync::{
 };
 use kernel::time::Jiffies;
 use kernel::{
-    c_str,
     new_mutex,
     new_spinlock_irq, //
 };
@@ -890,7 +889,7 @@ impl Balloon {
             self.reporting.register(capacity)?;
         }
         if self.features.contains(Features::FREE_PAGE_HINT) {
-            self.hint_shrinker.register(c_str!("virtio-balloon-rs"))?;
+            self.hint_shrinker.register(c"virtio-balloon-rs")?;
         }
 
         let target = dev.read_config_le32(config::NUM_PAGES);
@@ -1018,15 +1017,15 @@ impl Balloon {
 fn queue_spec(role: QueueRole) -> QueueSpec {
     let (name, out_buffers, out_buffer_size) = match role {
         // One PFN array in flight at a time.
-        QueueRole::Inflate => (c_str!("inflate"), 1, PFNS_PER_BUFFER * 4),
-        QueueRole::Deflate => (c_str!("deflate"), 1, PFNS_PER_BUFFER * 4),
+        QueueRole::Inflate => (c"inflate", 1, PFNS_PER_BUFFER * 4),
+        QueueRole::Deflate => (c"deflate", 1, PFNS_PER_BUFFER * 4),
         // The host keeps the stats buffer until it wants fresh figures.
-        QueueRole::Stats => (c_str!("stats"), 1, stats::BUFFER_SIZE),
+        QueueRole::Stats => (c"stats", 1, stats::BUFFER_SIZE),
         // A round's start and stop ids, with room for ids the host has not
         // handed back yet.
-        QueueRole::FreePage => (c_str!("free_page_vq"), 4, 4),
+        QueueRole::FreePage => (c"free_page_vq", 4, 4),
         // Reports are the page reporting core's scatterlists.
-        QueueRole::Reporting => (c_str!("reporting_vq"), 0, 0),
+        QueueRole::Reporting => (c"reporting_vq", 0, 0),
     };
     QueueSpec {
         name,
@@ -1036,7 +1035,7 @@ fn queue_spec(role: QueueRole) -> QueueSpec {
 }
 
 impl virtio::Driver for Balloon {
-    const NAME: &'static CStr = c_str!("virtio_balloon_rs");
+    const NAME: &'static CStr = c"virtio_balloon_rs";
     const DEVICE_ID: u32 = features::DEVICE_ID;
     const FEATURE_TABLE: &'static [u32] = features::DRIVER_FEATURE_BITS;
     /// The debugfs directory every device's own directory goes in.
@@ -1093,24 +1092,24 @@ impl virtio::Driver for Balloon {
                 DebugView::new(features, geometry),
                 dev.as_dev().name(),
                 |view, dir| {
-                    dir.read_callback_file(c_str!("status"), view, &write_status);
-                    dir.read_callback_file(c_str!("features"), view, &write_features);
-                    dir.read_only_file(c_str!("target_pages"), &view.target_pages);
-                    dir.read_only_file(c_str!("actual_pages"), &view.actual_pages);
-                    dir.read_only_file(c_str!("inflated_pages"), &view.inflated_pages);
-                    dir.read_only_file(c_str!("deflated_pages"), &view.deflated_pages);
-                    dir.read_only_file(c_str!("migrated_pages"), &view.migrated_pages);
-                    dir.read_only_file(c_str!("oom_deflated_pages"), &view.oom_deflated_pages);
-                    dir.read_only_file(c_str!("reserve_pages"), &view.reserve_pages);
-                    dir.read_only_file(c_str!("alloc_failures"), &view.alloc_failures);
-                    dir.read_only_file(c_str!("backoff_ms"), &view.backoff_ms);
-                    dir.read_only_file(c_str!("stats_updates"), &view.stats_updates);
-                    dir.read_only_file(c_str!("free_page_reports"), &view.free_page_reports);
-                    dir.read_only_file(c_str!("hint_rounds"), &view.hint_rounds);
-                    dir.read_only_file(c_str!("hinted_blocks"), &view.hinted_blocks);
-                    dir.read_only_file(c_str!("hint_blocks_held"), &view.hint_blocks_held);
-                    dir.read_only_file(c_str!("host_stalled"), &view.host_stalled);
-                    dir.read_only_file(c_str!("late_buffers"), &view.late_buffers);
+                    dir.read_callback_file(c"status", view, &write_status);
+                    dir.read_callback_file(c"features", view, &write_features);
+                    dir.read_only_file(c"target_pages", &view.target_pages);
+                    dir.read_only_file(c"actual_pages", &view.actual_pages);
+                    dir.read_only_file(c"inflated_pages", &view.inflated_pages);
+                    dir.read_only_file(c"deflated_pages", &view.deflated_pages);
+                    dir.read_only_file(c"migrated_pages", &view.migrated_pages);
+                    dir.read_only_file(c"oom_deflated_pages", &view.oom_deflated_pages);
+                    dir.read_only_file(c"reserve_pages", &view.reserve_pages);
+                    dir.read_only_file(c"alloc_failures", &view.alloc_failures);
+                    dir.read_only_file(c"backoff_ms", &view.backoff_ms);
+                    dir.read_only_file(c"stats_updates", &view.stats_updates);
+                    dir.read_only_file(c"free_page_reports", &view.free_page_reports);
+                    dir.read_only_file(c"hint_rounds", &view.hint_rounds);
+                    dir.read_only_file(c"hinted_blocks", &view.hinted_blocks);
+                    dir.read_only_file(c"hint_blocks_held", &view.hint_blocks_held);
+                    dir.read_only_file(c"host_stalled", &view.host_stalled);
+                    dir.read_only_file(c"late_buffers", &view.late_buffers);
                 },
             ),
             GFP_KERNEL,

@@ -15,7 +15,6 @@ use core::sync::atomic::{
     Ordering, //
 };
 
-use kernel::c_str;
 use kernel::error::to_result;
 use kernel::ffi;
 use kernel::prelude::*;
@@ -879,7 +878,7 @@ impl<T: HasShrinker> Shrinker<T> {
         // SAFETY: `name` is a valid C string; "%s" takes it as the one
         // variadic argument.
         let shrinker =
-            unsafe { bindings::shrinker_alloc(0, c_str!("%s").as_char_ptr(), name.as_char_ptr()) };
+            unsafe { bindings::shrinker_alloc(0, c"%s".as_char_ptr(), name.as_char_ptr()) };
         if shrinker.is_null() {
             return Err(ENOMEM);
         }
