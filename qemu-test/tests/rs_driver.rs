@@ -19,11 +19,13 @@ use common::bound_device;
 use common::ensure;
 use common::expect_memtotal;
 use common::negotiated_features;
+use common::start_hog;
 use common::unload_and_power_off;
 use common::vmstat;
 use common::Driver;
 use common::GUEST_MIB;
 use qemu_test::err;
+use qemu_test::scaled;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;
@@ -155,7 +157,8 @@ fn target_set_before_insmod_is_reached() -> Result<()> {
         "without a driver nothing may be ballooned".into()
     })?;
     RS.insmod(&mut vm)?;
-    vm.qmp().wait_actual(1024 * MIB, common::BALLOON_TIMEOUT)?;
+    vm.qmp()
+        .wait_actual(1024 * MIB, common::balloon_timeout())?;
     expect_memtotal(&mut vm, memtotal - 1024 * 1024)?;
     unload_and_power_off(vm, None)
 }
@@ -172,7 +175,8 @@ fn rapidly_changing_targets_settle_on_the_last() -> Result<()> {
         vm.qmp().balloon(target * MIB)?;
         std::thread::sleep(Duration::from_millis(5 + 20 * (i as u64 % 3)));
     }
-    vm.qmp().wait_actual(1200 * MIB, common::BALLOON_TIMEOUT)?;
+    vm.qmp()
+        .wait_actual(1200 * MIB, common::balloon_timeout())?;
     std::thread::sleep(Duration::from_millis(500));
     ensure(actual_mib(&mut vm)? == 1200, || {
         "did not stay at 1200 MiB".into()
@@ -208,7 +212,11 @@ fn impossible_target_settles_without_oom_and_recovers() -> Result<()> {
     RS.insmod(&mut vm)?;
     // The C driver panics the guest here ("System is deadlocked on memory").
     vm.qmp().balloon(10 * MIB)?;
-    let settled = wait_settled(&mut vm, Duration::from_secs(4), Duration::from_secs(120))?;
+    let settled = wait_settled(
+        &mut vm,
+        Duration::from_secs(4),
+        scaled(Duration::from_secs(120)),
+    )?;
     eprintln!("asked for 10 MiB, settled at {settled} MiB");
     ensure(settled > 10 && settled < 512, || {
         format!("settled at {settled} MiB: expected to give most memory but keep a reserve")
@@ -253,24 +261,15 @@ fn compaction_migrates_balloon_pages_and_keeps_actual() -> Result<()> {
     // hogs, leaving holes between the balloon slices wherever the allocator
     // put them.
     for (round, target) in [1898u64, 1748, 1598, 1448].into_iter().enumerate() {
-        vm.sh_ok(&format!("memhog 200 600 > /tmp/hog{round}.log 2>&1 &"))?;
-        let start = Instant::now();
-        while !vm
-            .sh_ok(&format!("cat /tmp/hog{round}.log"))?
-            .contains("got 200")
-        {
-            ensure(start.elapsed() < Duration::from_secs(60), || {
-                "memhog did not start".into()
-            })?;
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let got = start_hog(&mut vm, 200, 600, &format!("/tmp/hog{round}.log"))?;
+        ensure(got == 200, || format!("memhog got {got} of 200 MiB"))?;
         balloon_to_mib(&mut vm, target)?;
     }
     vm.sh_ok("killall memhog; while pidof memhog > /dev/null; do sleep 0.1; done")?;
     let before = vmstat(&mut vm, "balloon_migrate")?;
     vm.run(
         "echo 1 > /proc/sys/vm/compact_memory",
-        Duration::from_secs(120),
+        scaled(Duration::from_secs(120)),
     )?;
     let after = vmstat(&mut vm, "balloon_migrate")?;
     eprintln!("balloon_migrate {before} -> {after}");
@@ -304,7 +303,7 @@ fn rmmod_during_inflation_and_config_changes_is_clean() -> Result<()> {
         }
         let start = Instant::now();
         while vm.sh_ok("lsmod")?.contains("virtio_balloon_rs") {
-            ensure(start.elapsed() < Duration::from_secs(60), || {
+            ensure(start.elapsed() < scaled(Duration::from_secs(60)), || {
                 "rmmod did not finish".into()
             })?;
             std::thread::sleep(Duration::from_millis(100));
