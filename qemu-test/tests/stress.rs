@@ -132,14 +132,39 @@ fn random_targets_under_a_workload_end_exact() -> Result<()> {
     // when a target leaves the guest short: anonymous memory, page cache
     // churn on tmpfs, and compaction every few seconds.
     vm.sh_ok("echo -1000 > /proc/self/oom_score_adj")?;
-    for job in [
-        "while :; do memhog 192 1; done",
-        "while :; do dd if=/dev/zero of=/tmp/churn bs=1M count=64; rm -f /tmp/churn; done",
-        "while :; do echo 1 > /proc/sys/vm/compact_memory; sleep 3; done",
-    ] {
+    // Each job logs a line per round, to show it ran.
+    let jobs = [
+        ("hog", "while :; do memhog 192 1; done", "memhog: got"),
+        (
+            "churn",
+            "while :; do dd if=/dev/zero of=/tmp/churn bs=1M count=64 && rm -f /tmp/churn; done",
+            "records out",
+        ),
+        (
+            "compact",
+            "while :; do echo 1 > /proc/sys/vm/compact_memory && echo compacted; sleep 3; done",
+            "compacted",
+        ),
+    ];
+    for (name, job, _) in jobs {
         vm.sh_ok(&format!(
-            "( echo 1000 > /proc/self/oom_score_adj; {job} ) > /dev/null 2>&1 & echo $! >> /tmp/workload.pids"
+            "( echo 1000 > /proc/self/oom_score_adj; {job} ) > /tmp/{name}.log 2>&1 & echo $! >> /tmp/workload.pids"
         ))?;
+    }
+    // The targets start once every job has done a round.
+    let timeout = scaled(Duration::from_secs(60));
+    let start = Instant::now();
+    for (name, _, done) in jobs {
+        loop {
+            let log = vm.sh_ok(&format!("cat /tmp/{name}.log"))?;
+            if log.contains(done) {
+                break;
+            }
+            ensure(start.elapsed() < timeout, || {
+                format!("workload {name} did not complete a round in {timeout:?}: {log}")
+            })?;
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     let first_update = last_update(&guest_stats(&mut vm)?);
     for round in 0..targets {
