@@ -16,9 +16,9 @@ mod common;
 use std::time::Duration;
 use std::time::Instant;
 
-use common::balloon_timeout;
 use common::bound_device;
 use common::ensure;
+use common::expect_exact_target;
 use common::expect_memtotal;
 use common::guest_stats;
 use common::last_update;
@@ -80,23 +80,6 @@ fn boot(config: VmConfig) -> Result<(Vm, u64)> {
     let mut vm = Vm::boot(config.c_module(false))?;
     let memtotal = vm.meminfo("MemTotal")?;
     Ok((vm, memtotal))
-}
-
-/// Waits for `target_mib` exactly and checks `MemTotal` and `Balloon:`.
-fn expect_exact_target(vm: &mut Vm, memtotal: u64, target_mib: u64) -> Result<()> {
-    vm.qmp().wait_actual(target_mib * MIB, balloon_timeout())?;
-    // Settled, not just passing through.
-    std::thread::sleep(Duration::from_millis(300));
-    let actual = vm.qmp().query_balloon()?;
-    ensure(actual == target_mib * MIB, || {
-        format!("actual {actual} bytes, target {} bytes", target_mib * MIB)
-    })?;
-    let ballooned_kb = (GUEST_MIB - target_mib) * 1024;
-    expect_memtotal(vm, memtotal - ballooned_kb)?;
-    let balloon = vm.meminfo("Balloon")?;
-    ensure(balloon == ballooned_kb, || {
-        format!("meminfo Balloon: {balloon} kB, expected {ballooned_kb} kB")
-    })
 }
 
 /// Checks that nothing is ballooned: `MemTotal` at its boot value, an

@@ -82,6 +82,27 @@ pub fn expect_memtotal(vm: &mut Vm, expected_kb: u64) -> Result<()> {
     }
 }
 
+/// Waits until `actual` is `target_mib` exactly (the target must already be
+/// set), then checks it stays there and that `MemTotal` (from its boot
+/// value `memtotal_kb`) and `Balloon:` dropped by exactly the ballooned
+/// size; returns how long the wait took.
+pub fn expect_exact_target(vm: &mut Vm, memtotal_kb: u64, target_mib: u64) -> Result<Duration> {
+    let took = vm.qmp().wait_actual(target_mib * MIB, balloon_timeout())?;
+    // Settled, not just passing through.
+    std::thread::sleep(Duration::from_millis(300));
+    let actual = vm.qmp().query_balloon()?;
+    ensure(actual == target_mib * MIB, || {
+        format!("actual {actual} bytes, target {} bytes", target_mib * MIB)
+    })?;
+    let ballooned_kb = (GUEST_MIB - target_mib) * 1024;
+    expect_memtotal(vm, memtotal_kb - ballooned_kb)?;
+    let balloon = vm.meminfo("Balloon")?;
+    ensure(balloon == ballooned_kb, || {
+        format!("meminfo Balloon: {balloon} kB, expected {ballooned_kb} kB")
+    })?;
+    Ok(took)
+}
+
 /// Reads a `/proc/vmstat` counter, after folding the per-CPU deltas.
 pub fn vmstat(vm: &mut Vm, counter: &str) -> Result<u64> {
     let text = vm.sh_ok("echo 1 >/proc/sys/vm/stat_refresh 2>/dev/null; cat /proc/vmstat")?;
