@@ -8,6 +8,8 @@
 #   make demo       boot the test guest with the module and drive the balloon
 #   make bench      inflate/deflate timings, ours against the C driver
 #   make clippy     the kernel's CLIPPY=1 build of the module, plus cargo clippy
+#   make debug-kernel   build the debug test kernel (clang-19, KASAN, lockdep, kmemleak...)
+#   make test-debug     the VM suite (and the debug-only tests) on the debug kernel
 
 SHELL := /bin/bash
 VBRS_CACHE ?= $(HOME)/.cache/virtio-balloon-rs
@@ -17,8 +19,13 @@ VENDOR := $(TOP)/build/vendor
 
 # Written by qemu-test/setup.sh: KSRC, KDIR_TEST, RUST_LIB_SRC, LIBCLANG_PATH, BINDGEN_DIR.
 -include $(VBRS_CACHE)/env.mk
+# Written by `qemu-test/setup.sh debug`: KDIR_DEBUG.
+-include $(VBRS_CACHE)/debug.mk
 
 KDIR ?= $(KDIR_TEST)
+# A module for a clang-built kernel must be built with the same LLVM
+# toolchain: LLVM=-<major> from the kernel's CONFIG_CLANG_VERSION.
+KDIR_CLANG_MAJOR := $(shell sed -n 's/^CONFIG_CLANG_VERSION=\([1-9][0-9]*\)[0-9][0-9][0-9][0-9]$$/\1/p' $(KDIR)/.config 2>/dev/null)
 ifneq ($(BINDGEN_DIR),)
 export PATH := $(BINDGEN_DIR):$(PATH)
 endif
@@ -26,10 +33,15 @@ ifneq ($(LIBCLANG_PATH),)
 export LIBCLANG_PATH
 endif
 
-KMAKE = $(MAKE) -C $(KDIR) M=$(TOP) VBRS_VENDOR=$(VENDOR)
+KMAKE = $(MAKE) -C $(KDIR) M=$(TOP) VBRS_VENDOR=$(VENDOR) $(if $(KDIR_CLANG_MAJOR),LLVM=-$(KDIR_CLANG_MAJOR))
+# Kbuild keeps one set of objects in the tree: the kernel they were built for
+# is recorded here, and a build for another kernel starts from `make clean`.
+KDIR_STAMP := $(TOP)/build/module-kdir
+DEBUG_MODULE := $(TOP)/build/debug/virtio_balloon_rs.ko
 
 .PHONY: all module setup kernel test host-test vm-test demo bench clippy fmt clean \
-	print-kdir print-bzimage print-module print-c-module check-kdir
+	print-kdir print-bzimage print-module print-c-module check-kdir \
+	debug-kernel debug-module test-debug vm-test-debug print-debug-kdir check-debug-kdir
 
 all: module
 
@@ -47,6 +59,11 @@ $(VENDOR)/.stamp: Cargo.lock Cargo.toml
 	@touch $@
 
 module: check-kdir $(VENDOR)/.stamp
+	@if [ -f $(KDIR_STAMP) ] && [ "$$(cat $(KDIR_STAMP))" != "$(KDIR)" ]; then \
+		echo "[make] objects were built for $$(cat $(KDIR_STAMP)): make clean first"; \
+		$(MAKE) -s clean KDIR="$$(cat $(KDIR_STAMP))"; \
+	fi
+	@mkdir -p $(dir $(KDIR_STAMP)) && echo "$(KDIR)" >$(KDIR_STAMP)
 	$(KMAKE) modules
 
 setup kernel:
@@ -61,6 +78,35 @@ vm-test:
 test: setup
 	$(MAKE) module
 	cargo test --workspace -- --test-threads=1
+
+debug-kernel:
+	bash qemu-test/setup.sh debug
+
+check-debug-kdir:
+	@if [ -z "$(KDIR_DEBUG)" ] || [ ! -f "$(KDIR_DEBUG)/Module.symvers" ]; then \
+		echo "error: no debug kernel build: run 'make debug-kernel'" >&2; \
+		exit 1; \
+	fi
+
+print-debug-kdir: check-debug-kdir
+	@echo $(KDIR_DEBUG)
+
+# The module for the debug kernel, copied out of the tree so that the next
+# `make test` rebuilds the tree's objects for the test kernel.
+debug-module: check-debug-kdir
+	$(MAKE) module KDIR=$(KDIR_DEBUG)
+	@mkdir -p $(dir $(DEBUG_MODULE))
+	cp virtio_balloon_rs.ko $(DEBUG_MODULE)
+
+# The VM tests on the debug kernel, including the ones only it can run
+# (#[ignore]d in `make test`). VBRS_STRESS=full for the full stress counts.
+vm-test-debug: check-debug-kdir
+	VBRS_KDIR=$(KDIR_DEBUG) VBRS_MODULE=$(DEBUG_MODULE) \
+		cargo test -p qemu-test -- --test-threads=1 --include-ignored $(TEST_ARGS)
+
+test-debug: debug-kernel
+	$(MAKE) debug-module
+	$(MAKE) vm-test-debug
 
 demo: setup
 	$(MAKE) module
@@ -85,7 +131,7 @@ fmt:
 
 clean:
 	-[ -z "$(KDIR)" ] || [ ! -d "$(KDIR)" ] || $(KMAKE) clean
-	rm -f src/kernel/bindings_generated.rs libbitflags.rmeta liblog.rmeta libballoon_logic.rmeta
+	rm -f src/kernel/bindings_generated.rs libbitflags.rmeta liblog.rmeta libballoon_logic.rmeta $(KDIR_STAMP)
 
 print-kdir:
 	@echo $(KDIR)

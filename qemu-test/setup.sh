@@ -13,6 +13,12 @@ top=$(cd "$here/.." && pwd)
 cache=${VBRS_CACHE:-$HOME/.cache/virtio-balloon-rs}
 kver_pkg=${VBRS_KERNEL_PKG:-linux-source-7.3}
 jobs=${JOBS:-$(nproc)}
+# `setup.sh` builds the test kernel; `setup.sh debug` the debug kernel.
+mode=${1:-normal}
+case "$mode" in
+normal | debug) ;;
+*) echo "usage: $0 [normal|debug]" >&2; exit 2 ;;
+esac
 mkdir -p "$cache"
 
 say() { printf '[setup] %s\n' "$*"; }
@@ -118,15 +124,11 @@ fi
 ksrc=$(find "$src_root" -mindepth 1 -maxdepth 1 -type d -name 'linux-source-*' | head -1)
 [ -n "$ksrc" ] || die "no kernel tree under $src_root"
 
-# --- 5. the test kernel ----------------------------------------------------------
-fragment="$here/kernel.config"
-key=$( { echo "$kver_pkg"; rustc --version; gcc --version | head -1; cat "$fragment"; } | sha256sum | cut -c1-16)
-kbuild="$cache/kbuild-$key"
-mkdir -p "$kbuild"
-kmake() { make -C "$ksrc" O="$kbuild" RUST_LIB_SRC="$RUST_LIB_SRC" "$@"; }
-if [ ! -f "$kbuild/.config-verified" ]; then
-	say "configuring the test kernel in $kbuild"
-	kmake -s tinyconfig
+# --- 5. the test kernels ---------------------------------------------------------
+# Reads a config fragment (NAME=y|m|n|value per line, # comments) into
+# scripts/config arguments, in the array `args`.
+fragment_args() {
+	local line name val
 	args=()
 	while read -r line; do
 		line=${line%%#*}; line=$(echo "$line" | xargs)
@@ -138,37 +140,87 @@ if [ ! -f "$kbuild/.config-verified" ]; then
 		n) args+=(--disable "$name") ;;
 		*) args+=(--set-val "$name" "$val") ;;
 		esac
-	done <"$fragment"
-	"$ksrc/scripts/config" --file "$kbuild/.config" "${args[@]}"
-	kmake -s olddefconfig
-	# Some options only appear once their dependencies are set: apply twice.
-	"$ksrc/scripts/config" --file "$kbuild/.config" "${args[@]}"
-	kmake -s olddefconfig
-	kmake -s rustavailable || die "the kernel does not accept this Rust toolchain (make rustavailable)"
-	bad=0
+	done <"$1"
+}
+
+# Says which lines of a fragment did not land in a .config; fails if any.
+verify_fragment() {
+	local config=$1 fragment=$2 line name val bad=0
 	while read -r line; do
 		line=${line%%#*}; line=$(echo "$line" | xargs)
 		[ -n "$line" ] || continue
 		name=${line%%=*}; val=${line#*=}
 		if [ "$val" = n ]; then
-			grep -q "^CONFIG_$name=" "$kbuild/.config" && { say "option $name should be off"; bad=1; }
+			grep -q "^CONFIG_$name=" "$config" && { say "option $name should be off ($fragment)"; bad=1; }
 		else
-			grep -qx "CONFIG_$name=$val" "$kbuild/.config" || { say "option $name=$val did not land"; bad=1; }
+			grep -qx "CONFIG_$name=$val" "$config" || { say "option $name=$val did not land ($fragment)"; bad=1; }
 		fi
 	done <"$fragment"
-	[ "$bad" = 0 ] || die "the kernel config fragment did not apply (see above)"
-	touch "$kbuild/.config-verified"
-fi
-if [ ! -f "$kbuild/.built" ] || [ "$fragment" -nt "$kbuild/.built" ]; then
-	say "building the test kernel with -j$jobs (about 5 minutes on 2 cores)"
-	kmake -j"$jobs" bzImage modules
-	touch "$kbuild/.built"
+	return "$bad"
+}
+
+# build_kernel WHAT DIR "MAKE ARGS" FRAGMENT...: tinyconfig, then each
+# fragment in order (applied twice: some options only appear once their
+# dependencies are set), verified line by line, then bzImage and modules.
+build_kernel() {
+	local what=$1 dir=$2 margs=$3 f
+	shift 3
+	# shellcheck disable=SC2086 # margs is a word list, e.g. LLVM=-19
+	kmake() { make -C "$ksrc" O="$dir" RUST_LIB_SRC="$RUST_LIB_SRC" $margs "$@"; }
+	mkdir -p "$dir"
+	if [ ! -f "$dir/.config-verified" ]; then
+		say "configuring the $what in $dir"
+		kmake -s tinyconfig
+		for _ in 1 2; do
+			for f in "$@"; do
+				fragment_args "$f"
+				"$ksrc/scripts/config" --file "$dir/.config" "${args[@]}"
+			done
+			kmake -s olddefconfig
+		done
+		kmake -s rustavailable || die "the kernel does not accept this Rust toolchain (make rustavailable)"
+		local bad=0
+		for f in "$@"; do verify_fragment "$dir/.config" "$f" || bad=1; done
+		[ "$bad" = 0 ] || die "a kernel config fragment did not apply (see above)"
+		touch "$dir/.config-verified"
+	fi
+	local stale=0
+	[ -f "$dir/.built" ] || stale=1
+	for f in "$@"; do [ "$f" -nt "$dir/.built" ] && stale=1; done
+	if [ "$stale" = 1 ]; then
+		say "building the $what with -j$jobs"
+		kmake -j"$jobs" bzImage modules
+		touch "$dir/.built"
+	fi
+}
+
+fragment="$here/kernel.config"
+key=$( { echo "$kver_pkg"; rustc --version; gcc --version | head -1; cat "$fragment"; } | sha256sum | cut -c1-16)
+kbuild="$cache/kbuild-$key"
+if [ "$mode" = normal ]; then
+	build_kernel "test kernel (about 5 minutes on 2 cores)" "$kbuild" "" "$fragment"
+	# Keep one test kernel: builds for other fragments or toolchains are
+	# 400 MB each. The debug kernel lives under kdebug-*, untouched here.
+	for old in "$cache"/kbuild-*; do
+		[ "$old" = "$kbuild" ] || { say "removing stale build $old"; rm -rf "$old"; }
+	done
 fi
 
-# Keep one test kernel: builds for other fragments or toolchains are 400 MB each.
-for old in "$cache"/kbuild-*; do
-	[ "$old" = "$kbuild" ] || { say "removing stale build $old"; rm -rf "$old"; }
-done
+# The debug kernel: the test kernel's fragment, then kernel.debug.config
+# (KASAN, lockdep, kmemleak, fault injection...), built with clang-19 because
+# KASAN with Rust needs a clang-built kernel. Keyed by everything that built it.
+if [ "$mode" = debug ]; then
+	debug_fragment="$here/kernel.debug.config"
+	command -v clang-19 >/dev/null || die "clang-19 is missing (bookworm-backports)"
+	dkey=$( { echo "$kver_pkg"; rustc --version; clang-19 --version | head -1; cat "$fragment" "$debug_fragment"; } | sha256sum | cut -c1-16)
+	kdebug="$cache/kdebug-$dkey"
+	build_kernel "debug kernel (clang-19, KASAN; about 10 minutes on 2 cores)" "$kdebug" "LLVM=-19" "$fragment" "$debug_fragment"
+	# Keep one debug kernel; the test kernel lives under kbuild-*, untouched here.
+	for old in "$cache"/kdebug-*; do
+		[ "$old" = "$kdebug" ] || { say "removing stale debug build $old"; rm -rf "$old"; }
+	done
+	echo "KDIR_DEBUG := $kdebug" >"$cache/debug.mk"
+fi
 
 # Record where everything is, for the Makefile and the VM tests.
 cat >"$cache/env.mk" <<ENV
@@ -178,4 +230,8 @@ RUST_LIB_SRC := $RUST_LIB_SRC
 LIBCLANG_PATH := $LIBCLANG_PATH
 BINDGEN_DIR := $bindgen_dir/bin
 ENV
-say "ready: kernel $kbuild/arch/x86/boot/bzImage"
+if [ "$mode" = debug ]; then
+	say "ready: debug kernel $kdebug/arch/x86/boot/bzImage"
+else
+	say "ready: kernel $kbuild/arch/x86/boot/bzImage"
+fi

@@ -2,12 +2,15 @@
 
 //! Finds the files a test VM needs: the guest kernel and the driver modules.
 //!
-//! Each file comes from an environment variable if it is set, else from the
-//! repository's Makefile (`make -s -C <repo> print-<thing>`), which knows
-//! where the set-up script built the test kernel and where Kbuild left our
-//! module. A missing file is an error that says how to build it; the tests
-//! turn it into a failure, never a skip.
+//! Each file comes from its environment variable if it is set, else, for a
+//! file of the kernel build (bzImage, the C driver), from the build tree
+//! `VBRS_KDIR` names (`make test-debug` points it at the debug kernel), else
+//! from the repository's Makefile (`make -s -C <repo> print-<thing>`), which
+//! knows where the set-up script built the test kernel and where Kbuild left
+//! our module. A missing file is an error that says how to build it; the
+//! tests turn it into a failure, never a skip.
 
+use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -22,16 +25,25 @@ pub struct Artifact {
     pub what: &'static str,
     /// The environment variable that overrides the Makefile.
     pub env_var: &'static str,
+    /// Where the file is inside a kernel build tree, if it is part of one.
+    pub in_kernel_build: Option<&'static str>,
     /// The Makefile target that prints the path.
     pub make_target: &'static str,
     /// The command that builds the file when it is missing.
     pub how_to_build: &'static str,
 }
 
+/// The environment variable naming the kernel build tree to test.
+pub const KDIR_ENV: &str = "VBRS_KDIR";
+
+/// Where `bzImage` is inside a kernel build tree.
+const BZIMAGE_IN_BUILD: &str = "arch/x86/boot/bzImage";
+
 /// The guest kernel (`bzImage` of the test kernel build).
 pub const BZIMAGE: Artifact = Artifact {
     what: "guest kernel bzImage",
     env_var: "VBRS_BZIMAGE",
+    in_kernel_build: Some(BZIMAGE_IN_BUILD),
     make_target: "print-bzimage",
     how_to_build: "run `make setup` to build the test kernel",
 };
@@ -40,6 +52,7 @@ pub const BZIMAGE: Artifact = Artifact {
 pub const RS_MODULE: Artifact = Artifact {
     what: "Rust driver module virtio_balloon_rs.ko",
     env_var: "VBRS_MODULE",
+    in_kernel_build: None,
     make_target: "print-module",
     how_to_build: "run `make test` (it builds the module first) or `make`",
 };
@@ -48,6 +61,7 @@ pub const RS_MODULE: Artifact = Artifact {
 pub const C_MODULE: Artifact = Artifact {
     what: "C reference driver virtio_balloon.ko",
     env_var: "VBRS_C_MODULE",
+    in_kernel_build: Some("drivers/virtio/virtio_balloon.ko"),
     make_target: "print-c-module",
     how_to_build: "run `make setup` to build the test kernel and its modules",
 };
@@ -58,8 +72,9 @@ impl Artifact {
     /// The path must name an existing file; anything else is an error whose
     /// message names the file and the command that builds it.
     pub fn find(&self) -> Result<PathBuf> {
-        let path = match std::env::var_os(self.env_var) {
-            Some(value) if !value.is_empty() => PathBuf::from(value),
+        let path = match (non_empty_env(self.env_var), kdir(), self.in_kernel_build) {
+            (Some(value), _, _) => PathBuf::from(value),
+            (None, Some(kdir), Some(inside)) => kdir.join(inside),
             _ => self.ask_make()?,
         };
         if path.is_file() {
@@ -107,6 +122,39 @@ impl Artifact {
             )),
         }
     }
+}
+
+/// The value of an environment variable, unless it is unset or empty.
+fn non_empty_env(name: &str) -> Option<std::ffi::OsString> {
+    std::env::var_os(name).filter(|value| !value.is_empty())
+}
+
+/// The kernel build tree `VBRS_KDIR` names, if it is set.
+fn kdir() -> Option<PathBuf> {
+    non_empty_env(KDIR_ENV).map(PathBuf::from)
+}
+
+/// The build tree of the guest kernel: `VBRS_KDIR`, else the tree the
+/// bzImage sits in (`<build>/arch/x86/boot/bzImage`), if it has a
+/// `.config`; `None` for a bzImage outside a build tree.
+pub fn kernel_build() -> Result<Option<PathBuf>> {
+    if let Some(kdir) = kdir() {
+        return if kdir.join(".config").is_file() {
+            Ok(Some(kdir))
+        } else {
+            Err(err!(
+                "{KDIR_ENV}={} is not a kernel build tree (no .config)",
+                kdir.display()
+            ))
+        };
+    }
+    let bzimage = bzimage()?;
+    let depth = Path::new(BZIMAGE_IN_BUILD).components().count();
+    Ok(bzimage
+        .ancestors()
+        .nth(depth)
+        .filter(|build| build.join(BZIMAGE_IN_BUILD) == bzimage && build.join(".config").is_file())
+        .map(Path::to_path_buf))
 }
 
 /// Path of the guest kernel, see [`BZIMAGE`].

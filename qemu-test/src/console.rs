@@ -28,6 +28,16 @@ const SPLAT_MARKERS: &[&str] = &[
     // Printed by /proc/sys/vm/stat_refresh for a counter below zero: an
     // accounting imbalance, e.g. of nr_balloon_pages.
     "vmstat_refresh:",
+    // Debug kernels: KASAN, lockdep (most of its reports also start with
+    // "WARNING:" or "BUG:"), debugobjects and kmemleak.
+    "KASAN:",
+    "possible circular locking dependency",
+    "possible recursive locking",
+    "inconsistent lock state",
+    "suspicious RCU usage",
+    "ODEBUG:",
+    "suspected memory leak",
+    "Kernel memory leak detector disabled",
 ];
 
 /// Taint flags a test may cause: `G` (only GPL modules, shown when there is
@@ -44,6 +54,10 @@ pub struct ConsoleRules {
     /// to the `pages reserved` line that ends the memory dump): a victim
     /// that is dying fails its last allocations by design.
     pub allow_oom_kills: bool,
+    /// Accepts allocation failure reports (from `page allocation failure`
+    /// to the `pages reserved` line), as fault injection provokes them;
+    /// implied by `allow_oom_kills`.
+    pub allow_allocation_failures: bool,
 }
 
 impl ConsoleRules {
@@ -56,6 +70,15 @@ impl ConsoleRules {
     pub fn allowing_oom_kills() -> Self {
         Self {
             allow_oom_kills: true,
+            allow_allocation_failures: true,
+        }
+    }
+
+    /// Rules that also accept allocation failure reports (not OOM kills).
+    pub fn allowing_allocation_failures() -> Self {
+        Self {
+            allow_oom_kills: false,
+            allow_allocation_failures: true,
         }
     }
 
@@ -64,8 +87,8 @@ impl ConsoleRules {
         let mut bad = Vec::new();
         let mut in_oom_report = false;
         for line in log.lines() {
-            if self.allow_oom_kills
-                && (line.contains("invoked oom-killer") || line.contains("page allocation failure"))
+            if (self.allow_oom_kills && line.contains("invoked oom-killer"))
+                || (self.allow_allocation_failures && line.contains("page allocation failure"))
             {
                 in_oom_report = true;
             }
@@ -200,6 +223,12 @@ vbrs-init: file systems mounted
             "[ 9.1] Kernel panic - not syncing: System is deadlocked on memory",
             "[ 9.1] watchdog: BUG: soft lockup - CPU#0 stuck for 22s!",
             "[ 9.1] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
+            "[ 9.1] BUG: KASAN: slab-use-after-free in balloon_page_enqueue+0x1/0x2",
+            "[ 9.1] WARNING: possible circular locking dependency detected",
+            "[ 9.1] WARNING: inconsistent lock state",
+            "[ 9.1] BUG: sleeping function called from invalid context at mm/page_alloc.c:4000",
+            "[ 9.1] ODEBUG: free active (active state 0) object: 0000 object type: work_struct",
+            "[ 9.1] kmemleak: 2 new suspected memory leaks (see /sys/kernel/debug/kmemleak)",
         ] {
             let log = format!("{BOOT}{splat}\n");
             let err = check_clean_console(&log).expect_err(splat);
@@ -239,6 +268,9 @@ vbrs-init: file systems mounted
         );
         assert!(check_clean_console(&log).is_err());
         assert_eq!(ConsoleRules::allowing_oom_kills().check(&log), Ok(()));
+        assert!(ConsoleRules::allowing_allocation_failures()
+            .check(&log)
+            .is_err());
         // A splat after the report still fails.
         let later = format!("{log}[ 30.0] WARNING: CPU: 1 PID: 5 at foo.c:1 bar+0x1/0x2\n");
         assert!(ConsoleRules::allowing_oom_kills().check(&later).is_err());
@@ -259,6 +291,10 @@ vbrs-init: file systems mounted
         );
         assert!(check_clean_console(&log).is_err());
         assert_eq!(ConsoleRules::allowing_oom_kills().check(&log), Ok(()));
+        assert_eq!(
+            ConsoleRules::allowing_allocation_failures().check(&log),
+            Ok(())
+        );
         let later = format!("{log}[ 14.0] Call Trace:\n");
         assert!(ConsoleRules::allowing_oom_kills().check(&later).is_err());
     }

@@ -10,11 +10,13 @@
 pub mod artifacts;
 pub mod console;
 pub mod initramfs;
+pub mod kernel;
 pub mod qemu;
 pub mod qmp;
 pub mod serial;
 
 pub use console::check_clean_console;
+pub use kernel::scaled;
 pub use qemu::Vm;
 pub use qemu::VmConfig;
 pub use qmp::Qmp;

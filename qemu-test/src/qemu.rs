@@ -32,6 +32,8 @@ use crate::console::last_lines;
 use crate::console::ConsoleRules;
 use crate::err;
 use crate::initramfs;
+use crate::kernel::guest_kernel;
+use crate::kernel::scaled;
 use crate::qmp::Qmp;
 use crate::serial::find_bytes;
 use crate::serial::Serial;
@@ -39,7 +41,8 @@ use crate::serial::WaitEnd;
 use crate::Context;
 use crate::Result;
 
-/// Time a guest may take from QEMU start to the init ready marker.
+/// Time a guest may take from QEMU start to the init ready marker (on the
+/// test kernel: every timeout here goes through [`scaled`]).
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Time [`Vm::sh_ok`] and the other helpers give one shell command.
@@ -50,6 +53,15 @@ pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Time QEMU gets to connect its chardevs after it starts.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The PCIe root port of [`VmConfig::balloon_on_root_port`].
+pub const ROOT_PORT: &str = "rp1";
+
+/// The kmemleak control file (debug kernels).
+const KMEMLEAK: &str = "/sys/kernel/debug/kmemleak";
+
+/// kmemleak reports an object only once it is this old.
+const KMEMLEAK_MIN_AGE: Duration = Duration::from_secs(5);
 
 /// Lines of the kernel log printed when a VM goes away uncleanly.
 const TAIL_LINES: usize = 60;
@@ -126,8 +138,11 @@ pub struct VmConfig {
     pub files: Vec<(String, PathBuf)>,
     /// Accelerator; `None` means [`Accel::detect`].
     pub accel: Option<Accel>,
-    /// Time allowed for the boot.
+    /// Time allowed for the boot on the test kernel (see [`scaled`]).
     pub boot_timeout: Duration,
+    /// Puts the balloon on its own PCIe root port (`rp1`), where QMP
+    /// `device_del` can hot-unplug it.
+    pub balloon_on_root_port: bool,
 }
 
 impl VmConfig {
@@ -145,6 +160,7 @@ impl VmConfig {
             files: Vec::new(),
             accel: None,
             boot_timeout: BOOT_TIMEOUT,
+            balloon_on_root_port: false,
         }
     }
 
@@ -209,9 +225,15 @@ impl VmConfig {
         self
     }
 
-    /// Sets the boot timeout.
+    /// Sets the boot timeout (on the test kernel; see [`scaled`]).
     pub fn boot_timeout(mut self, timeout: Duration) -> Self {
         self.boot_timeout = timeout;
+        self
+    }
+
+    /// Puts the balloon on a hot-pluggable PCIe root port (`rp1`).
+    pub fn balloon_on_root_port(mut self) -> Self {
+        self.balloon_on_root_port = true;
         self
     }
 }
@@ -289,6 +311,10 @@ impl Vm {
             cmdline.push_str(&config.cmdline);
         }
         let mut balloon = String::from("virtio-balloon-pci,id=balloon0");
+        if config.balloon_on_root_port {
+            balloon.push_str(",bus=");
+            balloon.push_str(ROOT_PORT);
+        }
         if !config.balloon_options.is_empty() {
             balloon.push(',');
             balloon.push_str(&config.balloon_options);
@@ -326,6 +352,14 @@ impl Vm {
             .arg("-chardev")
             .arg(format!("socket,id=qmp,path={}", qmp_path.display()))
             .args(["-mon", "chardev=qmp,mode=control"])
+            .args(if config.balloon_on_root_port {
+                vec![
+                    "-device".to_string(),
+                    format!("pcie-root-port,id={ROOT_PORT},bus=pcie.0,chassis=1"),
+                ]
+            } else {
+                Vec::new()
+            })
             .arg("-device")
             .arg(&balloon)
             .args(&config.qemu_args);
@@ -381,7 +415,8 @@ impl Vm {
             boot_time: Duration::ZERO,
             clean_exit: false,
         };
-        let deadline = started + vm.config.boot_timeout;
+        let boot_timeout = scaled(vm.config.boot_timeout);
+        let deadline = started + boot_timeout;
         let marker = format!("{}\n", initramfs::READY_MARKER);
         match vm
             .shell
@@ -391,11 +426,19 @@ impl Vm {
             Err(end) => {
                 return Err(vm.failure(&format!(
                     "the guest did not reach the init ready marker ({})",
-                    describe(end, vm.config.boot_timeout)
+                    describe(end, boot_timeout)
                 )))
             }
         }
         vm.boot_time = started.elapsed();
+        if guest_kernel()?.config.has_kmemleak() {
+            // Forget what boot itself leaves unreferenced: a scan reports
+            // objects once they are old enough, `clear` forgets the reported.
+            std::thread::sleep(KMEMLEAK_MIN_AGE);
+            vm.sh_ok(&format!(
+                "echo scan > {KMEMLEAK} && echo clear > {KMEMLEAK}"
+            ))?;
+        }
         Ok(vm)
     }
 
@@ -451,7 +494,7 @@ impl Vm {
 
     /// Runs `command`, fails unless it exits with 0, returns its output.
     pub fn sh_ok(&mut self, command: &str) -> Result<String> {
-        let (code, output) = self.run(command, COMMAND_TIMEOUT)?;
+        let (code, output) = self.run(command, scaled(COMMAND_TIMEOUT))?;
         if code == 0 {
             Ok(output)
         } else {
@@ -514,10 +557,21 @@ impl Vm {
     }
 
     /// Checks the kernel log so far with `rules` and the taint mask (only
-    /// `O` and `E`, out-of-tree and unsigned modules, are allowed).
+    /// `O` and `E`, out-of-tree and unsigned modules, are allowed); on a
+    /// kernel with kmemleak, first scans for leaks (twice, once every
+    /// object is old enough to count) and fails on any.
     pub fn check_console(&mut self, rules: ConsoleRules) -> Result<()> {
         /// TAINT_OOT_MODULE (O) and TAINT_UNSIGNED_MODULE (E).
         const ALLOWED_TAINT: u64 = (1 << 12) | (1 << 13);
+        if guest_kernel()?.config.has_kmemleak() {
+            std::thread::sleep(KMEMLEAK_MIN_AGE);
+            let leaks = self.sh_ok(&format!(
+                "echo scan > {KMEMLEAK} && echo scan > {KMEMLEAK} && cat {KMEMLEAK}"
+            ))?;
+            if !leaks.trim().is_empty() {
+                return Err(err!("kmemleak reports leaks:\n{}", last_lines(&leaks, 80)));
+            }
+        }
         let tainted = self.tainted()?;
         rules.check(&self.console_log()).map_err(crate::Error)?;
         if tainted & !ALLOWED_TAINT != 0 {
@@ -602,7 +656,8 @@ impl Vm {
         let console_start = self.console.len();
         // The shell may already be gone; waiting for QEMU says what happened.
         let _ = self.shell_input.write_all(b"poweroff -f\n");
-        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+        let shutdown_timeout = scaled(SHUTDOWN_TIMEOUT);
+        let deadline = Instant::now() + shutdown_timeout;
         loop {
             match self.child.try_wait() {
                 Ok(Some(status)) if status.success() => {
@@ -629,7 +684,7 @@ impl Vm {
                 }
                 Ok(None) => {
                     return Err(self.failure(&format!(
-                        "QEMU did not exit within {SHUTDOWN_TIMEOUT:?} of poweroff -f"
+                        "QEMU did not exit within {shutdown_timeout:?} of poweroff -f"
                     )))
                 }
                 Err(e) => return Err(err!("waiting for QEMU: {e}")),

@@ -86,7 +86,7 @@ impl Qmp {
             next_id: 1,
             events: Vec::new(),
         };
-        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let deadline = Instant::now() + crate::scaled(COMMAND_TIMEOUT);
         let greeting = qmp.read_message(deadline)?;
         if greeting.get("QMP").is_none() {
             return Err(err!("QMP greeting expected, got {greeting}"));
@@ -111,7 +111,7 @@ impl Qmp {
         self.writer
             .write_all(format!("{line}\n").as_bytes())
             .context(format_args!("sending QMP {command}"))?;
-        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let deadline = Instant::now() + crate::scaled(COMMAND_TIMEOUT);
         loop {
             let message = self.read_message(deadline)?;
             if message.get("event").is_some() {

@@ -10,23 +10,28 @@ use std::time::Duration;
 use std::time::Instant;
 
 use common::actual_mib;
+use common::balloon_timeout;
 use common::balloon_to_mib;
 use common::bound_device;
 use common::ensure;
 use common::expect_memtotal;
+use common::guest_stats;
+use common::last_update;
 use common::negotiated_features;
+use common::start_hog;
+use common::stat;
 use common::unload_and_power_off;
 use common::vmstat;
 use common::GUEST_MIB;
 use qemu_test::console::ConsoleRules;
 use qemu_test::err;
 use qemu_test::qmp::BALLOON_QOM_PATH;
+use qemu_test::scaled;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;
 use qemu_test::MIB;
 use serde_json::json;
-use serde_json::Value;
 
 const DEBUGFS: &str = "/sys/kernel/debug/virtio_balloon_rs";
 
@@ -43,20 +48,6 @@ fn debugfs(vm: &mut Vm, file: &str) -> Result<u64> {
     text.trim()
         .parse()
         .map_err(|_| err!("debugfs {file}: not a number: {text:?}"))
-}
-
-fn guest_stats(vm: &mut Vm) -> Result<Value> {
-    vm.qmp().qom_get(BALLOON_QOM_PATH, "guest-stats")
-}
-
-fn last_update(stats: &Value) -> u64 {
-    stats["last-update"].as_u64().unwrap_or(0)
-}
-
-fn stat(stats: &Value, name: &str) -> Result<u64> {
-    stats["stats"][name]
-        .as_u64()
-        .ok_or_else(|| err!("guest-stats has no {name}: {stats}"))
 }
 
 /// Whether `a` and `b` (bytes) agree within 10 % or 150 MiB.
@@ -76,8 +67,8 @@ fn stats_reach_the_host_and_follow_the_guest() -> Result<()> {
     let start = Instant::now();
     let mut stats = guest_stats(&mut vm)?;
     while last_update(&stats) == 0 {
-        ensure(start.elapsed() < Duration::from_secs(5), || {
-            format!("no guest-stats within 5 s: {stats}")
+        ensure(start.elapsed() < scaled(Duration::from_secs(5)), || {
+            format!("no guest-stats in time: {stats}")
         })?;
         std::thread::sleep(Duration::from_millis(100));
         stats = guest_stats(&mut vm)?;
@@ -126,7 +117,7 @@ fn stats_reach_the_host_and_follow_the_guest() -> Result<()> {
         if last_update(&stats) > before + 1 {
             break;
         }
-        ensure(start.elapsed() < Duration::from_secs(8), || {
+        ensure(start.elapsed() < scaled(Duration::from_secs(8)), || {
             format!("last-update did not advance: {stats}")
         })?;
     }
@@ -213,7 +204,7 @@ fn debugfs_view_matches_the_host() -> Result<()> {
 
 /// Runs memhog for `mib` MiB and returns its exit code and output.
 fn hog(vm: &mut Vm, mib: u64) -> Result<(i32, String)> {
-    vm.run(&format!("memhog {mib} 0"), Duration::from_secs(300))
+    vm.run(&format!("memhog {mib} 0"), scaled(Duration::from_secs(300)))
 }
 
 #[test]
@@ -277,31 +268,51 @@ fn without_deflate_on_oom_the_balloon_holds() -> Result<()> {
 
 #[test]
 fn free_page_reporting_returns_memory_to_the_host() -> Result<()> {
+    /// What the hog takes: half of the guest.
+    const HOG_MIB: u64 = 2048;
     let mut vm = boot(
         VmConfig::new("free_page_reporting")
             .memory_mib(4096)
+            // A host running KSM would merge the hog's pages (each MiB holds
+            // the same bytes) and hide them from QEMU's RSS.
+            .qemu_args(["-machine", "mem-merge=off"])
             .balloon_options("free-page-reporting=on"),
     )?;
     ensure(negotiated_features(&mut vm)? & 1 << 5 != 0, || {
         "REPORTING not negotiated".into()
     })?;
-    let (rc, out) = hog(&mut vm, 2048)?;
-    ensure(rc == 0, || format!("memhog failed: {out}"))?;
-    let peak = vm.qemu_rss_kib()?;
-    eprintln!("QEMU RSS after touching and freeing 2 GiB: {peak} KiB");
-    ensure(peak > 2 * 1024 * 1024, || {
-        format!("guest memory not touched: RSS {peak} KiB")
+    let before = vm.qemu_rss_kib()?;
+    // Measure while the hog holds its memory: once it exits, reporting
+    // starts giving that memory back.
+    let got = start_hog(&mut vm, HOG_MIB, 3600, "/tmp/hog.log")?;
+    ensure(got == HOG_MIB, || {
+        format!("memhog got {got} of {HOG_MIB} MiB")
     })?;
+    let held = vm.qemu_rss_kib()?;
+    eprintln!("QEMU RSS {before} KiB before the hog, {held} KiB while it holds {HOG_MIB} MiB");
+    // Every page the hog wrote is backed by the host.
+    ensure(held >= HOG_MIB * 1024, || {
+        format!("guest memory not touched: RSS {held} KiB while the hog holds {HOG_MIB} MiB")
+    })?;
+    vm.sh_ok("killall memhog; while pidof memhog > /dev/null; do sleep 0.1; done")?;
+    // The hog's memory is free in the guest now: reporting must give at
+    // least half of what the hog added to the host's RSS back.
+    let added = held.saturating_sub(before);
+    let want = added / 2;
+    let timeout = scaled(Duration::from_secs(120));
     let start = Instant::now();
-    let mut rss = peak;
-    while peak.saturating_sub(rss) < 800 * 1024 {
-        ensure(start.elapsed() < Duration::from_secs(120), || {
-            format!("QEMU RSS only fell from {peak} to {rss} KiB in 120 s")
+    let mut rss = held;
+    while held.saturating_sub(rss) < want {
+        ensure(start.elapsed() < timeout, || {
+            format!("QEMU RSS only fell from {held} to {rss} KiB in {timeout:?}; the hog added {added} KiB")
         })?;
         std::thread::sleep(Duration::from_secs(1));
         rss = vm.qemu_rss_kib()?;
     }
-    eprintln!("RSS fell {peak} -> {rss} KiB in {:?}", start.elapsed());
+    eprintln!(
+        "RSS fell {held} -> {rss} KiB in {:?} (the hog added {added} KiB)",
+        start.elapsed()
+    );
     ensure(debugfs(&mut vm, "free_page_reports")? > 0, || {
         "no reports counted".into()
     })?;
@@ -389,8 +400,11 @@ fn suspend_and_resume_keep_the_target() -> Result<()> {
     // pm_test "devices": freeze tasks, run every device's freeze callback,
     // wait, run the restore callbacks, as a real s2idle cycle does.
     vm.sh_ok("echo devices > /sys/power/pm_test")?;
-    vm.run("echo freeze > /sys/power/state", Duration::from_secs(120))?;
-    vm.qmp().wait_actual(1024 * MIB, common::BALLOON_TIMEOUT)?;
+    vm.run(
+        "echo freeze > /sys/power/state",
+        scaled(Duration::from_secs(120)),
+    )?;
+    vm.qmp().wait_actual(1024 * MIB, balloon_timeout())?;
     expect_memtotal(&mut vm, memtotal - 1024 * 1024)?;
     let dmesg = vm.dmesg()?;
     ensure(dmesg.matches("bound: features").count() == 2, || {
@@ -432,8 +446,8 @@ fn free_page_hints_during_migration() -> Result<()> {
             Some("failed") | Some("cancelled") => return Err(err!("migration failed: {info}")),
             _ => {}
         }
-        ensure(start.elapsed() < Duration::from_secs(180), || {
-            format!("migration not done in 180 s: {info}")
+        ensure(start.elapsed() < scaled(Duration::from_secs(180)), || {
+            format!("migration not done in time: {info}")
         })?;
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -453,7 +467,7 @@ fn free_page_hints_during_migration() -> Result<()> {
     // The host says done at the end of the migration: the blocks come back.
     let start = Instant::now();
     while debugfs(&mut vm, "hint_blocks_held")? > 0 {
-        ensure(start.elapsed() < Duration::from_secs(30), || {
+        ensure(start.elapsed() < scaled(Duration::from_secs(30)), || {
             "hinted blocks never came back".into()
         })?;
         std::thread::sleep(Duration::from_millis(200));

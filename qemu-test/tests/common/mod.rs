@@ -11,17 +11,26 @@
 
 use std::time::Duration;
 
+use qemu_test::console::ConsoleRules;
 use qemu_test::err;
+use qemu_test::qmp::BALLOON_QOM_PATH;
+use qemu_test::scaled;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::MIB;
+use serde_json::Value;
 
 /// Guest RAM of the standard test VM, in MiB.
 pub const GUEST_MIB: u64 = 2048;
 
-/// Time a 1 GiB inflate or deflate may take under TCG (the C driver needs
-/// about one second).
+/// Time a 1 GiB inflate or deflate may take under TCG on the test kernel
+/// (the C driver needs about one second); see [`balloon_timeout`].
 pub const BALLOON_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// [`BALLOON_TIMEOUT`] for the kernel under test.
+pub fn balloon_timeout() -> Duration {
+    scaled(BALLOON_TIMEOUT)
+}
 
 /// Which driver a test loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +61,7 @@ impl Driver {
 
 /// Asks for a guest size of `mib` MiB and waits until `actual` gets there.
 pub fn balloon_to_mib(vm: &mut Vm, mib: u64) -> Result<Duration> {
-    vm.qmp().balloon_and_wait(mib * MIB, BALLOON_TIMEOUT)
+    vm.qmp().balloon_and_wait(mib * MIB, balloon_timeout())
 }
 
 /// The balloon's `actual` in MiB.
@@ -71,6 +80,27 @@ pub fn expect_memtotal(vm: &mut Vm, expected_kb: u64) -> Result<()> {
             memtotal as i64 - expected_kb as i64
         ))
     }
+}
+
+/// Waits until `actual` is `target_mib` exactly (the target must already be
+/// set), then checks it stays there and that `MemTotal` (from its boot
+/// value `memtotal_kb`) and `Balloon:` dropped by exactly the ballooned
+/// size; returns how long the wait took.
+pub fn expect_exact_target(vm: &mut Vm, memtotal_kb: u64, target_mib: u64) -> Result<Duration> {
+    let took = vm.qmp().wait_actual(target_mib * MIB, balloon_timeout())?;
+    // Settled, not just passing through.
+    std::thread::sleep(Duration::from_millis(300));
+    let actual = vm.qmp().query_balloon()?;
+    ensure(actual == target_mib * MIB, || {
+        format!("actual {actual} bytes, target {} bytes", target_mib * MIB)
+    })?;
+    let ballooned_kb = (GUEST_MIB - target_mib) * 1024;
+    expect_memtotal(vm, memtotal_kb - ballooned_kb)?;
+    let balloon = vm.meminfo("Balloon")?;
+    ensure(balloon == ballooned_kb, || {
+        format!("meminfo Balloon: {balloon} kB, expected {ballooned_kb} kB")
+    })?;
+    Ok(took)
 }
 
 /// Reads a `/proc/vmstat` counter, after folding the per-CPU deltas.
@@ -118,13 +148,63 @@ pub fn negotiated_features(vm: &mut Vm) -> Result<u64> {
 }
 
 /// Unloads our driver, checks that every page came back (`MemTotal` as
-/// `memtotal_kb`, when given) and that the kernel log is clean, and powers
-/// the guest off (which checks the log of the shutdown too).
-pub fn unload_and_power_off(mut vm: Vm, memtotal_kb: Option<u64>) -> Result<()> {
+/// `memtotal_kb`, when given) and that the kernel log is clean (and, on a
+/// debug kernel, that kmemleak finds no leak), and powers the guest off
+/// (which checks the log of the shutdown too).
+pub fn unload_and_power_off(vm: Vm, memtotal_kb: Option<u64>) -> Result<()> {
+    unload_and_power_off_with(vm, memtotal_kb, ConsoleRules::strict())
+}
+
+/// [`unload_and_power_off`], checking the kernel log with `rules`.
+pub fn unload_and_power_off_with(
+    mut vm: Vm,
+    memtotal_kb: Option<u64>,
+    rules: ConsoleRules,
+) -> Result<()> {
     vm.rmmod(Driver::Rs.module_name())?;
     if let Some(kb) = memtotal_kb {
         expect_memtotal(&mut vm, kb)?;
     }
-    vm.check_clean()?;
+    vm.check_console(rules)?;
     vm.shutdown()
+}
+
+/// The balloon's `guest-stats` QOM property (stats the guest last pushed).
+pub fn guest_stats(vm: &mut Vm) -> Result<Value> {
+    vm.qmp().qom_get(BALLOON_QOM_PATH, "guest-stats")
+}
+
+/// `last-update` of `guest-stats`: when the guest last pushed stats (0: never).
+pub fn last_update(stats: &Value) -> u64 {
+    stats["last-update"].as_u64().unwrap_or(0)
+}
+
+/// One figure of `guest-stats`, e.g. `stat-total-memory`.
+pub fn stat(stats: &Value, name: &str) -> Result<u64> {
+    stats["stats"][name]
+        .as_u64()
+        .ok_or_else(|| err!("guest-stats has no {name}: {stats}"))
+}
+
+/// Starts `memhog <mib> <hold_secs>` in the background (output in `log`)
+/// and waits until it holds its memory; returns the MiB it got.
+pub fn start_hog(vm: &mut Vm, mib: u64, hold_secs: u64, log: &str) -> Result<u64> {
+    vm.sh_ok(&format!("memhog {mib} {hold_secs} > {log} 2>&1 &"))?;
+    let timeout = scaled(Duration::from_secs(60));
+    let start = std::time::Instant::now();
+    loop {
+        let out = vm.sh_ok(&format!("cat {log}"))?;
+        if let Some(got) = out
+            .split("memhog: got ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+        {
+            return Ok(got);
+        }
+        ensure(start.elapsed() < timeout, || {
+            format!("memhog {mib} did not get its memory in {timeout:?}: {out:?}")
+        })?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
