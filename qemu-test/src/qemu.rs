@@ -258,7 +258,25 @@ pub struct Vm {
 
 impl Vm {
     /// Builds the initramfs, starts QEMU and waits for the guest shell.
+    ///
+    /// QEMU 10.0's TCG sometimes aborts on an assertion of its own while
+    /// the guest kernel maps PCI BARs during boot (`iotlb_to_section`),
+    /// long before any module is loaded: such a boot is retried once, and
+    /// said so on stderr. Any other boot failure fails at once.
     pub fn boot(config: VmConfig) -> Result<Vm> {
+        match Self::boot_once(config.clone()) {
+            Err(err) if is_qemu_boot_abort(&err.to_string()) => {
+                eprintln!(
+                    "[vm {}] QEMU aborted in its own code during boot; retrying once:\n{err}",
+                    config.name
+                );
+                Self::boot_once(config)
+            }
+            other => other,
+        }
+    }
+
+    fn boot_once(config: VmConfig) -> Result<Vm> {
         let started = Instant::now();
         let bzimage = artifacts::bzimage()?;
         let mut spec = initramfs::InitramfsSpec::default();
@@ -721,6 +739,12 @@ impl Vm {
             read_tail(&self.log_dir.join("qemu.log"))
         )
     }
+}
+
+/// Whether a boot failure is QEMU aborting on one of its own assertions
+/// before the guest was up (not something the guest or the driver did).
+fn is_qemu_boot_abort(message: &str) -> bool {
+    message.contains("qemu-system-x86_64: ") && message.contains("Assertion")
 }
 
 impl Drop for Vm {
