@@ -75,8 +75,8 @@ use crate::virtio::{
     DelayedWork,
     Device,
     DeviceHandle,
-    SendError,
     QueueSpec,
+    SendError,
     Virtqueue,
     Virtqueues,
     WaitQueue, //
@@ -89,50 +89,26 @@ use crate::{
     impl_has_shrinker, //
 };
 
-/// The device's queues for the negotiated features: their names, in the
-/// order the device numbers them, and where each role sits.
-#[derive(Clone, Copy)]
-struct QueueIndex {
-    specs: [QueueSpec; features::MAX_QUEUES],
-    count: usize,
-    inflate: usize,
-    deflate: usize,
-    stats: Option<usize>,
-    free_page: Option<usize>,
-    reporting: Option<usize>,
-}
+mod debugfs;
+mod free_page_hint;
+mod host;
+mod queues;
+mod stats_queue;
 
-impl QueueIndex {
-    fn new(features: Features) -> Self {
-        let (layout, count) = queue_layout(features);
-        let mut index = Self {
-            specs: [queue_spec(QueueRole::Inflate); features::MAX_QUEUES],
-            count,
-            inflate: 0,
-            deflate: 1,
-            stats: None,
-            free_page: None,
-            reporting: None,
-        };
-        for (i, role) in layout.iter().take(count).enumerate() {
-            let Some(role) = *role else { continue };
-            index.specs[i] = queue_spec(role);
-            match role {
-                QueueRole::Inflate => index.inflate = i,
-                QueueRole::Deflate => index.deflate = i,
-                QueueRole::Stats => index.stats = Some(i),
-                QueueRole::Reporting => index.reporting = Some(i),
-                QueueRole::FreePage => index.free_page = Some(i),
-            }
-        }
-        index
-    }
-
-    /// The queues to find.
-    fn specs(&self) -> &[QueueSpec] {
-        &self.specs[..self.count]
-    }
-}
+use debugfs::{
+    write_features,
+    write_status,
+    DebugView,
+    DisplayFeatures, //
+};
+use free_page_hint::HintState;
+use host::{
+    host_timeout,
+    Host,
+    Prealloc, //
+};
+use queues::QueueIndex;
+use stats_queue::StatsState;
 
 /// What the balloon lock protects: the balloon and its two queues.
 struct State {
@@ -153,165 +129,6 @@ struct State {
     /// The old page of a migration, kept from the allocator until the host
     /// acknowledges its deflate.
     held: Option<HeldPage>,
-}
-
-/// Pages allocated for the next inflate before the balloon lock is taken,
-/// so that direct reclaim never runs under it (the OOM notifier waits for
-/// that lock). Only the update work uses it.
-struct Prealloc {
-    pages: Pin<KBox<PageList>>,
-    bulk: BulkAlloc,
-}
-
-impl Prealloc {
-    /// Allocates up to `count` balloon pages: many per call while memory is
-    /// plentiful; near the watermarks the bulk allocator stops and single
-    /// allocations (with light reclaim, like the C driver's) take over.
-    fn fill(&mut self, count: u64) {
-        let count = usize::try_from(count).unwrap_or(usize::MAX);
-        let mut got = self.bulk.alloc_into(self.pages.as_mut(), count);
-        while got < count {
-            let Some(page) = Page::alloc() else { break };
-            self.pages.as_mut().push(page);
-            got += 1;
-        }
-    }
-}
-
-/// The stats queue; it owns the buffer the host holds between requests.
-struct StatsState {
-    queue: Option<Virtqueue>,
-}
-
-/// Free page hinting: the queue, the command id buffers the host reads,
-/// and the blocks hinted so far.
-struct HintState {
-    queue: Option<Virtqueue>,
-    /// Id of the round last started (the guest's byte order).
-    active: u32,
-    blocks: Pin<KBox<PageList<HINT_BLOCK_ORDER>>>,
-}
-
-/// Figures for the guest-side view in debugfs.
-struct DebugView {
-    features: Features,
-    target_pages: Atomic<u64>,
-    actual_pages: Atomic<u64>,
-    inflated_pages: Atomic<u64>,
-    deflated_pages: Atomic<u64>,
-    alloc_failures: Atomic<u64>,
-    backoff_ms: Atomic<u64>,
-    migrated_pages: Atomic<u64>,
-    oom_deflated_pages: Atomic<u64>,
-    reserve_pages: Atomic<u64>,
-    stats_updates: Atomic<u64>,
-    free_page_reports: Atomic<u64>,
-    hint_rounds: Atomic<u64>,
-    hinted_blocks: Atomic<u64>,
-    hint_blocks_held: Atomic<u64>,
-    host_stalled: Atomic<u64>,
-    late_buffers: Atomic<u64>,
-    /// Balloon (4 KiB) pages per guest page, to show the reserve in them.
-    balloon_pages_per_page: u64,
-}
-
-impl DebugView {
-    fn new(features: Features, geometry: PageGeometry) -> Self {
-        Self {
-            features,
-            late_buffers: Atomic::new(0),
-            balloon_pages_per_page: u64::from(geometry.balloon_pages_per_page()),
-            target_pages: Atomic::new(0),
-            actual_pages: Atomic::new(0),
-            inflated_pages: Atomic::new(0),
-            deflated_pages: Atomic::new(0),
-            alloc_failures: Atomic::new(0),
-            backoff_ms: Atomic::new(0),
-            migrated_pages: Atomic::new(0),
-            oom_deflated_pages: Atomic::new(0),
-            reserve_pages: Atomic::new(0),
-            stats_updates: Atomic::new(0),
-            free_page_reports: Atomic::new(0),
-            hint_rounds: Atomic::new(0),
-            hinted_blocks: Atomic::new(0),
-            hint_blocks_held: Atomic::new(0),
-            host_stalled: Atomic::new(0),
-        }
-    }
-
-    /// Publishes the engine's figures.
-    fn update(&self, engine: &Engine) {
-        let Counters {
-            inflated,
-            deflated,
-            alloc_failures,
-            migrated,
-            oom_deflated,
-            late_buffers,
-            ..
-        } = engine.counters();
-        self.late_buffers.store(late_buffers, Relaxed);
-        self.target_pages
-            .store(u64::from(engine.last_target()), Relaxed);
-        self.actual_pages.store(engine.pages(), Relaxed);
-        self.inflated_pages.store(inflated, Relaxed);
-        self.deflated_pages.store(deflated, Relaxed);
-        self.alloc_failures.store(alloc_failures, Relaxed);
-        self.backoff_ms
-            .store(u64::from(engine.backoff_ms()), Relaxed);
-        self.migrated_pages.store(migrated, Relaxed);
-        self.oom_deflated_pages.store(oom_deflated, Relaxed);
-        self.reserve_pages
-            .store(engine.reserve() * self.balloon_pages_per_page, Relaxed);
-        self.host_stalled
-            .store(u64::from(engine.is_stalled()), Relaxed);
-    }
-}
-
-fn write_features(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    writeln!(
-        f,
-        "{:#x} {:?}",
-        view.features.bits(),
-        DisplayFeatures(view.features)
-    )
-}
-
-fn write_status(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    let kib = |value: &Atomic<u64>| value.load(Relaxed) * 4;
-    writeln!(f, "features:          {:?}", DisplayFeatures(view.features))?;
-    writeln!(f, "target:            {} KiB", kib(&view.target_pages))?;
-    writeln!(f, "actual:            {} KiB", kib(&view.actual_pages))?;
-    writeln!(f, "inflated:          {} KiB", kib(&view.inflated_pages))?;
-    writeln!(f, "deflated:          {} KiB", kib(&view.deflated_pages))?;
-    writeln!(f, "migrated:          {} KiB", kib(&view.migrated_pages))?;
-    writeln!(
-        f,
-        "oom_deflated:      {} KiB",
-        kib(&view.oom_deflated_pages)
-    )?;
-    writeln!(f, "reserve:           {} KiB", kib(&view.reserve_pages))?;
-    writeln!(
-        f,
-        "alloc_failures:    {}",
-        view.alloc_failures.load(Relaxed)
-    )?;
-    writeln!(f, "backoff_ms:        {}", view.backoff_ms.load(Relaxed))?;
-    writeln!(f, "stats_updates:     {}", view.stats_updates.load(Relaxed))?;
-    writeln!(
-        f,
-        "free_page_reports: {}",
-        view.free_page_reports.load(Relaxed)
-    )?;
-    writeln!(f, "hint_rounds:       {}", view.hint_rounds.load(Relaxed))?;
-    writeln!(f, "hinted_blocks:     {}", view.hinted_blocks.load(Relaxed))?;
-    writeln!(
-        f,
-        "hint_blocks_held:  {}",
-        view.hint_blocks_held.load(Relaxed)
-    )?;
-    writeln!(f, "host_stalled:      {}", view.host_stalled.load(Relaxed))?;
-    writeln!(f, "late_buffers:      {}", view.late_buffers.load(Relaxed))
 }
 
 /// The per-device driver state.
@@ -385,124 +202,6 @@ struct Events {
     wakeup: u32,
     /// The device holds the system awake.
     awake: bool,
-}
-
-/// The engine's view of the device and the pages, for one locked section.
-struct Host<'a> {
-    dev: &'a Device,
-    inflate_queue: &'a mut Virtqueue,
-    deflate_queue: &'a mut Virtqueue,
-    acked: &'a WaitQueue,
-    balloon: &'a BalloonDevInfo<Balloon>,
-    staged_inflate: Pin<&'a mut PageList>,
-    staged_deflate: Pin<&'a mut PageList>,
-    bulk: &'a mut BulkAlloc,
-    /// Pages allocated for this step, outside the lock.
-    prealloc: Option<Pin<&'a mut PageList>>,
-    held: &'a mut Option<HeldPage>,
-    /// The migration in progress, in the migration callback.
-    migrating: Option<&'a MigratingPage<'a>>,
-    timeout: Jiffies,
-}
-
-impl Backend for Host<'_> {
-    fn read_target(&mut self) -> u32 {
-        self.dev.read_config_le32(config::NUM_PAGES)
-    }
-
-    fn write_actual(&mut self, actual: u32) {
-        self.dev.write_config_le32(config::ACTUAL, actual);
-    }
-
-    fn available_pages(&mut self) -> u64 {
-        mm::available_pages()
-    }
-
-    fn managed_pages(&mut self) -> u64 {
-        mm::total_ram_pages()
-    }
-
-    fn alloc_pages(&mut self, max: u64) -> u64 {
-        // The pages were allocated before the lock was taken.
-        let Some(prealloc) = self.prealloc.as_mut() else {
-            return 0;
-        };
-        let max = usize::try_from(max).unwrap_or(usize::MAX);
-        self.staged_inflate
-            .as_mut()
-            .take_from(prealloc.as_mut(), max) as u64
-    }
-
-    fn staged_inflate_pfns(&self, f: &mut dyn FnMut(u64)) {
-        self.staged_inflate.for_each_pfn(f);
-    }
-
-    fn commit_inflate(&mut self) {
-        self.balloon.enqueue_list(self.staged_inflate.as_mut());
-    }
-
-    fn abort_inflate(&mut self) {
-        self.staged_inflate.as_mut().clear();
-    }
-
-    fn dequeue_pages(&mut self, max: u64) -> u64 {
-        let max = usize::try_from(max).unwrap_or(usize::MAX);
-        self.balloon.dequeue_list(self.staged_deflate.as_mut(), max) as u64
-    }
-
-    fn balloon_is_empty(&mut self) -> bool {
-        self.balloon.is_empty()
-    }
-
-    fn staged_deflate_pfns(&self, f: &mut dyn FnMut(u64)) {
-        self.staged_deflate.for_each_pfn(f);
-    }
-
-    fn commit_deflate(&mut self) {
-        self.bulk.free_list(self.staged_deflate.as_mut());
-    }
-
-    fn abort_deflate(&mut self) {
-        self.balloon.enqueue_list(self.staged_deflate.as_mut());
-    }
-
-    fn tell_host(&mut self, queue: QueueRole, pfns: &[u32]) -> Result<(), HostError> {
-        let vq = match queue {
-            QueueRole::Inflate => &mut *self.inflate_queue,
-            QueueRole::Deflate => &mut *self.deflate_queue,
-            _ => return Err(HostError::Queue),
-        };
-        vq.send_and_wait(pfns, self.acked, self.timeout)
-            .map_err(|err| match err {
-                SendError::Queue(_) => HostError::Queue,
-                SendError::Broken => HostError::Broken,
-                SendError::Timeout => HostError::Timeout,
-            })
-    }
-
-    fn host_returned(&mut self, queue: QueueRole) -> bool {
-        match queue {
-            QueueRole::Inflate => self.inflate_queue.get_buf(),
-            QueueRole::Deflate => self.deflate_queue.get_buf(),
-            _ => false,
-        }
-    }
-
-    fn hold_migrated_page(&mut self) {
-        if let Some(migrating) = self.migrating {
-            *self.held = Some(migrating.hold());
-        }
-    }
-
-    fn release_held_page(&mut self) {
-        *self.held = None;
-    }
-}
-
-/// How long to wait for the host to return a buffer (`host_timeout_ms`,
-/// at least 100 ms: a zero would declare every host dead at once).
-fn host_timeout() -> Jiffies {
-    kernel::time::msecs_to_jiffies(crate::module_parameters::host_timeout_ms.value().max(100))
 }
 
 impl Balloon {
@@ -638,44 +337,6 @@ impl Balloon {
         self.work_finished();
     }
 
-    /// Fills the stats buffer with fresh figures.
-    fn fill_stats(&self, buffer: &mut [u8; stats::BUFFER_SIZE]) -> usize {
-        let little_endian = self.features.pfns_little_endian();
-        mm::memory_snapshot().encode(mm::PAGE_SHIFT, little_endian, buffer)
-    }
-
-    /// The stats work: the host returned the stats buffer to ask for fresh
-    /// figures; refill it and hand it back.
-    fn send_stats(&self) {
-        if self.work_started(WAKE_STATS) {
-            self.refill_stats();
-        }
-        self.work_finished();
-    }
-
-    /// Hands the host a fresh stats buffer if it gave the last one back.
-    fn refill_stats(&self) {
-        let mut guard = self.stats.lock();
-        let Some(queue) = guard.queue.as_mut() else {
-            return;
-        };
-        if !queue.get_buf() {
-            return;
-        }
-        let mut buffer = [0u8; stats::BUFFER_SIZE];
-        let len = self.fill_stats(&mut buffer);
-        if let Err(err) = queue.send(&buffer[..len]) {
-            dev_warn!(
-                self.dev.get().as_dev(),
-                "cannot queue the stats buffer: {:?}\n",
-                err
-            );
-            return;
-        }
-        queue.kick();
-        self.view.stats_updates.fetch_add(1, Relaxed);
-    }
-
     /// Compaction moved a ballooned page: tell the host.
     fn migrate(&self, pages: &MigratingPage<'_>) -> Result {
         // Never wait for the lock: its holder may be waiting for the host,
@@ -707,120 +368,6 @@ impl Balloon {
         queue.report_and_wait(pages, &self.acked, host_timeout())?;
         self.view.free_page_reports.fetch_add(1, Relaxed);
         Ok(())
-    }
-
-    /// The hint work: the host wrote a command id; start a round, or take
-    /// the hinted blocks back when it is done.
-    fn free_page_hint(&self) {
-        if self.stopped() {
-            return;
-        }
-        let dev = self.dev.get();
-        let received = dev.read_config_le32(config::FREE_PAGE_HINT_CMD_ID);
-        let mut guard = self.hint.lock();
-        let HintState {
-            queue,
-            active,
-            blocks,
-        } = &mut *guard;
-        let Some(queue) = queue.as_mut() else { return };
-        let little_endian = self.features.pfns_little_endian();
-        match hint::on_cmd_id(received, *active) {
-            HintAction::Nothing => {}
-            HintAction::ReturnAll => {
-                let held = blocks.len();
-                blocks.as_mut().clear();
-                self.view.hint_blocks_held.store(0, Relaxed);
-                if held > 0 {
-                    dev_dbg!(dev.as_dev(), "free page hints done: {} blocks back\n", held);
-                }
-            }
-            HintAction::Start(id) => {
-                self.view.hint_rounds.fetch_add(1, Relaxed);
-                queue.drain_used();
-                *active = id;
-                let start = hint::cmd_id_to_device(id, little_endian);
-                if let Err(err) = queue.send(&start.to_ne_bytes()) {
-                    dev_err!(dev.as_dev(), "cannot send the hint start id: {:?}\n", err);
-                    return;
-                }
-                queue.kick();
-                let sent = self.send_hints(dev, queue, blocks.as_mut(), id);
-                queue.drain_used();
-                let stop = hint::cmd_id_to_device(hint::CMD_ID_STOP, little_endian);
-                match queue.send(&stop.to_ne_bytes()) {
-                    Ok(()) => queue.kick(),
-                    Err(err) => dev_err!(dev.as_dev(), "cannot send the hint stop id: {:?}\n", err),
-                }
-                dev_dbg!(
-                    dev.as_dev(),
-                    "free page hint round {}: {} blocks\n",
-                    id,
-                    sent
-                );
-            }
-        }
-    }
-
-    /// Hints free blocks until the guest has none left or the host moves
-    /// to another command id; returns the blocks sent.
-    fn send_hints(
-        &self,
-        dev: &Device,
-        queue: &mut Virtqueue,
-        mut blocks: Pin<&mut PageList<HINT_BLOCK_ORDER>>,
-        id: u32,
-    ) -> u64 {
-        let mut sent = 0;
-        let poll = kernel::time::msecs_to_jiffies(10);
-
-        while !self.stopped()
-            && hint::round_continues(dev.read_config_le32(config::FREE_PAGE_HINT_CMD_ID), id)
-        {
-            queue.drain_used();
-            // One descriptor stays free for the stop id.
-            if queue.num_free() <= 1 {
-                queue.wait_used(&self.acked, poll);
-                continue;
-            }
-            let Some(block) = Page::<HINT_BLOCK_ORDER>::alloc_free_block() else {
-                break;
-            };
-            if let Err(err) = queue.add_hint(&block) {
-                dev_warn!(dev.as_dev(), "cannot hint a free block: {:?}\n", err);
-                break;
-            }
-            queue.kick();
-            blocks.as_mut().push(block);
-            sent += 1;
-            self.view.hinted_blocks.fetch_add(1, Relaxed);
-            self.view
-                .hint_blocks_held
-                .store(blocks.len() as u64, Relaxed);
-        }
-        sent
-    }
-
-    /// Pages held as free page hints, for the shrinker.
-    fn hint_pages_held(&self) -> u64 {
-        self.view.hint_blocks_held.load(Relaxed) << HINT_BLOCK_ORDER
-    }
-
-    /// Memory pressure: give hinted blocks back early (hints are advisory).
-    fn release_hint_pages(&self, pages: u64) -> u64 {
-        // Never wait: a hint round may be allocating right now.
-        let Some(mut guard) = self.hint.try_lock() else {
-            return 0;
-        };
-        let wanted = pages.div_ceil(1 << HINT_BLOCK_ORDER);
-        let freed = guard
-            .blocks
-            .as_mut()
-            .release(usize::try_from(wanted).unwrap_or(usize::MAX));
-        self.view
-            .hint_blocks_held
-            .store(guard.blocks.len() as u64, Relaxed);
-        (freed as u64) << HINT_BLOCK_ORDER
     }
 
     /// Sets the device up: queues, poison value, stats, notifiers.
@@ -1013,27 +560,6 @@ impl Balloon {
     }
 }
 
-/// Each queue's name and the device-readable buffers it owns, by role.
-fn queue_spec(role: QueueRole) -> QueueSpec {
-    let (name, out_buffers, out_buffer_size) = match role {
-        // One PFN array in flight at a time.
-        QueueRole::Inflate => (c"inflate", 1, PFNS_PER_BUFFER * 4),
-        QueueRole::Deflate => (c"deflate", 1, PFNS_PER_BUFFER * 4),
-        // The host keeps the stats buffer until it wants fresh figures.
-        QueueRole::Stats => (c"stats", 1, stats::BUFFER_SIZE),
-        // A round's start and stop ids, with room for ids the host has not
-        // handed back yet.
-        QueueRole::FreePage => (c"free_page_vq", 4, 4),
-        // Reports are the page reporting core's scatterlists.
-        QueueRole::Reporting => (c"reporting_vq", 0, 0),
-    };
-    QueueSpec {
-        name,
-        out_buffers,
-        out_buffer_size,
-    }
-}
-
 impl virtio::Driver for Balloon {
     const NAME: &'static CStr = c"virtio_balloon_rs";
     const DEVICE_ID: u32 = features::DEVICE_ID;
@@ -1186,22 +712,5 @@ impl virtio::Driver for Balloon {
         self.quiesce();
         dev.shutdown();
         self.reporting.unregister();
-    }
-}
-
-/// The negotiated feature names, for the probe line and debugfs.
-struct DisplayFeatures(Features);
-
-impl fmt::Debug for DisplayFeatures {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut first = true;
-        for name in features::describe(self.0) {
-            if !first {
-                f.write_str("|")?;
-            }
-            f.write_str(name)?;
-            first = false;
-        }
-        Ok(())
     }
 }

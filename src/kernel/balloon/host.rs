@@ -1,0 +1,147 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The engine's backend over the device and the pages, for one locked
+//! section, and the pages allocated for an inflate before the lock.
+
+use super::*;
+
+/// Pages allocated for the next inflate before the balloon lock is taken,
+/// so that direct reclaim never runs under it (the OOM notifier waits for
+/// that lock). Only the update work uses it.
+pub(super) struct Prealloc {
+    pub(super) pages: Pin<KBox<PageList>>,
+    pub(super) bulk: BulkAlloc,
+}
+
+impl Prealloc {
+    /// Allocates up to `count` balloon pages: many per call while memory is
+    /// plentiful; near the watermarks the bulk allocator stops and single
+    /// allocations (with light reclaim, like the C driver's) take over.
+    pub(super) fn fill(&mut self, count: u64) {
+        let count = usize::try_from(count).unwrap_or(usize::MAX);
+        let mut got = self.bulk.alloc_into(self.pages.as_mut(), count);
+        while got < count {
+            let Some(page) = Page::alloc() else { break };
+            self.pages.as_mut().push(page);
+            got += 1;
+        }
+    }
+}
+
+/// The engine's view of the device and the pages, for one locked section.
+pub(super) struct Host<'a> {
+    pub(super) dev: &'a Device,
+    pub(super) inflate_queue: &'a mut Virtqueue,
+    pub(super) deflate_queue: &'a mut Virtqueue,
+    pub(super) acked: &'a WaitQueue,
+    pub(super) balloon: &'a BalloonDevInfo<Balloon>,
+    pub(super) staged_inflate: Pin<&'a mut PageList>,
+    pub(super) staged_deflate: Pin<&'a mut PageList>,
+    pub(super) bulk: &'a mut BulkAlloc,
+    /// Pages allocated for this step, outside the lock.
+    pub(super) prealloc: Option<Pin<&'a mut PageList>>,
+    pub(super) held: &'a mut Option<HeldPage>,
+    /// The migration in progress, in the migration callback.
+    pub(super) migrating: Option<&'a MigratingPage<'a>>,
+    pub(super) timeout: Jiffies,
+}
+
+impl Backend for Host<'_> {
+    fn read_target(&mut self) -> u32 {
+        self.dev.read_config_le32(config::NUM_PAGES)
+    }
+
+    fn write_actual(&mut self, actual: u32) {
+        self.dev.write_config_le32(config::ACTUAL, actual);
+    }
+
+    fn available_pages(&mut self) -> u64 {
+        mm::available_pages()
+    }
+
+    fn managed_pages(&mut self) -> u64 {
+        mm::total_ram_pages()
+    }
+
+    fn alloc_pages(&mut self, max: u64) -> u64 {
+        // The pages were allocated before the lock was taken.
+        let Some(prealloc) = self.prealloc.as_mut() else {
+            return 0;
+        };
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        self.staged_inflate
+            .as_mut()
+            .take_from(prealloc.as_mut(), max) as u64
+    }
+
+    fn staged_inflate_pfns(&self, f: &mut dyn FnMut(u64)) {
+        self.staged_inflate.for_each_pfn(f);
+    }
+
+    fn commit_inflate(&mut self) {
+        self.balloon.enqueue_list(self.staged_inflate.as_mut());
+    }
+
+    fn abort_inflate(&mut self) {
+        self.staged_inflate.as_mut().clear();
+    }
+
+    fn dequeue_pages(&mut self, max: u64) -> u64 {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        self.balloon.dequeue_list(self.staged_deflate.as_mut(), max) as u64
+    }
+
+    fn balloon_is_empty(&mut self) -> bool {
+        self.balloon.is_empty()
+    }
+
+    fn staged_deflate_pfns(&self, f: &mut dyn FnMut(u64)) {
+        self.staged_deflate.for_each_pfn(f);
+    }
+
+    fn commit_deflate(&mut self) {
+        self.bulk.free_list(self.staged_deflate.as_mut());
+    }
+
+    fn abort_deflate(&mut self) {
+        self.balloon.enqueue_list(self.staged_deflate.as_mut());
+    }
+
+    fn tell_host(&mut self, queue: QueueRole, pfns: &[u32]) -> Result<(), HostError> {
+        let vq = match queue {
+            QueueRole::Inflate => &mut *self.inflate_queue,
+            QueueRole::Deflate => &mut *self.deflate_queue,
+            _ => return Err(HostError::Queue),
+        };
+        vq.send_and_wait(pfns, self.acked, self.timeout)
+            .map_err(|err| match err {
+                SendError::Queue(_) => HostError::Queue,
+                SendError::Broken => HostError::Broken,
+                SendError::Timeout => HostError::Timeout,
+            })
+    }
+
+    fn host_returned(&mut self, queue: QueueRole) -> bool {
+        match queue {
+            QueueRole::Inflate => self.inflate_queue.get_buf(),
+            QueueRole::Deflate => self.deflate_queue.get_buf(),
+            _ => false,
+        }
+    }
+
+    fn hold_migrated_page(&mut self) {
+        if let Some(migrating) = self.migrating {
+            *self.held = Some(migrating.hold());
+        }
+    }
+
+    fn release_held_page(&mut self) {
+        *self.held = None;
+    }
+}
+
+/// How long to wait for the host to return a buffer (`host_timeout_ms`,
+/// at least 100 ms: a zero would declare every host dead at once).
+pub(super) fn host_timeout() -> Jiffies {
+    kernel::time::msecs_to_jiffies(crate::module_parameters::host_timeout_ms.value().max(100))
+}

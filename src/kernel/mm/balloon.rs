@@ -1,0 +1,176 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A device's balloon: the kernel's list of inflated pages (`mm/balloon.c`),
+//! which gives page migration, the `Balloon:` line of `/proc/meminfo`, the
+//! `balloon_*` vmstat counters and the managed page count adjustment.
+
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+
+use kernel::prelude::*;
+use kernel::types::Opaque;
+
+use super::{
+    HeldPage,
+    PageList, //
+};
+use crate::bindings;
+
+/// The old page of a balloon page migration, during the migration callback.
+pub(crate) struct MigratingPage<'a> {
+    page: NonNull<bindings::page>,
+    /// The frame of the new page.
+    pub(crate) new_pfn: u64,
+    /// The frame of the old page.
+    pub(crate) old_pfn: u64,
+    _callback: PhantomData<&'a ()>,
+}
+
+impl MigratingPage<'_> {
+    /// Takes a reference to the old page, so that it stays out of the
+    /// allocator after the migration core is done with it.
+    pub(crate) fn hold(&self) -> HeldPage {
+        // SAFETY: the migration core holds a reference to the old page for
+        // the whole callback, so it is valid and taking another is allowed.
+        unsafe { bindings::vbrs_get_page(self.page.as_ptr()) };
+        // INVARIANT: we just took the reference the new value owns.
+        HeldPage { page: self.page }
+    }
+}
+
+/// The owner of a [`BalloonDevInfo`] and its migration callback.
+///
+/// # Safety
+///
+/// `OFFSET` must be the byte offset of a `BalloonDevInfo<Self>` field in
+/// `Self`, and the owner must stay pinned while pages are in the balloon.
+pub(crate) unsafe trait HasBalloonDevInfo: Sized + Sync {
+    /// Offset of the `BalloonDevInfo<Self>` field.
+    const OFFSET: usize;
+    /// Tells the host that the new page replaces the old one in the
+    /// balloon. Errors make the core keep the old page (`EAGAIN` to retry
+    /// later); on success the core frees the old page unless the owner
+    /// holds it ([`MigratingPage::hold`]).
+    fn migrate(&self, pages: &MigratingPage<'_>) -> Result;
+}
+
+/// Implements [`HasBalloonDevInfo`] for `$owner` whose `$field` is its balloon.
+#[macro_export]
+macro_rules! impl_has_balloon_dev_info {
+    ($owner:ty, $field:ident, $migrate:path) => {
+        // SAFETY: the offset is computed by the compiler for this field,
+        // whose type is `BalloonDevInfo<$owner>`.
+        unsafe impl $crate::mm::HasBalloonDevInfo for $owner {
+            const OFFSET: usize = ::core::mem::offset_of!($owner, $field);
+            fn migrate(&self, pages: &$crate::mm::MigratingPage<'_>) -> ::kernel::error::Result {
+                $migrate(self, pages)
+            }
+        }
+    };
+}
+
+/// A balloon: the kernel's list of inflated pages of one device.
+///
+/// # Invariants
+///
+/// `info` is initialised by `balloon_devinfo_init`; the pages on its list
+/// are owned by the balloon core on behalf of this device.
+#[pin_data]
+pub(crate) struct BalloonDevInfo<T> {
+    #[pin]
+    info: Opaque<bindings::balloon_dev_info>,
+    _owner: PhantomData<T>,
+}
+
+// SAFETY: the balloon core serialises access with its own lock.
+unsafe impl<T> Sync for BalloonDevInfo<T> {}
+// SAFETY: same.
+unsafe impl<T> Send for BalloonDevInfo<T> {}
+
+/// Migration callback of the balloon core: forwards to the owner.
+///
+/// # Safety
+///
+/// Called by the balloon core with the descriptor of a [`BalloonDevInfo<T>`]
+/// and two valid, locked pages.
+unsafe extern "C" fn migrate_callback<T: HasBalloonDevInfo>(
+    info: *mut bindings::balloon_dev_info,
+    newpage: *mut bindings::page,
+    page: *mut bindings::page,
+    _mode: bindings::migrate_mode,
+) -> i32 {
+    // SAFETY: `info` is the `info` field of a live `BalloonDevInfo<T>` at
+    // `T::OFFSET` in a pinned `T` (trait contract); the core passes valid,
+    // locked pages.
+    let (owner, pages) = unsafe {
+        (
+            &*info.cast::<u8>().sub(T::OFFSET).cast::<T>(),
+            MigratingPage {
+                page: match NonNull::new(page) {
+                    Some(page) => page,
+                    None => return EINVAL.to_errno(),
+                },
+                new_pfn: bindings::vbrs_page_to_pfn(newpage) as u64,
+                old_pfn: bindings::vbrs_page_to_pfn(page) as u64,
+                _callback: PhantomData,
+            },
+        )
+    };
+    match owner.migrate(&pages) {
+        Ok(()) => 0,
+        Err(err) => err.to_errno(),
+    }
+}
+
+impl<T: HasBalloonDevInfo> BalloonDevInfo<T> {
+    /// An initialiser for an empty balloon.
+    ///
+    /// `adjust_managed` makes the core lower the managed page count (and so
+    /// `MemTotal`) by every page inflated, as a balloon that does not give
+    /// pages back under pressure should.
+    pub(crate) fn new(adjust_managed: bool) -> impl PinInit<Self> {
+        pin_init!(Self {
+            info <- Opaque::ffi_init(move |info: *mut bindings::balloon_dev_info| {
+                // SAFETY: `info` is valid pinned memory for the descriptor.
+                unsafe {
+                    bindings::vbrs_balloon_devinfo_init(info);
+                    (*info).migratepage = Some(migrate_callback::<T>);
+                    (*info).adjust_managed_page_count = adjust_managed;
+                }
+            }),
+            _owner: PhantomData,
+        })
+    }
+
+    /// Moves every page of `list` into the balloon, under one lock.
+    pub(crate) fn enqueue_list(&self, list: Pin<&mut PageList>) -> usize {
+        // SAFETY: only `len` changes; the head stays pinned.
+        let list = unsafe { list.get_unchecked_mut() };
+        // SAFETY: the descriptor and the list are initialised; the list owns
+        // its pages (one reference each), which the balloon core takes over
+        // as it unlinks them.
+        let moved =
+            unsafe { bindings::balloon_page_list_enqueue(self.info.get(), list.head.get()) };
+        list.len = 0;
+        moved
+    }
+
+    /// Whether the balloon holds no page, isolated ones included.
+    pub(crate) fn is_empty(&self) -> bool {
+        // SAFETY: the descriptor is initialised; the helper only reads it.
+        unsafe { bindings::vbrs_balloon_is_empty(self.info.get()) }
+    }
+
+    /// Moves up to `max` pages from the balloon onto `list`, under one lock;
+    /// returns how many (fewer when pages are isolated for migration).
+    pub(crate) fn dequeue_list(&self, list: Pin<&mut PageList>, max: usize) -> usize {
+        // SAFETY: only `len` changes; the head stays pinned.
+        let list = unsafe { list.get_unchecked_mut() };
+        // SAFETY: the descriptor and the list are initialised; the core hands
+        // over one reference per page it links onto the list.
+        let moved =
+            unsafe { bindings::balloon_page_list_dequeue(self.info.get(), list.head.get(), max) };
+        list.len += moved;
+        moved
+    }
+}

@@ -1,0 +1,41 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Safe abstractions over the kernel's memory management for a balloon:
+//! pages the driver owns (`page.rs`), a device's balloon of inflated pages
+//! and its migration callback (`balloon.rs`), the figures the driver reads
+//! (`meminfo.rs`), the OOM notifier (`oom.rs`), free page reporting
+//! (`page_reporting.rs`) and a shrinker (`shrinker.rs`). Every `unsafe`
+//! block of the module that touches mm lives below this directory.
+
+mod balloon;
+mod meminfo;
+mod oom;
+mod page;
+mod page_reporting;
+mod shrinker;
+
+pub(crate) use balloon::{
+    BalloonDevInfo,
+    HasBalloonDevInfo,
+    MigratingPage, //
+};
+pub(crate) use meminfo::*;
+pub(crate) use oom::{
+    HasOomNotifier,
+    OomNotifier, //
+};
+pub(crate) use page::{
+    BulkAlloc,
+    HeldPage,
+    Page,
+    PageList, //
+};
+pub(crate) use page_reporting::{
+    HasPageReporting,
+    PageReporting,
+    ReportedPages, //
+};
+pub(crate) use shrinker::{
+    HasShrinker,
+    Shrinker, //
+};

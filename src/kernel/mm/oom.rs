@@ -1,0 +1,135 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A registration with the OOM notifier chain.
+
+use core::marker::PhantomData;
+use core::sync::atomic::{
+    AtomicBool,
+    Ordering, //
+};
+
+use kernel::error::to_result;
+use kernel::ffi;
+use kernel::prelude::*;
+use kernel::types::Opaque;
+
+use crate::bindings;
+
+/// The owner of an [`OomNotifier`].
+///
+/// # Safety
+///
+/// `OFFSET` must be the byte offset of an `OomNotifier<Self>` field in
+/// `Self`, and the owner must stay pinned while the notifier is registered.
+pub(crate) unsafe trait HasOomNotifier: Sized + Sync {
+    /// Offset of the `OomNotifier<Self>` field.
+    const OFFSET: usize;
+    /// The guest is out of memory: free what can be freed, return the
+    /// number of pages freed (process context, may sleep).
+    fn out_of_memory(&self) -> u64;
+}
+
+/// Implements [`HasOomNotifier`] for `$owner` whose `$field` is its notifier.
+#[macro_export]
+macro_rules! impl_has_oom_notifier {
+    ($owner:ty, $field:ident, $handler:path) => {
+        // SAFETY: the offset is computed by the compiler for this field,
+        // whose type is `OomNotifier<$owner>`.
+        unsafe impl $crate::mm::HasOomNotifier for $owner {
+            const OFFSET: usize = ::core::mem::offset_of!($owner, $field);
+            fn out_of_memory(&self) -> u64 {
+                $handler(self)
+            }
+        }
+    };
+}
+
+/// A registration with the OOM notifier chain, called before the OOM killer
+/// picks a victim.
+#[pin_data(PinnedDrop)]
+pub(crate) struct OomNotifier<T> {
+    #[pin]
+    block: Opaque<bindings::notifier_block>,
+    registered: AtomicBool,
+    _owner: PhantomData<T>,
+}
+
+// SAFETY: the notifier chain serialises calls; the block is only changed
+// under `&mut`.
+unsafe impl<T> Sync for OomNotifier<T> {}
+// SAFETY: same.
+unsafe impl<T> Send for OomNotifier<T> {}
+
+/// Notifier callback: forwards to the owner.
+///
+/// # Safety
+///
+/// Called by the OOM notifier chain with the block of a registered
+/// [`OomNotifier<T>`] and a pointer to the freed-pages counter.
+unsafe extern "C" fn oom_callback<T: HasOomNotifier>(
+    block: *mut bindings::notifier_block,
+    _event: ffi::c_ulong,
+    freed: *mut ffi::c_void,
+) -> i32 {
+    // SAFETY: `block` is the `block` field of a live `OomNotifier<T>` at
+    // `T::OFFSET` in a pinned `T` (trait contract); `freed` points to the
+    // caller's `unsigned long` counter.
+    unsafe {
+        let owner = block.cast::<u8>().sub(T::OFFSET).cast::<T>();
+        let pages = (*owner).out_of_memory();
+        let freed = freed.cast::<ffi::c_ulong>();
+        *freed = (*freed).saturating_add(pages as ffi::c_ulong);
+    }
+    bindings::VBRS_NOTIFY_OK
+}
+
+impl<T: HasOomNotifier> OomNotifier<T> {
+    /// An initialiser for an unregistered notifier.
+    pub(crate) fn new() -> impl PinInit<Self> {
+        pin_init!(Self {
+            block <- Opaque::ffi_init(|block: *mut bindings::notifier_block| {
+                let nb = bindings::notifier_block {
+                    notifier_call: Some(oom_callback::<T>),
+                    // The C driver's priority, among the OOM notifiers.
+                    priority: 80,
+                    ..Default::default()
+                };
+                // SAFETY: `block` is valid pinned memory for the block.
+                unsafe { block.write(nb) };
+            }),
+            registered: AtomicBool::new(false),
+            _owner: PhantomData,
+        })
+    }
+
+    /// Joins the OOM notifier chain (the driver core serialises this with
+    /// [`OomNotifier::unregister`]).
+    pub(crate) fn register(&self) -> Result {
+        if self.registered.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // SAFETY: the block is initialised and pinned; it stays registered
+        // until `unregister` or drop.
+        to_result(unsafe { bindings::register_oom_notifier(self.block.get()) })?;
+        self.registered.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Leaves the chain; waits for a running callback to finish.
+    pub(crate) fn unregister(&self) {
+        if self.registered.swap(false, Ordering::AcqRel) {
+            // SAFETY: the block was registered by `register`.
+            unsafe { bindings::unregister_oom_notifier(self.block.get()) };
+        }
+    }
+}
+
+#[pinned_drop]
+impl<T> PinnedDrop for OomNotifier<T> {
+    fn drop(self: Pin<&mut Self>) {
+        if self.registered.load(Ordering::Acquire) {
+            // SAFETY: the block was registered and is still pinned.
+            unsafe { bindings::unregister_oom_notifier(self.block.get()) };
+        }
+    }
+}

@@ -1,0 +1,164 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Free page reporting (`mm/page_reporting.c`): the core hands the driver
+//! batches of free pages for the host to discard.
+
+use core::marker::PhantomData;
+use core::sync::atomic::{
+    AtomicBool,
+    Ordering, //
+};
+
+use kernel::error::to_result;
+use kernel::prelude::*;
+use kernel::types::Opaque;
+
+use super::PAGE_SHIFT;
+use crate::bindings;
+
+/// One batch of free pages the page reporting core asks the driver to
+/// report, as a scatterlist.
+pub(crate) struct ReportedPages<'a> {
+    sg: *mut bindings::scatterlist,
+    nents: u32,
+    _batch: PhantomData<&'a ()>,
+}
+
+impl ReportedPages<'_> {
+    /// The scatterlist and its length, for the virtio layer.
+    pub(crate) fn raw(&self) -> (*mut bindings::scatterlist, u32) {
+        (self.sg, self.nents)
+    }
+}
+
+/// The owner of a [`PageReporting`].
+///
+/// # Safety
+///
+/// `OFFSET` must be the byte offset of a `PageReporting<Self>` field in
+/// `Self`, and the owner must stay pinned while it is registered.
+pub(crate) unsafe trait HasPageReporting: Sized + Sync {
+    /// Offset of the `PageReporting<Self>` field.
+    const OFFSET: usize;
+    /// Reports `pages` to the host; returns once the host has them.
+    fn report(&self, pages: &ReportedPages<'_>) -> Result;
+}
+
+/// Implements [`HasPageReporting`] for `$owner` whose `$field` is its
+/// page reporting registration.
+#[macro_export]
+macro_rules! impl_has_page_reporting {
+    ($owner:ty, $field:ident, $report:path) => {
+        // SAFETY: the offset is computed by the compiler for this field,
+        // whose type is `PageReporting<$owner>`.
+        unsafe impl $crate::mm::HasPageReporting for $owner {
+            const OFFSET: usize = ::core::mem::offset_of!($owner, $field);
+            fn report(&self, pages: &$crate::mm::ReportedPages<'_>) -> ::kernel::error::Result {
+                $report(self, pages)
+            }
+        }
+    };
+}
+
+/// The order of the free blocks to report: with 64 KiB pages the default
+/// (`pageblock_order`, 512 MiB) would never trigger, so 2 MiB blocks, as
+/// the C driver does; otherwise the default.
+fn reporting_order() -> u32 {
+    if PAGE_SHIFT == 16 {
+        5
+    } else {
+        bindings::VBRS_PAGE_REPORTING_ORDER_UNSPECIFIED as u32
+    }
+}
+
+/// A free page reporting registration (`mm/page_reporting.c`).
+#[pin_data(PinnedDrop)]
+pub(crate) struct PageReporting<T> {
+    #[pin]
+    info: Opaque<bindings::page_reporting_dev_info>,
+    registered: AtomicBool,
+    _owner: PhantomData<T>,
+}
+
+// SAFETY: the page reporting core serialises reports; the descriptor is
+// only changed under `&mut`.
+unsafe impl<T> Sync for PageReporting<T> {}
+// SAFETY: same.
+unsafe impl<T> Send for PageReporting<T> {}
+
+/// Report callback: forwards to the owner.
+///
+/// # Safety
+///
+/// Called by the page reporting core with the descriptor of a registered
+/// [`PageReporting<T>`] and a scatterlist of `nents` entries.
+unsafe extern "C" fn report_callback<T: HasPageReporting>(
+    info: *mut bindings::page_reporting_dev_info,
+    sg: *mut bindings::scatterlist,
+    nents: u32,
+) -> i32 {
+    let pages = ReportedPages {
+        sg,
+        nents,
+        _batch: PhantomData,
+    };
+    // SAFETY: `info` is the `info` field of a live `PageReporting<T>` at
+    // `T::OFFSET` in a pinned `T` (trait contract).
+    let owner = unsafe { &*info.cast::<u8>().sub(T::OFFSET).cast::<T>() };
+    match owner.report(&pages) {
+        Ok(()) => 0,
+        Err(err) => err.to_errno(),
+    }
+}
+
+impl<T: HasPageReporting> PageReporting<T> {
+    /// An initialiser for an unregistered descriptor.
+    pub(crate) fn new() -> impl PinInit<Self> {
+        pin_init!(Self {
+            info <- Opaque::ffi_init(|info: *mut bindings::page_reporting_dev_info| {
+                // SAFETY: `info` is valid pinned memory; all-zero is a valid
+                // unregistered descriptor.
+                unsafe { info.write(Default::default()) };
+            }),
+            registered: AtomicBool::new(false),
+            _owner: PhantomData,
+        })
+    }
+
+    /// Starts reporting free pages in batches of at most `capacity` (the
+    /// driver core serialises this with [`PageReporting::unregister`]).
+    pub(crate) fn register(&self, capacity: u32) -> Result {
+        if self.registered.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let info = self.info.get();
+        // SAFETY: the descriptor is not registered, so no one else reads it;
+        // after registration the core owns it until `unregister`.
+        unsafe {
+            (*info).report = Some(report_callback::<T>);
+            (*info).order = reporting_order();
+            (*info).capacity = capacity;
+            to_result(bindings::page_reporting_register(info))?;
+        }
+        self.registered.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Stops reporting; waits for a report in progress.
+    pub(crate) fn unregister(&self) {
+        if self.registered.swap(false, Ordering::AcqRel) {
+            // SAFETY: registered by `register`.
+            unsafe { bindings::page_reporting_unregister(self.info.get()) };
+        }
+    }
+}
+
+#[pinned_drop]
+impl<T> PinnedDrop for PageReporting<T> {
+    fn drop(self: Pin<&mut Self>) {
+        if self.registered.load(Ordering::Acquire) {
+            // SAFETY: registered and still pinned.
+            unsafe { bindings::page_reporting_unregister(self.info.get()) };
+        }
+    }
+}

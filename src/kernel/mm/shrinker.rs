@@ -1,0 +1,150 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A memory shrinker: reclaim asks the owner for pages it can give back.
+
+use core::marker::PhantomData;
+use core::sync::atomic::Ordering;
+
+use kernel::ffi;
+use kernel::prelude::*;
+
+use crate::bindings;
+
+/// The owner of a [`Shrinker`].
+///
+/// # Safety
+///
+/// `OFFSET` must be the byte offset of a `Shrinker<Self>` field in `Self`,
+/// and the owner must stay pinned while the shrinker is registered.
+pub(crate) unsafe trait HasShrinker: Sized + Sync {
+    /// Offset of the `Shrinker<Self>` field.
+    const OFFSET: usize;
+    /// Pages the owner could free.
+    fn count(&self) -> u64;
+    /// Frees up to `pages` pages and returns how many it freed.
+    fn scan(&self, pages: u64) -> u64;
+}
+
+/// Implements [`HasShrinker`] for `$owner` whose `$field` is its shrinker.
+#[macro_export]
+macro_rules! impl_has_shrinker {
+    ($owner:ty, $field:ident, $count:path, $scan:path) => {
+        // SAFETY: the offset is computed by the compiler for this field,
+        // whose type is `Shrinker<$owner>`.
+        unsafe impl $crate::mm::HasShrinker for $owner {
+            const OFFSET: usize = ::core::mem::offset_of!($owner, $field);
+            fn count(&self) -> u64 {
+                $count(self)
+            }
+            fn scan(&self, pages: u64) -> u64 {
+                $scan(self, pages)
+            }
+        }
+    };
+}
+
+/// A memory shrinker: reclaim asks the owner for pages it can give back.
+///
+/// # Invariants
+///
+/// `shrinker` is null or a shrinker from `shrinker_alloc` whose
+/// `private_data` is the pinned owner, registered until `unregister`.
+#[pin_data(PinnedDrop)]
+pub(crate) struct Shrinker<T> {
+    shrinker: core::sync::atomic::AtomicPtr<bindings::shrinker>,
+    _owner: PhantomData<T>,
+}
+
+/// Shrinker count callback.
+///
+/// # Safety
+///
+/// Called by reclaim with a shrinker registered by [`Shrinker::register`].
+unsafe extern "C" fn shrinker_count<T: HasShrinker>(
+    shrinker: *mut bindings::shrinker,
+    _sc: *mut bindings::shrink_control,
+) -> ffi::c_ulong {
+    // SAFETY: `private_data` is the pinned owner (type invariant).
+    let owner = unsafe { &*(*shrinker).private_data.cast::<T>() };
+    owner.count() as ffi::c_ulong
+}
+
+/// Shrinker scan callback.
+///
+/// # Safety
+///
+/// Called by reclaim with a shrinker registered by [`Shrinker::register`]
+/// and a valid shrink control.
+unsafe extern "C" fn shrinker_scan<T: HasShrinker>(
+    shrinker: *mut bindings::shrinker,
+    sc: *mut bindings::shrink_control,
+) -> ffi::c_ulong {
+    // SAFETY: `private_data` is the pinned owner (type invariant); `sc` is
+    // valid for the call.
+    let (owner, wanted) = unsafe {
+        (
+            &*(*shrinker).private_data.cast::<T>(),
+            (*sc).nr_to_scan as u64,
+        )
+    };
+    owner.scan(wanted) as ffi::c_ulong
+}
+
+impl<T: HasShrinker> Shrinker<T> {
+    /// An initialiser for an unregistered shrinker.
+    pub(crate) fn new() -> impl PinInit<Self> {
+        pin_init!(Self {
+            shrinker: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()),
+            _owner: PhantomData,
+        })
+    }
+
+    /// Allocates and registers the shrinker under `name`.
+    pub(crate) fn register(&self, name: &CStr) -> Result {
+        if !self.shrinker.load(Ordering::Acquire).is_null() {
+            return Ok(());
+        }
+        // SAFETY: `name` is a valid C string; "%s" takes it as the one
+        // variadic argument.
+        let shrinker =
+            unsafe { bindings::shrinker_alloc(0, c"%s".as_char_ptr(), name.as_char_ptr()) };
+        if shrinker.is_null() {
+            return Err(ENOMEM);
+        }
+        // The owner is pinned and embeds `self` at `T::OFFSET`.
+        let owner = core::ptr::from_ref(self)
+            .cast::<u8>()
+            .wrapping_sub(T::OFFSET);
+        // SAFETY: `shrinker` is freshly allocated and not yet registered;
+        // INVARIANT: its `private_data` is the pinned owner.
+        unsafe {
+            (*shrinker).count_objects = Some(shrinker_count::<T>);
+            (*shrinker).scan_objects = Some(shrinker_scan::<T>);
+            (*shrinker).private_data = owner.cast_mut().cast();
+            bindings::shrinker_register(shrinker);
+        }
+        self.shrinker.store(shrinker, Ordering::Release);
+        Ok(())
+    }
+
+    /// Unregisters and frees the shrinker; waits for running callbacks.
+    pub(crate) fn unregister(&self) {
+        let shrinker = self.shrinker.swap(core::ptr::null_mut(), Ordering::AcqRel);
+        if !shrinker.is_null() {
+            // SAFETY: allocated and registered by `register`; taken out of
+            // `self`, so freed once.
+            unsafe { bindings::shrinker_free(shrinker) };
+        }
+    }
+}
+
+#[pinned_drop]
+impl<T> PinnedDrop for Shrinker<T> {
+    fn drop(self: Pin<&mut Self>) {
+        let shrinker = self.shrinker.swap(core::ptr::null_mut(), Ordering::AcqRel);
+        if !shrinker.is_null() {
+            // SAFETY: allocated and registered by `register`.
+            unsafe { bindings::shrinker_free(shrinker) };
+        }
+    }
+}

@@ -1,0 +1,235 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A virtio device as its driver sees it: feature bits, typed config
+//! access, status, reset, wakeup events and finding its virtqueues.
+
+use core::ptr::NonNull;
+
+use kernel::error::to_result;
+use kernel::prelude::*;
+use kernel::types::Opaque;
+
+use super::driver::queue_callback;
+use super::virtqueue::{
+    OutBuffer,
+    QueueSpec,
+    Virtqueue,
+    Virtqueues,
+    MAX_QUEUES, //
+};
+use super::Driver;
+use crate::bindings;
+
+/// A virtio device as seen by the driver bound to it.
+///
+/// # Invariants
+///
+/// The wrapped `virtio_device` is valid for as long as a `&Device` exists:
+/// references are only handed out inside the bus callbacks.
+#[repr(transparent)]
+pub(crate) struct Device(Opaque<bindings::virtio_device>);
+
+impl Device {
+    /// Wraps a pointer the virtio core passed to a callback.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must point to a valid `virtio_device` for the lifetime `'a`.
+    pub(super) unsafe fn from_raw<'a>(ptr: *mut bindings::virtio_device) -> &'a Self {
+        // SAFETY: `Device` is `repr(transparent)` over the C struct and the
+        // caller guarantees validity for `'a`.
+        unsafe { &*ptr.cast::<Self>() }
+    }
+
+    fn as_raw(&self) -> *mut bindings::virtio_device {
+        self.0.get()
+    }
+
+    /// The generic `struct device`, for `dev_*!` messages.
+    pub(crate) fn as_dev(&self) -> &kernel::device::Device {
+        // SAFETY: `dev` is embedded in a valid `virtio_device` (type
+        // invariant) and lives as long as `self`; the two bindgen runs
+        // describe the same C type.
+        unsafe {
+            let dev = core::ptr::addr_of_mut!((*self.as_raw()).dev);
+            kernel::device::Device::from_raw(dev.cast())
+        }
+    }
+
+    /// The lower 64 negotiated feature bits.
+    pub(crate) fn features(&self) -> u64 {
+        // SAFETY: `self` is a valid virtio device (type invariant).
+        unsafe { bindings::vbrs_virtio_features(self.as_raw()) }
+    }
+
+    /// Whether the transport gives access to the config space.
+    pub(crate) fn has_config_access(&self) -> bool {
+        // SAFETY: `self` is a valid virtio device (type invariant).
+        unsafe { bindings::vbrs_virtio_has_config_get(self.as_raw()) }
+    }
+
+    /// Withdraws a feature during [`Driver::validate`], before negotiation ends.
+    pub(crate) fn clear_feature(&self, bit: u32) {
+        // SAFETY: `self` is valid; clearing a bit before FEATURES_OK is what
+        // the `validate` callback is for.
+        unsafe { bindings::vbrs_virtio_clear_feature(self.as_raw(), bit) }
+    }
+
+    /// Reads a little-endian 32-bit config field at `offset`.
+    pub(crate) fn read_config_le32(&self, offset: usize) -> u32 {
+        // SAFETY: `self` is valid; the transport bounds-checks `offset`.
+        unsafe { bindings::vbrs_virtio_cread_le32(self.as_raw(), offset as u32) }
+    }
+
+    /// Writes a little-endian 32-bit config field at `offset`, in one access.
+    pub(crate) fn write_config_le32(&self, offset: usize, value: u32) {
+        // SAFETY: `self` is valid; the transport bounds-checks `offset`.
+        unsafe { bindings::vbrs_virtio_cwrite_le32(self.as_raw(), offset as u32, value) }
+    }
+
+    /// Lets the device hold a wakeup source of its own (user space enables
+    /// it in `power/wakeup`), as the C driver does: the transport has its
+    /// own, and wakeup sources do not nest.
+    pub(crate) fn set_wakeup_capable(&self) {
+        // SAFETY: `self` is valid.
+        unsafe { bindings::vbrs_virtio_set_wakeup_capable(self.as_raw()) }
+    }
+
+    /// Keeps the system from suspending until [`Device::relax`] (a no-op
+    /// unless the device's wakeup source is enabled); callable from
+    /// interrupts.
+    pub(crate) fn stay_awake(&self) {
+        // SAFETY: `self` is valid.
+        unsafe { bindings::vbrs_virtio_stay_awake(self.as_raw()) }
+    }
+
+    /// Ends what [`Device::stay_awake`] started.
+    pub(crate) fn relax(&self) {
+        // SAFETY: `self` is valid.
+        unsafe { bindings::vbrs_virtio_relax(self.as_raw()) }
+    }
+
+    /// Sets DRIVER_OK: the device may use the queues from now on.
+    pub(crate) fn ready(&self) {
+        // SAFETY: `self` is valid; called once the queues are set up.
+        unsafe { bindings::vbrs_virtio_device_ready(self.as_raw()) }
+    }
+
+    /// Stops the device at system shutdown: breaks the queues so nothing
+    /// touches it any more, and resets it.
+    pub(crate) fn shutdown(&self) {
+        // SAFETY: `self` is valid.
+        unsafe { bindings::virtio_device_shutdown(self.as_raw()) }
+    }
+
+    /// Resets the device: it forgets every buffer and stops interrupts.
+    /// The token proves it to [`Device::del_vqs`].
+    pub(crate) fn reset(&self) -> DeviceReset {
+        // SAFETY: `self` is valid.
+        unsafe { bindings::virtio_reset_device(self.as_raw()) };
+        DeviceReset(())
+    }
+
+    /// Finds the queues of `specs`, in order, each with a completion
+    /// callback that calls `T::queue_done` and the device-readable buffers
+    /// it owns.
+    pub(crate) fn find_vqs<T: Driver>(&self, specs: &[QueueSpec]) -> Result<Virtqueues> {
+        let count = specs.len();
+        if count > MAX_QUEUES {
+            return Err(EINVAL);
+        }
+        // Allocate the buffers first: no queue exists yet if this fails.
+        let mut out: [KVec<OutBuffer>; MAX_QUEUES] = Default::default();
+        for (buffers, spec) in out.iter_mut().zip(specs) {
+            for _ in 0..spec.out_buffers {
+                let mut bytes = KVec::with_capacity(spec.out_buffer_size, GFP_KERNEL)?;
+                bytes.resize(spec.out_buffer_size, 0, GFP_KERNEL)?;
+                buffers.push(
+                    OutBuffer {
+                        bytes,
+                        in_flight: false,
+                    },
+                    GFP_KERNEL,
+                )?;
+            }
+        }
+        let mut info: [bindings::virtqueue_info; MAX_QUEUES] = Default::default();
+        for (slot, spec) in info.iter_mut().zip(specs) {
+            slot.name = spec.name.as_char_ptr();
+            slot.callback = Some(queue_callback::<T>);
+        }
+        let mut vqs = [core::ptr::null_mut(); MAX_QUEUES];
+        // SAFETY: `self` is valid; `vqs` and `info` hold `count` entries and
+        // outlive the call; the names are `'static`.
+        to_result(unsafe {
+            bindings::vbrs_virtio_find_vqs(
+                self.as_raw(),
+                count as u32,
+                vqs.as_mut_ptr(),
+                info.as_mut_ptr(),
+            )
+        })?;
+        let mut queues = Virtqueues {
+            slots: Default::default(),
+            count,
+        };
+        for ((slot, vq), out) in queues.slots.iter_mut().zip(vqs).zip(out).take(count) {
+            // INVARIANT: the core just created this queue; it lives until
+            // `del_vqs`, which only deletes once every handle is back.
+            *slot = NonNull::new(vq).map(|vq| Virtqueue { vq, out });
+        }
+        Ok(queues)
+    }
+
+    /// Deletes the queues, after the reset `_reset` proves.
+    ///
+    /// Every handle [`Virtqueues::take`] gave out must have been put back;
+    /// if one is missing the queues are left alone (and logged), since
+    /// deleting them would leave that handle dangling.
+    pub(crate) fn del_vqs(&self, mut queues: Virtqueues, _reset: DeviceReset) {
+        // `queues` (every handle) is consumed here; it is dropped at the end.
+        if queues.slots.iter().take(queues.count).any(Option::is_none) {
+            dev_err!(
+                self.as_dev(),
+                "not deleting virtqueues: a handle is still out\n"
+            );
+            return;
+        }
+        // The reset made the device drop every buffer: they are ours again.
+        for queue in queues.slots.iter_mut().flatten() {
+            queue
+                .out
+                .iter_mut()
+                .for_each(|buffer| buffer.in_flight = false);
+        }
+        // SAFETY: `self` is valid and every handle to the queues has been
+        // consumed (checked above), so nothing uses them any more.
+        unsafe { bindings::vbrs_virtio_del_vqs(self.as_raw()) }
+    }
+}
+
+/// Proof that the device was reset: it holds no buffer any more.
+pub(crate) struct DeviceReset(());
+
+/// A handle to the bound device, kept in the driver's state so that work
+/// items can reach the device.
+///
+/// # Invariants
+///
+/// Only created by the probe callback; valid until the driver state that
+/// holds it is dropped at the end of remove.
+pub(crate) struct DeviceHandle(pub(super) NonNull<bindings::virtio_device>);
+
+// SAFETY: the device may be used from any thread; the driver serialises
+// what needs serialising.
+unsafe impl Send for DeviceHandle {}
+// SAFETY: same.
+unsafe impl Sync for DeviceHandle {}
+
+impl DeviceHandle {
+    /// The device.
+    pub(crate) fn get(&self) -> &Device {
+        // SAFETY: valid while the driver state exists (type invariant).
+        unsafe { Device::from_raw(self.0.as_ptr()) }
+    }
+}

@@ -1,0 +1,37 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Safe abstractions over the C virtio driver API.
+//!
+//! Shaped so that it could become `kernel::virtio`: a [`Driver`] trait and
+//! its [`Registration`] with the virtio bus (`driver.rs`), a [`Device`] for
+//! feature bits, config space and status (`device.rs`), the [`Virtqueue`]s
+//! found on it, which own the buffers the device reads (`virtqueue.rs`), and
+//! the two kernel objects the driver sleeps and defers on: [`WaitQueue`]
+//! (`wait_queue.rs`) and [`DelayedWork`] (`work.rs`). Every `unsafe` block
+//! of the module that touches virtio lives below this directory.
+
+mod device;
+mod driver;
+mod virtqueue;
+mod wait_queue;
+mod work;
+
+pub(crate) use device::{
+    Device,
+    DeviceHandle, //
+};
+pub(crate) use driver::{
+    Driver,
+    Registration, //
+};
+pub(crate) use virtqueue::{
+    QueueSpec,
+    SendError,
+    Virtqueue,
+    Virtqueues, //
+};
+pub(crate) use wait_queue::WaitQueue;
+pub(crate) use work::{
+    DelayedWork,
+    HasDelayedWork, //
+};

@@ -1,0 +1,292 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Virtqueues: the rings a device and its driver exchange buffers on; each
+//! queue owns the device-readable buffers it sends until the device hands
+//! them back.
+
+use core::ptr::NonNull;
+
+use kernel::error::to_result;
+use kernel::prelude::*;
+use kernel::time::Jiffies;
+
+use super::WaitQueue;
+use crate::bindings;
+
+/// What to set up for one virtqueue.
+#[derive(Clone, Copy)]
+pub(crate) struct QueueSpec {
+    /// The queue's name.
+    pub(crate) name: &'static CStr,
+    /// How many device-readable buffers the queue owns, for
+    /// [`Virtqueue::send`].
+    pub(crate) out_buffers: usize,
+    /// The size of each, in bytes.
+    pub(crate) out_buffer_size: usize,
+}
+
+/// A device-readable buffer a virtqueue owns, kmalloc memory.
+pub(super) struct OutBuffer {
+    pub(super) bytes: KVec<u8>,
+    /// The device may read it: it was added and not yet handed back.
+    pub(super) in_flight: bool,
+}
+
+/// Most queues a device may have through this layer.
+pub(crate) const MAX_QUEUES: usize = 5;
+
+/// The virtqueues of one device, handed back to [`Device::del_vqs`].
+pub(crate) struct Virtqueues {
+    pub(super) slots: [Option<Virtqueue>; MAX_QUEUES],
+    pub(super) count: usize,
+}
+
+impl Virtqueues {
+    /// Takes the handle of the queue at `index` out of the set.
+    pub(crate) fn take(&mut self, index: usize) -> Option<Virtqueue> {
+        self.slots.get_mut(index)?.take()
+    }
+
+    /// Puts a handle back at `index`.
+    pub(crate) fn put_back(&mut self, index: usize, queue: Virtqueue) {
+        if let Some(slot) = self.slots.get_mut(index) {
+            *slot = Some(queue);
+        }
+    }
+}
+
+/// One virtqueue of a device, with the device-readable buffers it owns.
+///
+/// # Invariants
+///
+/// `vq` is a valid virtqueue until the handle is given back to
+/// [`Device::del_vqs`] (through [`Virtqueues`]). The device only reads an
+/// out buffer while it is marked in flight, and the token of buffer `i` on
+/// the ring is `i + 1` (never a kernel address, so never the token of a
+/// buffer added by [`Virtqueue::add_hint`] or [`Virtqueue::report_and_wait`]).
+pub(crate) struct Virtqueue {
+    pub(super) vq: NonNull<bindings::virtqueue>,
+    pub(super) out: KVec<OutBuffer>,
+}
+
+impl Drop for Virtqueue {
+    fn drop(&mut self) {
+        // A buffer the device may still read must outlive it: leak it.
+        for buffer in self.out.iter_mut().filter(|buffer| buffer.in_flight) {
+            pr_warn!("virtqueue dropped while the device holds a buffer; leaking it\n");
+            core::mem::forget(core::mem::take(&mut buffer.bytes));
+        }
+    }
+}
+
+// SAFETY: a virtqueue may be used from any thread as long as uses are
+// serialised, which `&mut self` on every operation guarantees.
+unsafe impl Send for Virtqueue {}
+
+/// Why a buffer did not make the round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendError {
+    /// The queue did not take the buffer.
+    Queue(Error),
+    /// The queue is broken (the device is gone or failed): it will never
+    /// take a buffer again.
+    Broken,
+    /// The device did not hand the buffer back in time; it may still use it.
+    Timeout,
+}
+
+/// Whether `bytes` can go on a virtqueue: non-empty and in the linear map
+/// (kmalloc or page memory, never vmalloc or module statics).
+fn dma_able(bytes: &[u8]) -> bool {
+    // SAFETY: only the address is inspected.
+    !bytes.is_empty() && unsafe { bindings::vbrs_virt_addr_valid(bytes.as_ptr().cast()) }
+}
+
+impl Virtqueue {
+    /// Copies `bytes` into a free buffer the queue owns and adds it for the
+    /// device to read; [`Virtqueue::kick`] tells the device.
+    ///
+    /// The buffer stays the queue's, untouched, until the device hands it
+    /// back ([`Virtqueue::get_buf`]) or is reset. Fails with `EBUSY` when
+    /// every buffer is with the device, `EINVAL` when `bytes` is empty or
+    /// larger than a buffer.
+    pub(crate) fn send(&mut self, bytes: &[u8]) -> Result {
+        let len = u32::try_from(bytes.len()).map_err(|_| EINVAL)?;
+        let (index, buffer) = self
+            .out
+            .iter_mut()
+            .enumerate()
+            .find(|(_, buffer)| !buffer.in_flight)
+            .ok_or(EBUSY)?;
+        let slot = buffer.bytes.get_mut(..bytes.len()).ok_or(EINVAL)?;
+        if bytes.is_empty() || !dma_able(slot) {
+            return Err(EINVAL);
+        }
+        slot.copy_from_slice(bytes);
+        let data = slot.as_mut_ptr().cast::<core::ffi::c_void>();
+        let token = core::ptr::without_provenance_mut::<core::ffi::c_void>(index + 1);
+        // SAFETY: the queue is valid and `&mut self` serialises its use; the
+        // buffer is kmalloc memory (in the linear map, checked) owned by the
+        // queue, which keeps it unchanged while it is in flight.
+        to_result(unsafe {
+            bindings::vbrs_virtqueue_add_outbuf(self.vq.as_ptr(), data, len, token)
+        })?;
+        // INVARIANT: the device may read it from now on.
+        buffer.in_flight = true;
+        Ok(())
+    }
+
+    /// The device handed back the buffer of `token`: if it is one of ours,
+    /// it is free again.
+    fn returned(&mut self, token: *mut core::ffi::c_void) {
+        let index = token.addr().wrapping_sub(1);
+        if let Some(buffer) = self.out.get_mut(index) {
+            buffer.in_flight = false;
+        }
+    }
+
+    /// Whether the queue is broken (surprise removal, transport failure).
+    pub(crate) fn is_broken(&self) -> bool {
+        // SAFETY: the queue is valid.
+        unsafe { bindings::virtqueue_is_broken(self.vq.as_ptr()) }
+    }
+
+    /// Number of descriptors in the queue's ring.
+    pub(crate) fn size(&self) -> u32 {
+        // SAFETY: the queue is valid.
+        unsafe { bindings::virtqueue_get_vring_size(self.vq.as_ptr()) }
+    }
+
+    /// Notifies the device of new buffers.
+    pub(crate) fn kick(&mut self) {
+        // SAFETY: the queue is valid.
+        unsafe { bindings::virtqueue_kick(self.vq.as_ptr()) };
+    }
+
+    /// Takes back one buffer the device has used, if any.
+    pub(crate) fn get_buf(&mut self) -> bool {
+        let mut len = 0u32;
+        // SAFETY: the queue is valid and `&mut self` serialises its use.
+        let token = unsafe { bindings::virtqueue_get_buf(self.vq.as_ptr(), &mut len) };
+        if token.is_null() {
+            return false;
+        }
+        self.returned(token);
+        true
+    }
+
+    /// Sleeps until the device returns a buffer (taking it back) or
+    /// `timeout` passes.
+    fn wait(&mut self, waiter: &WaitQueue, timeout: Jiffies) -> bool {
+        // SAFETY: `waiter` is an initialised wait queue head and the queue is
+        // valid; the helper only calls `virtqueue_get_buf` on it.
+        let token = unsafe {
+            bindings::vbrs_wait_for_buf(
+                waiter.head.get(),
+                self.vq.as_ptr(),
+                isize::try_from(timeout).unwrap_or(isize::MAX),
+            )
+        };
+        if token.is_null() {
+            return false;
+        }
+        self.returned(token);
+        true
+    }
+
+    /// Sends `words` to the device and sleeps until the device hands the
+    /// buffer back (the completion callback wakes `waiter`) or `timeout`
+    /// jiffies pass.
+    ///
+    /// On [`SendError::Timeout`] the queue keeps the buffer until the
+    /// device hands it back ([`Virtqueue::get_buf`]) or is reset.
+    pub(crate) fn send_and_wait(
+        &mut self,
+        words: &[u32],
+        waiter: &WaitQueue,
+        timeout: Jiffies,
+    ) -> core::result::Result<(), SendError> {
+        if let Err(err) = self.send(words.as_bytes()) {
+            return Err(if self.is_broken() {
+                SendError::Broken
+            } else {
+                SendError::Queue(err)
+            });
+        }
+        self.kick();
+        if self.wait(waiter, timeout) {
+            Ok(())
+        } else {
+            Err(SendError::Timeout)
+        }
+    }
+
+    /// Free descriptors in the ring.
+    pub(crate) fn num_free(&self) -> u32 {
+        // SAFETY: the queue is valid.
+        unsafe { bindings::vbrs_virtqueue_num_free(self.vq.as_ptr()) }
+    }
+
+    /// Takes back every buffer the device has used.
+    pub(crate) fn drain_used(&mut self) {
+        while self.get_buf() {}
+    }
+
+    /// Sleeps until the device returns a buffer (taking it back) or
+    /// `timeout` passes; returns whether a buffer came back.
+    pub(crate) fn wait_used(&mut self, waiter: &WaitQueue, timeout: Jiffies) -> bool {
+        self.wait(waiter, timeout)
+    }
+
+    /// Hands a block of free pages to the device as a free page hint.
+    ///
+    /// The device only notes the block's address (it will not migrate those
+    /// pages); it never writes to it, and the guest may reuse the block at
+    /// any time, as the C driver's shrinker does.
+    pub(crate) fn add_hint<const ORDER: u32>(&mut self, block: &crate::mm::Page<ORDER>) -> Result {
+        // SAFETY: the queue is valid and `&mut self` serialises its use; the
+        // block is a valid page block of `ORDER` in the linear map.
+        to_result(unsafe {
+            bindings::vbrs_virtqueue_add_inbuf_block(self.vq.as_ptr(), block.as_raw(), ORDER)
+        })
+    }
+
+    /// Hands a free page report to the device (device-writable buffers) and
+    /// sleeps until the device has processed it.
+    ///
+    /// The device may discard the reported pages until it returns the
+    /// buffer, and the page reporting core cannot take back pages still
+    /// being reported, so this waits as long as it takes, logging once
+    /// after `warn_after` jiffies, until the device hands the buffer back
+    /// (`Ok`) or is reset (`ENODEV`: it dropped the buffer, so the pages
+    /// are the guest's again).
+    pub(crate) fn report_and_wait(
+        &mut self,
+        pages: &crate::mm::ReportedPages<'_>,
+        waiter: &WaitQueue,
+        warn_after: Jiffies,
+    ) -> Result {
+        let poll = kernel::time::msecs_to_jiffies(100);
+        let (sg, nents) = pages.raw();
+        // SAFETY: the queue is valid; `sg` is the page reporting core's
+        // scatterlist of `nents` entries, valid until the report callback
+        // returns, which happens only once the device gave it back.
+        to_result(unsafe {
+            bindings::vbrs_virtqueue_add_inbuf_nowait(self.vq.as_ptr(), sg, nents, sg.cast())
+        })?;
+        self.kick();
+        let mut waited: Jiffies = 0;
+        while !self.wait(waiter, poll) {
+            // SAFETY: the queue and its device are valid.
+            if !unsafe { bindings::vbrs_virtqueue_device_running(self.vq.as_ptr()) } {
+                return Err(ENODEV);
+            }
+            let before = waited;
+            waited = waited.saturating_add(poll);
+            if before < warn_after && waited >= warn_after {
+                pr_warn!("host has not returned a free page report yet; still waiting\n");
+            }
+        }
+        Ok(())
+    }
+}
