@@ -2,7 +2,21 @@
 
 //! The guest-side view: `/sys/kernel/debug/virtio_balloon_rs/<dev>/`.
 
-use super::*;
+use core::fmt;
+
+use balloon_logic::engine::{
+    Counters,
+    Engine, //
+};
+use balloon_logic::features::{
+    self,
+    Features, //
+};
+use balloon_logic::pfn::PageGeometry;
+use kernel::sync::atomic::{
+    Atomic,
+    Relaxed, //
+};
 
 /// Figures for the guest-side view in debugfs.
 pub(super) struct DebugView {

@@ -3,7 +3,24 @@
 //! Free page hinting: blocks of free pages the host may skip while it
 //! migrates the guest, held until the host is done or memory is short.
 
-use super::*;
+use balloon_logic::config;
+use balloon_logic::hint::{
+    self,
+    HintAction, //
+};
+use kernel::prelude::*;
+use kernel::sync::atomic::Relaxed;
+
+use super::Balloon;
+use crate::mm::{
+    Page,
+    PageList,
+    HINT_BLOCK_ORDER, //
+};
+use crate::virtio::{
+    Device,
+    Virtqueue, //
+};
 
 /// Free page hinting: the queue, the command id buffers the host reads,
 /// and the blocks hinted so far.

@@ -3,7 +3,31 @@
 //! The engine's backend over the device and the pages, for one locked
 //! section, and the pages allocated for an inflate before the lock.
 
-use super::*;
+use balloon_logic::config;
+use balloon_logic::engine::{
+    Backend,
+    HostError, //
+};
+use balloon_logic::features::QueueRole;
+use kernel::prelude::*;
+use kernel::time::Jiffies;
+
+use super::Balloon;
+use crate::mm::{
+    self,
+    BalloonDevInfo,
+    BulkAlloc,
+    HeldPage,
+    MigratingPage,
+    Page,
+    PageList, //
+};
+use crate::virtio::{
+    Device,
+    SendError,
+    Virtqueue,
+    WaitQueue, //
+};
 
 /// Pages allocated for the next inflate before the balloon lock is taken,
 /// so that direct reclaim never runs under it (the OOM notifier waits for

@@ -7,7 +7,6 @@
 //! Safe Rust only: the policy is `balloon_logic`, the device and the pages
 //! are reached through [`crate::virtio`] and [`crate::mm`].
 
-use core::fmt;
 use core::sync::atomic::{
     AtomicBool,
     Ordering, //
@@ -15,22 +14,14 @@ use core::sync::atomic::{
 
 use balloon_logic::config;
 use balloon_logic::engine::{
-    Backend,
-    Counters,
     Engine,
-    HostError,
     Step, //
 };
 use balloon_logic::features::{
     self,
-    queue_layout,
-    Features,
-    QueueRole, //
+    Features, //
 };
-use balloon_logic::hint::{
-    self,
-    HintAction, //
-};
+use balloon_logic::hint;
 use balloon_logic::pfn::{
     PageGeometry,
     PFNS_PER_BUFFER, //
@@ -42,15 +33,11 @@ use kernel::debugfs::{
     Scope, //
 };
 use kernel::prelude::*;
-use kernel::sync::atomic::{
-    Atomic,
-    Relaxed, //
-};
+use kernel::sync::atomic::Relaxed;
 use kernel::sync::{
     Mutex,
     SpinLockIrq, //
 };
-use kernel::time::Jiffies;
 use kernel::{
     new_mutex,
     new_spinlock_irq, //
@@ -63,20 +50,16 @@ use crate::mm::{
     HeldPage,
     MigratingPage,
     OomNotifier,
-    Page,
     PageList,
     PageReporting,
     ReportedPages,
-    Shrinker,
-    HINT_BLOCK_ORDER, //
+    Shrinker, //
 };
 use crate::virtio::{
     self,
     DelayedWork,
     Device,
     DeviceHandle,
-    QueueSpec,
-    SendError,
     Virtqueue,
     Virtqueues,
     WaitQueue, //

@@ -3,7 +3,16 @@
 //! The device's queues for the negotiated features: where each role sits,
 //! its name, and the buffers it owns.
 
-use super::*;
+use balloon_logic::features::{
+    self,
+    queue_layout,
+    Features,
+    QueueRole, //
+};
+use balloon_logic::pfn::PFNS_PER_BUFFER;
+use balloon_logic::stats;
+
+use crate::virtio::QueueSpec;
 
 /// The device's queues for the negotiated features: their names, in the
 /// order the device numbers them, and where each role sits.

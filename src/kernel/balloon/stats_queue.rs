@@ -3,7 +3,16 @@
 //! The stats queue: the host hands the buffer back when it wants fresh
 //! figures.
 
-use super::*;
+use balloon_logic::stats;
+use kernel::prelude::*;
+use kernel::sync::atomic::Relaxed;
+
+use super::{
+    Balloon,
+    WAKE_STATS, //
+};
+use crate::mm;
+use crate::virtio::Virtqueue;
 
 /// The stats queue; it owns the buffer the host holds between requests.
 pub(super) struct StatsState {
