@@ -40,7 +40,7 @@ KDIR_STAMP := $(TOP)/build/module-kdir
 DEBUG_MODULE := $(TOP)/build/debug/virtio_balloon_rs.ko
 
 .PHONY: all module setup kernel test host-test vm-test demo bench clippy fmt clean \
-	print-kdir print-bzimage print-module print-c-module check-kdir \
+	print-kdir print-bzimage print-module print-c-module check-kdir tree-for-kdir \
 	debug-kernel debug-module test-debug vm-test-debug print-debug-kdir check-debug-kdir
 
 all: module
@@ -58,12 +58,15 @@ $(VENDOR)/.stamp: Cargo.lock Cargo.toml
 	cargo vendor --locked -q $(VENDOR) >/dev/null
 	@touch $@
 
-module: check-kdir $(VENDOR)/.stamp
+# Cleans the tree's Kbuild objects if they were built for another KDIR.
+tree-for-kdir: check-kdir
 	@if [ -f $(KDIR_STAMP) ] && [ "$$(cat $(KDIR_STAMP))" != "$(KDIR)" ]; then \
 		echo "[make] objects were built for $$(cat $(KDIR_STAMP)): make clean first"; \
 		$(MAKE) -s clean KDIR="$$(cat $(KDIR_STAMP))"; \
 	fi
 	@mkdir -p $(dir $(KDIR_STAMP)) && echo "$(KDIR)" >$(KDIR_STAMP)
+
+module: tree-for-kdir $(VENDOR)/.stamp
 	$(KMAKE) modules
 
 setup kernel:
@@ -102,7 +105,7 @@ debug-module: check-debug-kdir
 # (#[ignore]d in `make test`). VBRS_STRESS=full for the full stress counts.
 vm-test-debug: check-debug-kdir
 	VBRS_KDIR=$(KDIR_DEBUG) VBRS_MODULE=$(DEBUG_MODULE) \
-		cargo test -p qemu-test -- --test-threads=1 --include-ignored $(TEST_ARGS)
+		cargo test -p qemu-test $(TEST_ARGS) -- --test-threads=1 --include-ignored
 
 test-debug: debug-kernel
 	$(MAKE) debug-module
@@ -116,7 +119,7 @@ bench: setup
 	$(MAKE) module
 	cargo run -q -p qemu-test --release --bin bench -- $(BENCH_ARGS)
 
-clippy: check-kdir $(VENDOR)/.stamp
+clippy: tree-for-kdir $(VENDOR)/.stamp
 	cargo clippy --workspace --all-targets -- -D warnings
 	@mkdir -p build
 	@touch src/kernel/virtio_balloon_main.rs src/lib.rs
