@@ -38,7 +38,7 @@ impl Balloon {
         if self.stopped() {
             return;
         }
-        let dev = self.dev.get();
+        let dev = &*self.dev;
         let received = dev.read_config_le32(config::FREE_PAGE_HINT_CMD_ID);
         let mut guard = self.hint.lock();
         let HintState {

@@ -7,11 +7,6 @@
 //! Safe Rust only: the policy is `balloon_logic`, the device and the pages
 //! are reached through [`crate::virtio`] and [`crate::mm`].
 
-use core::sync::atomic::{
-    AtomicBool,
-    Ordering, //
-};
-
 use balloon_logic::config;
 use balloon_logic::engine::{
     Engine,
@@ -33,7 +28,13 @@ use kernel::debugfs::{
     Scope, //
 };
 use kernel::prelude::*;
-use kernel::sync::atomic::Relaxed;
+use kernel::sync::aref::ARef;
+use kernel::sync::atomic::{
+    Acquire,
+    Atomic,
+    Relaxed,
+    Release, //
+};
 use kernel::sync::{
     Mutex,
     SpinLockIrq, //
@@ -59,7 +60,6 @@ use crate::virtio::{
     self,
     DelayedWork,
     Device,
-    DeviceHandle,
     Virtqueue,
     Virtqueues,
     WaitQueue, //
@@ -117,7 +117,7 @@ struct State {
 /// The per-device driver state.
 #[pin_data]
 pub(crate) struct Balloon {
-    dev: DeviceHandle,
+    dev: ARef<Device>,
     features: Features,
     geometry: PageGeometry,
     index: QueueIndex,
@@ -151,7 +151,7 @@ pub(crate) struct Balloon {
     events: SpinLockIrq<Events>,
     /// The engine waits for a late inflate or deflate buffer: its return
     /// queues the update work.
-    waiting_for_host: AtomicBool,
+    waiting_for_host: Atomic<bool>,
     /// Pages for the next inflate, allocated outside the balloon lock.
     #[pin]
     prealloc: Mutex<Prealloc>,
@@ -213,7 +213,7 @@ impl Balloon {
         } = state;
         let engine = engine.as_mut()?;
         let mut host = Host {
-            dev: self.dev.get(),
+            dev: &self.dev,
             inflate_queue: inflate_queue.as_mut()?,
             deflate_queue: deflate_queue.as_mut()?,
             acked: &self.acked,
@@ -229,7 +229,7 @@ impl Balloon {
         let result = f(engine, &mut host, pfns);
         self.view.update(engine);
         self.waiting_for_host
-            .store(engine.late().is_some(), Ordering::Release);
+            .store(engine.late().is_some(), Release);
         Some(result)
     }
 
@@ -249,7 +249,7 @@ impl Balloon {
             events.wakeup |= wake;
             if !events.awake {
                 events.awake = true;
-                self.dev.get().stay_awake();
+                self.dev.stay_awake();
             }
         }
         work.run_now();
@@ -268,7 +268,7 @@ impl Balloon {
         let mut events = self.events.lock();
         if events.wakeup == 0 && events.awake {
             events.awake = false;
-            self.dev.get().relax();
+            self.dev.relax();
         }
     }
 
@@ -457,7 +457,7 @@ impl Balloon {
         let mut events = self.events.lock();
         events.wakeup = 0;
         if core::mem::take(&mut events.awake) {
-            self.dev.get().relax();
+            self.dev.relax();
         }
     }
 
@@ -562,7 +562,7 @@ impl virtio::Driver for Balloon {
         Ok(())
     }
 
-    fn probe(dev: &Device, handle: DeviceHandle, root: &Dir) -> Result<Pin<KBox<Self>>> {
+    fn probe(dev: &Device, root: &Dir) -> Result<Pin<KBox<Self>>> {
         if !dev.has_config_access() {
             dev_err!(dev.as_dev(), "probe failure: config access disabled\n");
             return Err(EINVAL);
@@ -625,7 +625,7 @@ impl virtio::Driver for Balloon {
         )?;
         KBox::pin_init(
             try_pin_init!(Self {
-                dev: handle,
+                dev: dev.into(),
                 features,
                 geometry,
                 index,
@@ -646,7 +646,7 @@ impl virtio::Driver for Balloon {
                     wakeup: 0,
                     awake: false,
                 }),
-                waiting_for_host: AtomicBool::new(false),
+                waiting_for_host: Atomic::new(false),
                 prealloc <- new_mutex!(prealloc),
                 view,
             }),
@@ -671,7 +671,7 @@ impl virtio::Driver for Balloon {
             // A late buffer came back: the update work finishes its step.
             let index = queue_index as usize;
             if (index == self.index.inflate || index == self.index.deflate)
-                && self.waiting_for_host.load(Ordering::Acquire)
+                && self.waiting_for_host.load(Acquire)
             {
                 self.queue_unless_stopped(&self.update_work, WAKE_ADJUST);
             }

@@ -48,7 +48,7 @@ impl Balloon {
         let len = self.fill_stats(&mut buffer);
         if let Err(err) = queue.send(&buffer[..len]) {
             dev_warn!(
-                self.dev.get().as_dev(),
+                self.dev.as_dev(),
                 "cannot queue the stats buffer: {:?}\n",
                 err
             );

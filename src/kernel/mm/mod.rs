@@ -12,6 +12,7 @@ mod meminfo;
 mod oom;
 mod page;
 mod page_reporting;
+mod registration;
 mod shrinker;
 
 pub(crate) use balloon::{

@@ -3,16 +3,13 @@
 //! A registration with the OOM notifier chain.
 
 use core::marker::PhantomData;
-use core::sync::atomic::{
-    AtomicBool,
-    Ordering, //
-};
 
 use kernel::error::to_result;
 use kernel::ffi;
 use kernel::prelude::*;
 use kernel::types::Opaque;
 
+use super::registration::RegistrationState;
 use crate::bindings;
 
 /// The owner of an [`OomNotifier`].
@@ -50,12 +47,12 @@ macro_rules! impl_has_oom_notifier {
 pub(crate) struct OomNotifier<T> {
     #[pin]
     block: Opaque<bindings::notifier_block>,
-    registered: AtomicBool,
+    registration: RegistrationState,
     _owner: PhantomData<T>,
 }
 
-// SAFETY: the notifier chain serialises calls; the block is only changed
-// under `&mut`.
+// SAFETY: the block is written only by the initialiser; afterwards the
+// notifier chain only reads it, and calls the owner, which is `Sync`.
 unsafe impl<T> Sync for OomNotifier<T> {}
 // SAFETY: same.
 unsafe impl<T> Send for OomNotifier<T> {}
@@ -97,39 +94,35 @@ impl<T: HasOomNotifier> OomNotifier<T> {
                 // SAFETY: `block` is valid pinned memory for the block.
                 unsafe { block.write(nb) };
             }),
-            registered: AtomicBool::new(false),
+            registration: RegistrationState::new(),
             _owner: PhantomData,
         })
     }
 
-    /// Joins the OOM notifier chain (the driver core serialises this with
-    /// [`OomNotifier::unregister`]).
+    /// Joins the OOM notifier chain, unless already in it.
     pub(crate) fn register(&self) -> Result {
-        if self.registered.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        // SAFETY: the block is initialised and pinned; it stays registered
-        // until `unregister` or drop.
-        to_result(unsafe { bindings::register_oom_notifier(self.block.get()) })?;
-        self.registered.store(true, Ordering::Release);
-        Ok(())
+        self.registration.register(|| {
+            // SAFETY: the block is initialised and pinned; it stays
+            // registered until `unregister` or drop.
+            to_result(unsafe { bindings::register_oom_notifier(self.block.get()) })
+        })
     }
 
     /// Leaves the chain; waits for a running callback to finish.
     pub(crate) fn unregister(&self) {
-        if self.registered.swap(false, Ordering::AcqRel) {
+        self.registration.unregister(|| {
             // SAFETY: the block was registered by `register`.
             unsafe { bindings::unregister_oom_notifier(self.block.get()) };
-        }
+        });
     }
 }
 
 #[pinned_drop]
 impl<T> PinnedDrop for OomNotifier<T> {
     fn drop(self: Pin<&mut Self>) {
-        if self.registered.load(Ordering::Acquire) {
+        self.registration.unregister(|| {
             // SAFETY: the block was registered and is still pinned.
             unsafe { bindings::unregister_oom_notifier(self.block.get()) };
-        }
+        });
     }
 }

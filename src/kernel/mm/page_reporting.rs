@@ -4,15 +4,12 @@
 //! batches of free pages for the host to discard.
 
 use core::marker::PhantomData;
-use core::sync::atomic::{
-    AtomicBool,
-    Ordering, //
-};
 
 use kernel::error::to_result;
 use kernel::prelude::*;
 use kernel::types::Opaque;
 
+use super::registration::RegistrationState;
 use super::PAGE_SHIFT;
 use crate::bindings;
 
@@ -76,12 +73,13 @@ fn reporting_order() -> u32 {
 pub(crate) struct PageReporting<T> {
     #[pin]
     info: Opaque<bindings::page_reporting_dev_info>,
-    registered: AtomicBool,
+    registration: RegistrationState,
     _owner: PhantomData<T>,
 }
 
-// SAFETY: the page reporting core serialises reports; the descriptor is
-// only changed under `&mut`.
+// SAFETY: the descriptor is written only while unregistered, by the one
+// caller the registration state lets in; afterwards the page reporting core
+// reads it and serialises reports, which call the owner, which is `Sync`.
 unsafe impl<T> Sync for PageReporting<T> {}
 // SAFETY: same.
 unsafe impl<T> Send for PageReporting<T> {}
@@ -120,45 +118,43 @@ impl<T: HasPageReporting> PageReporting<T> {
                 // unregistered descriptor.
                 unsafe { info.write(Default::default()) };
             }),
-            registered: AtomicBool::new(false),
+            registration: RegistrationState::new(),
             _owner: PhantomData,
         })
     }
 
-    /// Starts reporting free pages in batches of at most `capacity` (the
-    /// driver core serialises this with [`PageReporting::unregister`]).
+    /// Starts reporting free pages in batches of at most `capacity`,
+    /// unless already reporting.
     pub(crate) fn register(&self, capacity: u32) -> Result {
-        if self.registered.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let info = self.info.get();
-        // SAFETY: the descriptor is not registered, so no one else reads it;
-        // after registration the core owns it until `unregister`.
-        unsafe {
-            (*info).report = Some(report_callback::<T>);
-            (*info).order = reporting_order();
-            (*info).capacity = capacity;
-            to_result(bindings::page_reporting_register(info))?;
-        }
-        self.registered.store(true, Ordering::Release);
-        Ok(())
+        self.registration.register(|| {
+            let info = self.info.get();
+            // SAFETY: the descriptor is not registered and the registration
+            // state lets only this caller in, so no one else reads or writes
+            // it; after registration the core owns it until `unregister`.
+            unsafe {
+                (*info).report = Some(report_callback::<T>);
+                (*info).order = reporting_order();
+                (*info).capacity = capacity;
+                to_result(bindings::page_reporting_register(info))
+            }
+        })
     }
 
     /// Stops reporting; waits for a report in progress.
     pub(crate) fn unregister(&self) {
-        if self.registered.swap(false, Ordering::AcqRel) {
+        self.registration.unregister(|| {
             // SAFETY: registered by `register`.
             unsafe { bindings::page_reporting_unregister(self.info.get()) };
-        }
+        });
     }
 }
 
 #[pinned_drop]
 impl<T> PinnedDrop for PageReporting<T> {
     fn drop(self: Pin<&mut Self>) {
-        if self.registered.load(Ordering::Acquire) {
+        self.registration.unregister(|| {
             // SAFETY: registered and still pinned.
             unsafe { bindings::page_reporting_unregister(self.info.get()) };
-        }
+        });
     }
 }

@@ -3,11 +3,16 @@
 //! A memory shrinker: reclaim asks the owner for pages it can give back.
 
 use core::marker::PhantomData;
-use core::sync::atomic::Ordering;
 
 use kernel::ffi;
 use kernel::prelude::*;
+use kernel::sync::atomic::{
+    Atomic,
+    Full,
+    Release, //
+};
 
+use super::registration::RegistrationState;
 use crate::bindings;
 
 /// The owner of a [`Shrinker`].
@@ -51,9 +56,16 @@ macro_rules! impl_has_shrinker {
 /// `private_data` is the pinned owner, registered until `unregister`.
 #[pin_data(PinnedDrop)]
 pub(crate) struct Shrinker<T> {
-    shrinker: core::sync::atomic::AtomicPtr<bindings::shrinker>,
+    shrinker: Atomic<*mut bindings::shrinker>,
+    registration: RegistrationState,
     _owner: PhantomData<T>,
 }
+
+// SAFETY: the pointer is only changed atomically, and the shrinker's
+// callbacks call the owner, which is `Sync`.
+unsafe impl<T> Sync for Shrinker<T> {}
+// SAFETY: same.
+unsafe impl<T> Send for Shrinker<T> {}
 
 /// Shrinker count callback.
 ///
@@ -94,57 +106,62 @@ impl<T: HasShrinker> Shrinker<T> {
     /// An initialiser for an unregistered shrinker.
     pub(crate) fn new() -> impl PinInit<Self> {
         pin_init!(Self {
-            shrinker: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()),
+            shrinker: Atomic::new(core::ptr::null_mut()),
+            registration: RegistrationState::new(),
             _owner: PhantomData,
         })
     }
 
-    /// Allocates and registers the shrinker under `name`.
+    /// Allocates and registers the shrinker under `name`, unless already
+    /// registered.
     pub(crate) fn register(&self, name: &CStr) -> Result {
-        if !self.shrinker.load(Ordering::Acquire).is_null() {
-            return Ok(());
-        }
-        // SAFETY: `name` is a valid C string; "%s" takes it as the one
-        // variadic argument.
-        let shrinker =
-            unsafe { bindings::shrinker_alloc(0, c"%s".as_char_ptr(), name.as_char_ptr()) };
-        if shrinker.is_null() {
-            return Err(ENOMEM);
-        }
-        // The owner is pinned and embeds `self` at `T::OFFSET`.
-        let owner = core::ptr::from_ref(self)
-            .cast::<u8>()
-            .wrapping_sub(T::OFFSET);
-        // SAFETY: `shrinker` is freshly allocated and not yet registered;
-        // INVARIANT: its `private_data` is the pinned owner.
-        unsafe {
-            (*shrinker).count_objects = Some(shrinker_count::<T>);
-            (*shrinker).scan_objects = Some(shrinker_scan::<T>);
-            (*shrinker).private_data = owner.cast_mut().cast();
-            bindings::shrinker_register(shrinker);
-        }
-        self.shrinker.store(shrinker, Ordering::Release);
-        Ok(())
+        self.registration.register(|| {
+            // SAFETY: `name` is a valid C string; "%s" takes it as the one
+            // variadic argument.
+            let shrinker =
+                unsafe { bindings::shrinker_alloc(0, c"%s".as_char_ptr(), name.as_char_ptr()) };
+            if shrinker.is_null() {
+                return Err(ENOMEM);
+            }
+            // The owner is pinned and embeds `self` at `T::OFFSET`.
+            let owner = core::ptr::from_ref(self)
+                .cast::<u8>()
+                .wrapping_sub(T::OFFSET);
+            // SAFETY: `shrinker` is freshly allocated and not yet registered;
+            // INVARIANT: its `private_data` is the pinned owner.
+            unsafe {
+                (*shrinker).count_objects = Some(shrinker_count::<T>);
+                (*shrinker).scan_objects = Some(shrinker_scan::<T>);
+                (*shrinker).private_data = owner.cast_mut().cast();
+                bindings::shrinker_register(shrinker);
+            }
+            self.shrinker.store(shrinker, Release);
+            Ok(())
+        })
     }
 
     /// Unregisters and frees the shrinker; waits for running callbacks.
     pub(crate) fn unregister(&self) {
-        let shrinker = self.shrinker.swap(core::ptr::null_mut(), Ordering::AcqRel);
-        if !shrinker.is_null() {
-            // SAFETY: allocated and registered by `register`; taken out of
-            // `self`, so freed once.
-            unsafe { bindings::shrinker_free(shrinker) };
-        }
+        self.registration.unregister(|| {
+            let shrinker = self.shrinker.xchg(core::ptr::null_mut(), Full);
+            if !shrinker.is_null() {
+                // SAFETY: allocated and registered by `register`; taken out
+                // of `self`, so freed once.
+                unsafe { bindings::shrinker_free(shrinker) };
+            }
+        });
     }
 }
 
 #[pinned_drop]
 impl<T> PinnedDrop for Shrinker<T> {
     fn drop(self: Pin<&mut Self>) {
-        let shrinker = self.shrinker.swap(core::ptr::null_mut(), Ordering::AcqRel);
-        if !shrinker.is_null() {
-            // SAFETY: allocated and registered by `register`.
-            unsafe { bindings::shrinker_free(shrinker) };
-        }
+        self.registration.unregister(|| {
+            let shrinker = self.shrinker.xchg(core::ptr::null_mut(), Full);
+            if !shrinker.is_null() {
+                // SAFETY: allocated and registered by `register`.
+                unsafe { bindings::shrinker_free(shrinker) };
+            }
+        });
     }
 }

@@ -7,6 +7,7 @@ use core::ptr::NonNull;
 
 use kernel::error::to_result;
 use kernel::prelude::*;
+use kernel::sync::aref::AlwaysRefCounted;
 use kernel::types::Opaque;
 
 use super::driver::queue_callback;
@@ -25,7 +26,8 @@ use crate::bindings;
 /// # Invariants
 ///
 /// The wrapped `virtio_device` is valid for as long as a `&Device` exists:
-/// references are only handed out inside the bus callbacks.
+/// references are handed out inside the bus callbacks, or through an
+/// [`ARef<Device>`](kernel::sync::aref::ARef) that holds a reference to its `struct device`.
 #[repr(transparent)]
 pub(crate) struct Device(Opaque<bindings::virtio_device>);
 
@@ -211,25 +213,27 @@ impl Device {
 /// Proof that the device was reset: it holds no buffer any more.
 pub(crate) struct DeviceReset(());
 
-/// A handle to the bound device, kept in the driver's state so that work
-/// items can reach the device.
-///
-/// # Invariants
-///
-/// Only created by the probe callback; valid until the driver state that
-/// holds it is dropped at the end of remove.
-pub(crate) struct DeviceHandle(pub(super) NonNull<bindings::virtio_device>);
+// SAFETY: a virtio device embeds a `struct device`, whose reference count
+// keeps the whole `virtio_device` allocated: the transport frees it only
+// from the device's release callback, when the last reference is dropped.
+unsafe impl AlwaysRefCounted for Device {
+    fn inc_ref(&self) {
+        // SAFETY: `self` is valid (type invariant), so is its embedded device.
+        unsafe { bindings::get_device(core::ptr::addr_of_mut!((*self.as_raw()).dev)) };
+    }
 
-// SAFETY: the device may be used from any thread; the driver serialises
-// what needs serialising.
-unsafe impl Send for DeviceHandle {}
-// SAFETY: same.
-unsafe impl Sync for DeviceHandle {}
-
-impl DeviceHandle {
-    /// The device.
-    pub(crate) fn get(&self) -> &Device {
-        // SAFETY: valid while the driver state exists (type invariant).
-        unsafe { Device::from_raw(self.0.as_ptr()) }
+    unsafe fn dec_ref(obj: NonNull<Self>) {
+        // SAFETY: the caller owns a reference taken by `inc_ref`.
+        unsafe {
+            bindings::put_device(core::ptr::addr_of_mut!(
+                (*obj.as_ptr().cast::<bindings::virtio_device>()).dev
+            ))
+        };
     }
 }
+
+// SAFETY: the virtio core's device operations may be called from any
+// thread; what needs serialising the driver serialises.
+unsafe impl Send for Device {}
+// SAFETY: same.
+unsafe impl Sync for Device {}

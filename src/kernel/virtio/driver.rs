@@ -4,16 +4,18 @@
 //! C callbacks that forward to it.
 
 use core::marker::PhantomData;
-use core::ptr::NonNull;
 
-use kernel::error::to_result;
-use kernel::prelude::*;
-use kernel::types::Opaque;
-
-use super::{
-    Device,
-    DeviceHandle, //
+use kernel::error::{
+    from_result,
+    to_result, //
 };
+use kernel::prelude::*;
+use kernel::types::{
+    ForeignOwnable,
+    Opaque, //
+};
+
+use super::Device;
 use crate::bindings;
 
 /// A virtio driver.
@@ -32,7 +34,7 @@ pub(crate) trait Driver: Sized + Send + Sync + 'static {
         Ok(())
     }
     /// Allocates the per-device state; no queue exists yet.
-    fn probe(dev: &Device, handle: DeviceHandle, shared: &Self::Shared) -> Result<Pin<KBox<Self>>>;
+    fn probe(dev: &Device, shared: &Self::Shared) -> Result<Pin<KBox<Self>>>;
     /// Sets the device up once the state is reachable from callbacks.
     fn start(&self, dev: &Device) -> Result;
     /// A queue handed buffers back (interrupt context).
@@ -57,16 +59,17 @@ pub(crate) trait Driver: Sized + Send + Sync + 'static {
     }
 }
 
-/// Gets the driver state of a bound device.
+/// Borrows the driver state of a bound device.
 ///
 /// # Safety
 ///
-/// `vdev` must be a valid device bound to driver `T` between a successful
-/// probe and the end of remove.
-unsafe fn driver_data<'a, T: Driver>(vdev: *mut bindings::virtio_device) -> &'a T {
-    // SAFETY: the probe callback stored a `Pin<KBox<T>>` in `priv` and
-    // remove takes it back only after the driver quiesced every callback.
-    unsafe { &*(*vdev).priv_.cast::<T>() }
+/// `vdev` must be a valid device bound to driver `T`, between the store of
+/// its state in `probe_callback` and the end of `remove_callback`.
+unsafe fn driver_data<'a, T: Driver>(vdev: *mut bindings::virtio_device) -> Pin<&'a T> {
+    // SAFETY: `probe_callback` stored a `Pin<KBox<T>>` from `into_foreign`
+    // in `priv`; `remove_callback` takes it back only after `T::remove`
+    // stopped every callback (the caller's contract).
+    unsafe { <Pin<KBox<T>> as ForeignOwnable>::borrow((*vdev).priv_) }
 }
 
 /// Completion callback of every queue: forwards to [`Driver::queue_done`].
@@ -92,10 +95,7 @@ pub(super) unsafe extern "C" fn queue_callback<T: Driver>(vq: *mut bindings::vir
 unsafe extern "C" fn validate_callback<T: Driver>(vdev: *mut bindings::virtio_device) -> i32 {
     // SAFETY: the core passes a valid device.
     let dev = unsafe { Device::from_raw(vdev) };
-    match T::validate(dev) {
-        Ok(()) => 0,
-        Err(err) => err.to_errno(),
-    }
+    from_result(|| T::validate(dev).map(|()| 0))
 }
 
 /// Forwards `probe` to [`Driver::probe`] and [`Driver::start`].
@@ -107,34 +107,33 @@ unsafe extern "C" fn probe_callback<T: Driver>(vdev: *mut bindings::virtio_devic
     // SAFETY: the core passes a valid device for the duration of the call
     // and, once probe succeeds, until remove.
     let dev = unsafe { Device::from_raw(vdev) };
-    // INVARIANT: the handle goes into the driver state, dropped in remove.
-    let handle = DeviceHandle(match NonNull::new(vdev) {
-        Some(ptr) => ptr,
-        None => return EINVAL.to_errno(),
-    });
     // SAFETY: the core binds devices to the driver of a live
     // `Registration<T>`, which outlives every binding (it unregisters on drop).
     let shared = unsafe { Registration::<T>::shared_of(vdev) };
-    let data = match T::probe(dev, handle, shared) {
-        Ok(data) => data,
-        Err(err) => return err.to_errno(),
-    };
-    // SAFETY: the state is never moved out of its box again: it is only
-    // reached through `priv` until remove turns it back into a box to drop.
-    let raw = KBox::into_raw(unsafe { Pin::into_inner_unchecked(data) });
-    // SAFETY: `vdev` is valid; nothing reads `priv` before this store.
-    unsafe { (*vdev).priv_ = raw.cast() };
-    // SAFETY: `raw` was just leaked from a box and is valid.
-    if let Err(err) = T::start(unsafe { &*raw }, dev) {
-        // SAFETY: `start` failed before enabling any callback; take back
-        // the box and clear `priv`.
-        unsafe {
-            (*vdev).priv_ = core::ptr::null_mut();
-            drop(KBox::from_raw(raw));
+    from_result(|| {
+        let state = T::probe(dev, shared)?.into_foreign();
+        // SAFETY: `vdev` is valid; no callback reads `priv` before the
+        // queues exist, which `start` creates after this store.
+        unsafe { (*vdev).priv_ = state };
+        // SAFETY: `state` came from `into_foreign` just above and is only
+        // taken back below or in `remove_callback`.
+        let started = T::start(
+            unsafe { &<Pin<KBox<T>> as ForeignOwnable>::borrow(state) },
+            dev,
+        );
+        if let Err(err) = started {
+            // SAFETY: a failed `start` tore down what it set up (the device
+            // is reset and its queues are deleted), and config change
+            // callbacks are enabled only once probe succeeds: nothing can
+            // reach the state any more.
+            unsafe {
+                (*vdev).priv_ = core::ptr::null_mut();
+                drop(<Pin<KBox<T>> as ForeignOwnable>::from_foreign(state));
+            }
+            return Err(err);
         }
-        return err.to_errno();
-    }
-    0
+        Ok(0)
+    })
 }
 
 /// Forwards `remove` to [`Driver::remove`] and drops the driver state.
@@ -146,14 +145,15 @@ unsafe extern "C" fn remove_callback<T: Driver>(vdev: *mut bindings::virtio_devi
     // SAFETY: the core passes a bound device.
     let dev = unsafe { Device::from_raw(vdev) };
     // SAFETY: bound device: `priv` holds our state.
-    let data = unsafe { driver_data::<T>(vdev) };
-    data.remove(dev);
-    // SAFETY: `remove` quiesced every callback and reset the device, so no
-    // one else can reach the state; it came from `KBox::into_raw`.
+    unsafe { driver_data::<T>(vdev) }.remove(dev);
+    // SAFETY: `remove` stopped every activity, reset the device and deleted
+    // its queues, and the core disabled config change callbacks before
+    // calling it: nothing else can reach the state, which came from
+    // `into_foreign`.
     unsafe {
-        let raw = (*vdev).priv_.cast::<T>();
+        let state = (*vdev).priv_;
         (*vdev).priv_ = core::ptr::null_mut();
-        drop(KBox::from_raw(raw));
+        drop(<Pin<KBox<T>> as ForeignOwnable>::from_foreign(state));
     }
 }
 
@@ -186,8 +186,8 @@ unsafe extern "C" fn shutdown_callback<T: Driver>(vdev: *mut bindings::virtio_de
 /// Called by the virtio core with a device bound to `T`.
 unsafe extern "C" fn freeze_callback<T: Driver>(vdev: *mut bindings::virtio_device) -> i32 {
     // SAFETY: bound device.
-    let result = unsafe { driver_data::<T>(vdev).freeze(Device::from_raw(vdev)) };
-    result.map_or_else(|e| e.to_errno(), |()| 0)
+    let (state, dev) = unsafe { (driver_data::<T>(vdev), Device::from_raw(vdev)) };
+    from_result(|| state.freeze(dev).map(|()| 0))
 }
 
 /// Forwards `restore` to [`Driver::restore`].
@@ -197,8 +197,8 @@ unsafe extern "C" fn freeze_callback<T: Driver>(vdev: *mut bindings::virtio_devi
 /// Called by the virtio core with a device bound to `T`.
 unsafe extern "C" fn restore_callback<T: Driver>(vdev: *mut bindings::virtio_device) -> i32 {
     // SAFETY: bound device.
-    let result = unsafe { driver_data::<T>(vdev).restore(Device::from_raw(vdev)) };
-    result.map_or_else(|e| e.to_errno(), |()| 0)
+    let (state, dev) = unsafe { (driver_data::<T>(vdev), Device::from_raw(vdev)) };
+    from_result(|| state.restore(dev).map(|()| 0))
 }
 
 /// A registered virtio driver; unregistered on drop.

@@ -16,10 +16,7 @@ mod virtqueue;
 mod wait_queue;
 mod work;
 
-pub(crate) use device::{
-    Device,
-    DeviceHandle, //
-};
+pub(crate) use device::Device;
 pub(crate) use driver::{
     Driver,
     Registration, //
