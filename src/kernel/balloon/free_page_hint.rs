@@ -3,7 +3,6 @@
 //! Free page hinting: blocks of free pages the host may skip while it
 //! migrates the guest, held until the host is done or memory is short.
 
-use balloon_logic::config;
 use balloon_logic::hint::{
     self,
     HintAction, //
@@ -17,6 +16,7 @@ use crate::mm::{
     PageList,
     HINT_BLOCK_ORDER, //
 };
+use crate::virtio::config::FreePageHintCmdId;
 use crate::virtio::{
     Device,
     Virtqueue, //
@@ -39,7 +39,9 @@ impl Balloon {
             return;
         }
         let dev = &*self.dev;
-        let received = dev.read_config_le32(config::FREE_PAGE_HINT_CMD_ID);
+        let Some(received) = dev.read_config::<FreePageHintCmdId>() else {
+            return;
+        };
         let mut guard = self.hint.lock();
         let HintState {
             queue,
@@ -98,7 +100,11 @@ impl Balloon {
         let poll = kernel::time::msecs_to_jiffies(10);
 
         while !self.stopped()
-            && hint::round_continues(dev.read_config_le32(config::FREE_PAGE_HINT_CMD_ID), id)
+            && hint::round_continues(
+                dev.read_config::<FreePageHintCmdId>()
+                    .unwrap_or(hint::CMD_ID_STOP),
+                id,
+            )
         {
             queue.drain_used();
             // One descriptor stays free for the stop id.

@@ -3,7 +3,6 @@
 //! The engine's backend over the device and the pages, for one locked
 //! section, and the pages allocated for an inflate before the lock.
 
-use balloon_logic::config;
 use balloon_logic::engine::{
     Backend,
     HostError, //
@@ -21,6 +20,10 @@ use crate::mm::{
     MigratingPage,
     Page,
     PageList, //
+};
+use crate::virtio::config::{
+    Actual,
+    NumPages, //
 };
 use crate::virtio::{
     Device,
@@ -72,11 +75,13 @@ pub(super) struct Host<'a> {
 
 impl Backend for Host<'_> {
     fn read_target(&mut self) -> u32 {
-        self.dev.read_config_le32(config::NUM_PAGES)
+        // Every balloon device has `num_pages`.
+        self.dev.read_config::<NumPages>().unwrap_or(0)
     }
 
     fn write_actual(&mut self, actual: u32) {
-        self.dev.write_config_le32(config::ACTUAL, actual);
+        // Every balloon device has `actual`: this cannot fail.
+        let _ = self.dev.write_config::<Actual>(actual);
     }
 
     fn available_pages(&mut self) -> u64 {

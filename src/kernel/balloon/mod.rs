@@ -7,7 +7,6 @@
 //! Safe Rust only: the policy is `balloon_logic`, the device and the pages
 //! are reached through [`crate::virtio`] and [`crate::mm`].
 
-use balloon_logic::config;
 use balloon_logic::engine::{
     Engine,
     Step, //
@@ -55,6 +54,11 @@ use crate::mm::{
     PageReporting,
     ReportedPages,
     Shrinker, //
+};
+use crate::virtio::config::{
+    Actual,
+    NumPages,
+    PoisonVal, //
 };
 use crate::virtio::{
     self,
@@ -397,10 +401,10 @@ impl Balloon {
         dev.set_wakeup_capable();
         if self.features.contains(Features::PAGE_POISON) {
             let poison = features::poison_value(mm::zeroes_free_pages());
-            dev.write_config_le32(config::POISON_VAL, poison);
+            dev.write_config::<PoisonVal>(poison)?;
         }
         dev.ready();
-        dev.write_config_le32(config::ACTUAL, 0);
+        dev.write_config::<Actual>(0)?;
 
         if let Some(queue) = stats_queue {
             // Prime the stats queue: the host returns this buffer when it
@@ -422,7 +426,7 @@ impl Balloon {
             self.hint_shrinker.register(c"virtio-balloon-rs")?;
         }
 
-        let target = dev.read_config_le32(config::NUM_PAGES);
+        let target = dev.read_config::<NumPages>().unwrap_or(0);
         dev_info!(
             dev.as_dev(),
             "bound: features {:#x} ({:?}), {} queues, target {} KiB, reserve {} KiB\n",

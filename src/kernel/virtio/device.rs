@@ -10,6 +10,7 @@ use kernel::prelude::*;
 use kernel::sync::aref::AlwaysRefCounted;
 use kernel::types::Opaque;
 
+use super::config::ConfigField;
 use super::driver::queue_callback;
 use super::virtqueue::{
     OutBuffer,
@@ -77,16 +78,31 @@ impl Device {
         unsafe { bindings::vbrs_virtio_clear_feature(self.as_raw(), bit) }
     }
 
-    /// Reads a little-endian 32-bit config field at `offset`.
-    pub(crate) fn read_config_le32(&self, offset: usize) -> u32 {
-        // SAFETY: `self` is valid; the transport bounds-checks `offset`.
-        unsafe { bindings::vbrs_virtio_cread_le32(self.as_raw(), offset as u32) }
+    /// Whether every feature bit of `bits` is negotiated.
+    fn has_features(&self, bits: u64) -> bool {
+        self.features() & bits == bits
     }
 
-    /// Writes a little-endian 32-bit config field at `offset`, in one access.
-    pub(crate) fn write_config_le32(&self, offset: usize, value: u32) {
-        // SAFETY: `self` is valid; the transport bounds-checks `offset`.
-        unsafe { bindings::vbrs_virtio_cwrite_le32(self.as_raw(), offset as u32, value) }
+    /// Reads config field `F` (little-endian), or `None` when the features
+    /// that make it exist are not negotiated.
+    pub(crate) fn read_config<F: ConfigField>(&self) -> Option<u32> {
+        if !self.has_features(F::NEEDS) {
+            return None;
+        }
+        // SAFETY: `self` is valid; the field exists in the config space
+        // with the features just checked (`ConfigField` contract).
+        Some(unsafe { bindings::vbrs_virtio_cread_le32(self.as_raw(), F::OFFSET) })
+    }
+
+    /// Writes config field `F` (little-endian) in one access; `EINVAL` when
+    /// the features that make it exist are not negotiated.
+    pub(crate) fn write_config<F: ConfigField>(&self, value: u32) -> Result {
+        if !self.has_features(F::NEEDS) {
+            return Err(EINVAL);
+        }
+        // SAFETY: as in `read_config`.
+        unsafe { bindings::vbrs_virtio_cwrite_le32(self.as_raw(), F::OFFSET, value) };
+        Ok(())
     }
 
     /// Lets the device hold a wakeup source of its own (user space enables

@@ -10,6 +10,7 @@
 //! (`wait_queue.rs`) and [`DelayedWork`] (`work.rs`). Every `unsafe` block
 //! of the module that touches virtio lives below this directory.
 
+pub(crate) mod config;
 mod device;
 mod driver;
 mod virtqueue;
