@@ -13,85 +13,103 @@ use balloon_logic::features::{
     Features, //
 };
 use balloon_logic::pfn::PageGeometry;
+use kernel::new_spinlock;
+use kernel::prelude::*;
 use kernel::sync::atomic::{
     Atomic,
     Relaxed, //
 };
+use kernel::sync::SpinLock;
+
+/// What the engine showed after its last step: every file reads one
+/// consistent copy instead of a set of mirrored counters.
+#[derive(Clone, Copy, Default)]
+pub(super) struct EngineView {
+    counters: Counters,
+    target_pages: u32,
+    actual_pages: u64,
+    backoff_ms: u32,
+    /// In balloon (4 KiB) pages.
+    reserve_pages: u64,
+    stalled: bool,
+}
 
 /// Figures for the guest-side view in debugfs.
+#[pin_data]
 pub(super) struct DebugView {
-    pub(super) features: Features,
-    pub(super) target_pages: Atomic<u64>,
-    pub(super) actual_pages: Atomic<u64>,
-    pub(super) inflated_pages: Atomic<u64>,
-    pub(super) deflated_pages: Atomic<u64>,
-    pub(super) alloc_failures: Atomic<u64>,
-    pub(super) backoff_ms: Atomic<u64>,
-    pub(super) migrated_pages: Atomic<u64>,
-    pub(super) oom_deflated_pages: Atomic<u64>,
-    pub(super) reserve_pages: Atomic<u64>,
-    pub(super) stats_updates: Atomic<u64>,
-    pub(super) free_page_reports: Atomic<u64>,
-    pub(super) hint_rounds: Atomic<u64>,
-    pub(super) hinted_blocks: Atomic<u64>,
-    pub(super) hint_blocks_held: Atomic<u64>,
-    pub(super) host_stalled: Atomic<u64>,
-    pub(super) late_buffers: Atomic<u64>,
+    features: Features,
     /// Balloon (4 KiB) pages per guest page, to show the reserve in them.
-    pub(super) balloon_pages_per_page: u64,
+    balloon_pages_per_page: u64,
+    #[pin]
+    engine: SpinLock<EngineView>,
+    /// Stats buffers handed to the host.
+    pub(super) stats_updates: Atomic<u64>,
+    /// Free page reports the host acknowledged.
+    pub(super) free_page_reports: Atomic<u64>,
+    /// Free page hint rounds started.
+    pub(super) hint_rounds: Atomic<u64>,
+    /// Blocks hinted so far.
+    pub(super) hinted_blocks: Atomic<u64>,
+    /// Blocks held as hints now.
+    pub(super) hint_blocks_held: Atomic<u64>,
 }
 
 impl DebugView {
-    pub(super) fn new(features: Features, geometry: PageGeometry) -> Self {
-        Self {
+    pub(super) fn new(features: Features, geometry: PageGeometry) -> impl PinInit<Self> {
+        pin_init!(Self {
             features,
-            late_buffers: Atomic::new(0),
             balloon_pages_per_page: u64::from(geometry.balloon_pages_per_page()),
-            target_pages: Atomic::new(0),
-            actual_pages: Atomic::new(0),
-            inflated_pages: Atomic::new(0),
-            deflated_pages: Atomic::new(0),
-            alloc_failures: Atomic::new(0),
-            backoff_ms: Atomic::new(0),
-            migrated_pages: Atomic::new(0),
-            oom_deflated_pages: Atomic::new(0),
-            reserve_pages: Atomic::new(0),
+            engine <- new_spinlock!(EngineView::default()),
             stats_updates: Atomic::new(0),
             free_page_reports: Atomic::new(0),
             hint_rounds: Atomic::new(0),
             hinted_blocks: Atomic::new(0),
             hint_blocks_held: Atomic::new(0),
-            host_stalled: Atomic::new(0),
-        }
+        })
     }
 
     /// Publishes the engine's figures.
     pub(super) fn update(&self, engine: &Engine) {
-        let Counters {
-            inflated,
-            deflated,
-            alloc_failures,
-            migrated,
-            oom_deflated,
-            late_buffers,
-            ..
-        } = engine.counters();
-        self.late_buffers.store(late_buffers, Relaxed);
-        self.target_pages
-            .store(u64::from(engine.last_target()), Relaxed);
-        self.actual_pages.store(engine.pages(), Relaxed);
-        self.inflated_pages.store(inflated, Relaxed);
-        self.deflated_pages.store(deflated, Relaxed);
-        self.alloc_failures.store(alloc_failures, Relaxed);
-        self.backoff_ms
-            .store(u64::from(engine.backoff_ms()), Relaxed);
-        self.migrated_pages.store(migrated, Relaxed);
-        self.oom_deflated_pages.store(oom_deflated, Relaxed);
-        self.reserve_pages
-            .store(engine.reserve() * self.balloon_pages_per_page, Relaxed);
-        self.host_stalled
-            .store(u64::from(engine.is_stalled()), Relaxed);
+        *self.engine.lock() = EngineView {
+            counters: engine.counters(),
+            target_pages: engine.last_target(),
+            actual_pages: engine.pages(),
+            backoff_ms: engine.backoff_ms(),
+            reserve_pages: engine.reserve() * self.balloon_pages_per_page,
+            stalled: engine.is_stalled(),
+        };
     }
+
+    fn engine(&self) -> EngineView {
+        *self.engine.lock()
+    }
+}
+
+/// Defines a debugfs read callback per engine figure: `name(view, f)`
+/// prints `expr` of the engine snapshot `e`.
+macro_rules! engine_files {
+    ($($name:ident => |$e:ident| $expr:expr;)*) => {
+        $(
+            pub(super) fn $name(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let $e = view.engine();
+                writeln!(f, "{}", $expr)
+            }
+        )*
+    };
+}
+
+engine_files! {
+    target_pages => |e| e.target_pages;
+    actual_pages => |e| e.actual_pages;
+    inflated_pages => |e| e.counters.inflated;
+    deflated_pages => |e| e.counters.deflated;
+    migrated_pages => |e| e.counters.migrated;
+    oom_deflated_pages => |e| e.counters.oom_deflated;
+    reserve_pages => |e| e.reserve_pages;
+    alloc_failures => |e| e.counters.alloc_failures;
+    backoff_ms => |e| e.backoff_ms;
+    host_stalled => |e| u8::from(e.stalled);
+    late_buffers => |e| e.counters.late_buffers;
 }
 
 pub(super) fn write_features(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -104,40 +122,29 @@ pub(super) fn write_features(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fm
 }
 
 pub(super) fn write_status(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    let kib = |value: &Atomic<u64>| value.load(Relaxed) * 4;
+    let e = view.engine();
+    let count = |value: &Atomic<u64>| value.load(Relaxed);
     writeln!(f, "features:          {:?}", DisplayFeatures(view.features))?;
-    writeln!(f, "target:            {} KiB", kib(&view.target_pages))?;
-    writeln!(f, "actual:            {} KiB", kib(&view.actual_pages))?;
-    writeln!(f, "inflated:          {} KiB", kib(&view.inflated_pages))?;
-    writeln!(f, "deflated:          {} KiB", kib(&view.deflated_pages))?;
-    writeln!(f, "migrated:          {} KiB", kib(&view.migrated_pages))?;
     writeln!(
         f,
-        "oom_deflated:      {} KiB",
-        kib(&view.oom_deflated_pages)
+        "target:            {} KiB",
+        u64::from(e.target_pages) * 4
     )?;
-    writeln!(f, "reserve:           {} KiB", kib(&view.reserve_pages))?;
-    writeln!(
-        f,
-        "alloc_failures:    {}",
-        view.alloc_failures.load(Relaxed)
-    )?;
-    writeln!(f, "backoff_ms:        {}", view.backoff_ms.load(Relaxed))?;
-    writeln!(f, "stats_updates:     {}", view.stats_updates.load(Relaxed))?;
-    writeln!(
-        f,
-        "free_page_reports: {}",
-        view.free_page_reports.load(Relaxed)
-    )?;
-    writeln!(f, "hint_rounds:       {}", view.hint_rounds.load(Relaxed))?;
-    writeln!(f, "hinted_blocks:     {}", view.hinted_blocks.load(Relaxed))?;
-    writeln!(
-        f,
-        "hint_blocks_held:  {}",
-        view.hint_blocks_held.load(Relaxed)
-    )?;
-    writeln!(f, "host_stalled:      {}", view.host_stalled.load(Relaxed))?;
-    writeln!(f, "late_buffers:      {}", view.late_buffers.load(Relaxed))
+    writeln!(f, "actual:            {} KiB", e.actual_pages * 4)?;
+    writeln!(f, "inflated:          {} KiB", e.counters.inflated * 4)?;
+    writeln!(f, "deflated:          {} KiB", e.counters.deflated * 4)?;
+    writeln!(f, "migrated:          {} KiB", e.counters.migrated * 4)?;
+    writeln!(f, "oom_deflated:      {} KiB", e.counters.oom_deflated * 4)?;
+    writeln!(f, "reserve:           {} KiB", e.reserve_pages * 4)?;
+    writeln!(f, "alloc_failures:    {}", e.counters.alloc_failures)?;
+    writeln!(f, "backoff_ms:        {}", e.backoff_ms)?;
+    writeln!(f, "stats_updates:     {}", count(&view.stats_updates))?;
+    writeln!(f, "free_page_reports: {}", count(&view.free_page_reports))?;
+    writeln!(f, "hint_rounds:       {}", count(&view.hint_rounds))?;
+    writeln!(f, "hinted_blocks:     {}", count(&view.hinted_blocks))?;
+    writeln!(f, "hint_blocks_held:  {}", count(&view.hint_blocks_held))?;
+    writeln!(f, "host_stalled:      {}", u8::from(e.stalled))?;
+    writeln!(f, "late_buffers:      {}", e.counters.late_buffers)
 }
 
 /// The negotiated feature names, for the probe line and debugfs.
