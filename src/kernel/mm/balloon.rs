@@ -42,11 +42,17 @@ impl MigratingPage<'_> {
 ///
 /// # Safety
 ///
-/// `OFFSET` must be the byte offset of a `BalloonDevInfo<Self>` field in
-/// `Self`, and the owner must stay pinned while pages are in the balloon.
+/// [`HasBalloonDevInfo::balloon_container_of`] must return the owner that embeds the given
+/// `BalloonDevInfo<Self>` field, every `BalloonDevInfo<Self>` must be that field of a
+/// `Self`, and the owner must stay pinned while pages are in the balloon. [`impl_has_balloon_dev_info!`]
+/// implements it for a field.
 pub(crate) unsafe trait HasBalloonDevInfo: Sized + Sync {
-    /// Offset of the `BalloonDevInfo<Self>` field.
-    const OFFSET: usize;
+    /// The owner whose `BalloonDevInfo<Self>` field `field` points to.
+    ///
+    /// # Safety
+    ///
+    /// `field` must point to that field of a live `Self`.
+    unsafe fn balloon_container_of(field: *mut BalloonDevInfo<Self>) -> *mut Self;
     /// Tells the host that the new page replaces the old one in the
     /// balloon. Errors make the core keep the old page (`EAGAIN` to retry
     /// later); on success the core frees the old page unless the owner
@@ -58,10 +64,16 @@ pub(crate) unsafe trait HasBalloonDevInfo: Sized + Sync {
 #[macro_export]
 macro_rules! impl_has_balloon_dev_info {
     ($owner:ty, $field:ident, $migrate:path) => {
-        // SAFETY: the offset is computed by the compiler for this field,
-        // whose type is `BalloonDevInfo<$owner>`.
+        // SAFETY: the container is found with `container_of!` on this
+        // field, whose type is `BalloonDevInfo<$owner>`.
         unsafe impl $crate::mm::HasBalloonDevInfo for $owner {
-            const OFFSET: usize = ::core::mem::offset_of!($owner, $field);
+            unsafe fn balloon_container_of(
+                field: *mut $crate::mm::BalloonDevInfo<Self>,
+            ) -> *mut Self {
+                // SAFETY: `field` points to the `$field` of a live `$owner`
+                // (the caller's contract).
+                unsafe { ::kernel::container_of!(field, $owner, $field) }
+            }
             fn migrate(&self, pages: &$crate::mm::MigratingPage<'_>) -> ::kernel::error::Result {
                 $migrate(self, pages)
             }
@@ -99,12 +111,17 @@ unsafe extern "C" fn migrate_callback<T: HasBalloonDevInfo>(
     page: *mut bindings::page,
     _mode: bindings::migrate_mode,
 ) -> i32 {
-    // SAFETY: `info` is the `info` field of a live `BalloonDevInfo<T>` at
-    // `T::OFFSET` in a pinned `T` (trait contract); the core passes valid,
-    // locked pages.
+    // SAFETY: `info` is the descriptor wrapped (as `info`, `Opaque` being
+    // `repr(transparent)`) by a `BalloonDevInfo<T>`, which is a field of a
+    // live, pinned `T` (trait contract); the core passes valid, locked pages.
     let (owner, pages) = unsafe {
+        let field = kernel::container_of!(
+            info.cast::<Opaque<bindings::balloon_dev_info>>(),
+            BalloonDevInfo<T>,
+            info
+        );
         (
-            &*info.cast::<u8>().sub(T::OFFSET).cast::<T>(),
+            &*T::balloon_container_of(field),
             MigratingPage {
                 page: match NonNull::new(page) {
                     Some(page) => page,

@@ -16,11 +16,17 @@ use crate::bindings;
 ///
 /// # Safety
 ///
-/// `OFFSET` must be the byte offset of an `OomNotifier<Self>` field in
-/// `Self`, and the owner must stay pinned while the notifier is registered.
+/// [`HasOomNotifier::notifier_container_of`] must return the owner that embeds the given
+/// `OomNotifier<Self>` field, every `OomNotifier<Self>` must be that field of a
+/// `Self`, and the owner must stay pinned while the notifier is registered. [`impl_has_oom_notifier!`]
+/// implements it for a field.
 pub(crate) unsafe trait HasOomNotifier: Sized + Sync {
-    /// Offset of the `OomNotifier<Self>` field.
-    const OFFSET: usize;
+    /// The owner whose `OomNotifier<Self>` field `field` points to.
+    ///
+    /// # Safety
+    ///
+    /// `field` must point to that field of a live `Self`.
+    unsafe fn notifier_container_of(field: *mut OomNotifier<Self>) -> *mut Self;
     /// The guest is out of memory: free what can be freed, return the
     /// number of pages freed (process context, may sleep).
     fn out_of_memory(&self) -> u64;
@@ -30,10 +36,16 @@ pub(crate) unsafe trait HasOomNotifier: Sized + Sync {
 #[macro_export]
 macro_rules! impl_has_oom_notifier {
     ($owner:ty, $field:ident, $handler:path) => {
-        // SAFETY: the offset is computed by the compiler for this field,
-        // whose type is `OomNotifier<$owner>`.
+        // SAFETY: the container is found with `container_of!` on this
+        // field, whose type is `OomNotifier<$owner>`.
         unsafe impl $crate::mm::HasOomNotifier for $owner {
-            const OFFSET: usize = ::core::mem::offset_of!($owner, $field);
+            unsafe fn notifier_container_of(
+                field: *mut $crate::mm::OomNotifier<Self>,
+            ) -> *mut Self {
+                // SAFETY: `field` points to the `$field` of a live `$owner`
+                // (the caller's contract).
+                unsafe { ::kernel::container_of!(field, $owner, $field) }
+            }
             fn out_of_memory(&self) -> u64 {
                 $handler(self)
             }
@@ -68,11 +80,17 @@ unsafe extern "C" fn oom_callback<T: HasOomNotifier>(
     _event: ffi::c_ulong,
     freed: *mut ffi::c_void,
 ) -> i32 {
-    // SAFETY: `block` is the `block` field of a live `OomNotifier<T>` at
-    // `T::OFFSET` in a pinned `T` (trait contract); `freed` points to the
-    // caller's `unsigned long` counter.
+    // SAFETY: `block` is the block wrapped (as `block`, `Opaque` being
+    // `repr(transparent)`) by an `OomNotifier<T>`, which is a field of a
+    // live, pinned `T` (trait contract); `freed` points to the caller's
+    // `unsigned long` counter.
     unsafe {
-        let owner = block.cast::<u8>().sub(T::OFFSET).cast::<T>();
+        let field = kernel::container_of!(
+            block.cast::<Opaque<bindings::notifier_block>>(),
+            OomNotifier<T>,
+            block
+        );
+        let owner = T::notifier_container_of(field);
         let pages = (*owner).out_of_memory();
         let freed = freed.cast::<ffi::c_ulong>();
         *freed = (*freed).saturating_add(pages as ffi::c_ulong);

@@ -32,11 +32,17 @@ impl ReportedPages<'_> {
 ///
 /// # Safety
 ///
-/// `OFFSET` must be the byte offset of a `PageReporting<Self>` field in
-/// `Self`, and the owner must stay pinned while it is registered.
+/// [`HasPageReporting::reporting_container_of`] must return the owner that embeds the given
+/// `PageReporting<Self>` field, every `PageReporting<Self>` must be that field of a
+/// `Self`, and the owner must stay pinned while it is registered. [`impl_has_page_reporting!`]
+/// implements it for a field.
 pub(crate) unsafe trait HasPageReporting: Sized + Sync {
-    /// Offset of the `PageReporting<Self>` field.
-    const OFFSET: usize;
+    /// The owner whose `PageReporting<Self>` field `field` points to.
+    ///
+    /// # Safety
+    ///
+    /// `field` must point to that field of a live `Self`.
+    unsafe fn reporting_container_of(field: *mut PageReporting<Self>) -> *mut Self;
     /// Reports `pages` to the host; returns once the host has them.
     fn report(&self, pages: &ReportedPages<'_>) -> Result;
 }
@@ -46,10 +52,16 @@ pub(crate) unsafe trait HasPageReporting: Sized + Sync {
 #[macro_export]
 macro_rules! impl_has_page_reporting {
     ($owner:ty, $field:ident, $report:path) => {
-        // SAFETY: the offset is computed by the compiler for this field,
-        // whose type is `PageReporting<$owner>`.
+        // SAFETY: the container is found with `container_of!` on this
+        // field, whose type is `PageReporting<$owner>`.
         unsafe impl $crate::mm::HasPageReporting for $owner {
-            const OFFSET: usize = ::core::mem::offset_of!($owner, $field);
+            unsafe fn reporting_container_of(
+                field: *mut $crate::mm::PageReporting<Self>,
+            ) -> *mut Self {
+                // SAFETY: `field` points to the `$field` of a live `$owner`
+                // (the caller's contract).
+                unsafe { ::kernel::container_of!(field, $owner, $field) }
+            }
             fn report(&self, pages: &$crate::mm::ReportedPages<'_>) -> ::kernel::error::Result {
                 $report(self, pages)
             }
@@ -100,9 +112,17 @@ unsafe extern "C" fn report_callback<T: HasPageReporting>(
         nents,
         _batch: PhantomData,
     };
-    // SAFETY: `info` is the `info` field of a live `PageReporting<T>` at
-    // `T::OFFSET` in a pinned `T` (trait contract).
-    let owner = unsafe { &*info.cast::<u8>().sub(T::OFFSET).cast::<T>() };
+    // SAFETY: `info` is the descriptor wrapped (as `info`, `Opaque` being
+    // `repr(transparent)`) by a `PageReporting<T>`, which is a field of a
+    // live, pinned `T` (trait contract).
+    let owner = unsafe {
+        let field = kernel::container_of!(
+            info.cast::<Opaque<bindings::page_reporting_dev_info>>(),
+            PageReporting<T>,
+            info
+        );
+        &*T::reporting_container_of(field)
+    };
     match owner.report(&pages) {
         Ok(()) => 0,
         Err(err) => err.to_errno(),

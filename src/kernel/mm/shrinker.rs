@@ -19,11 +19,17 @@ use crate::bindings;
 ///
 /// # Safety
 ///
-/// `OFFSET` must be the byte offset of a `Shrinker<Self>` field in `Self`,
-/// and the owner must stay pinned while the shrinker is registered.
+/// [`HasShrinker::shrinker_container_of`] must return the owner that embeds the given
+/// `Shrinker<Self>` field, every `Shrinker<Self>` must be that field of a
+/// `Self`, and the owner must stay pinned while the shrinker is registered. [`impl_has_shrinker!`]
+/// implements it for a field.
 pub(crate) unsafe trait HasShrinker: Sized + Sync {
-    /// Offset of the `Shrinker<Self>` field.
-    const OFFSET: usize;
+    /// The owner whose `Shrinker<Self>` field `field` points to.
+    ///
+    /// # Safety
+    ///
+    /// `field` must point to that field of a live `Self`.
+    unsafe fn shrinker_container_of(field: *mut Shrinker<Self>) -> *mut Self;
     /// Pages the owner could free.
     fn count(&self) -> u64;
     /// Frees up to `pages` pages and returns how many it freed.
@@ -34,10 +40,14 @@ pub(crate) unsafe trait HasShrinker: Sized + Sync {
 #[macro_export]
 macro_rules! impl_has_shrinker {
     ($owner:ty, $field:ident, $count:path, $scan:path) => {
-        // SAFETY: the offset is computed by the compiler for this field,
-        // whose type is `Shrinker<$owner>`.
+        // SAFETY: the container is found with `container_of!` on this
+        // field, whose type is `Shrinker<$owner>`.
         unsafe impl $crate::mm::HasShrinker for $owner {
-            const OFFSET: usize = ::core::mem::offset_of!($owner, $field);
+            unsafe fn shrinker_container_of(field: *mut $crate::mm::Shrinker<Self>) -> *mut Self {
+                // SAFETY: `field` points to the `$field` of a live `$owner`
+                // (the caller's contract).
+                unsafe { ::kernel::container_of!(field, $owner, $field) }
+            }
             fn count(&self) -> u64 {
                 $count(self)
             }
@@ -123,16 +133,15 @@ impl<T: HasShrinker> Shrinker<T> {
             if shrinker.is_null() {
                 return Err(ENOMEM);
             }
-            // The owner is pinned and embeds `self` at `T::OFFSET`.
-            let owner = core::ptr::from_ref(self)
-                .cast::<u8>()
-                .wrapping_sub(T::OFFSET);
+            // SAFETY: every `Shrinker<T>` is a field of a live, pinned `T`
+            // (trait contract).
+            let owner = unsafe { T::shrinker_container_of(core::ptr::from_ref(self).cast_mut()) };
             // SAFETY: `shrinker` is freshly allocated and not yet registered;
             // INVARIANT: its `private_data` is the pinned owner.
             unsafe {
                 (*shrinker).count_objects = Some(shrinker_count::<T>);
                 (*shrinker).scan_objects = Some(shrinker_scan::<T>);
-                (*shrinker).private_data = owner.cast_mut().cast();
+                (*shrinker).private_data = owner.cast();
                 bindings::shrinker_register(shrinker);
             }
             self.shrinker.store(shrinker, Release);

@@ -29,12 +29,16 @@ unsafe impl<T, const ID: u64> Send for DelayedWork<T, ID> {}
 ///
 /// # Safety
 ///
-/// `OFFSET` must be the byte offset of a `DelayedWork<Self, ID>` field in
-/// `Self`, and the owner must be pinned and outlive every queued run
-/// (cancel in its teardown).
+/// [`HasDelayedWork::work_container_of`] must return the owner that embeds
+/// the given work item, and the owner must be pinned and outlive every
+/// queued run (cancel in its teardown). [`impl_has_delayed_work!`] does it.
 pub(crate) unsafe trait HasDelayedWork<const ID: u64>: Sized + Sync {
-    /// Offset of the `DelayedWork<Self, ID>` field.
-    const OFFSET: usize;
+    /// The owner whose `DelayedWork<Self, ID>` field `work` points to.
+    ///
+    /// # Safety
+    ///
+    /// `work` must point to that field of a live `Self`.
+    unsafe fn work_container_of(work: *mut DelayedWork<Self, ID>) -> *mut Self;
     /// The work itself (process context, may sleep).
     fn run(&self);
 }
@@ -43,10 +47,16 @@ pub(crate) unsafe trait HasDelayedWork<const ID: u64>: Sized + Sync {
 #[macro_export]
 macro_rules! impl_has_delayed_work {
     ($owner:ty, $field:ident, $id:literal, $run:path) => {
-        // SAFETY: the offset is computed by the compiler for this field,
+        // SAFETY: `work_container_of` is `container_of!` on this field,
         // whose type is `DelayedWork<$owner, $id>`.
         unsafe impl $crate::virtio::HasDelayedWork<$id> for $owner {
-            const OFFSET: usize = ::core::mem::offset_of!($owner, $field);
+            unsafe fn work_container_of(
+                work: *mut $crate::virtio::DelayedWork<Self, $id>,
+            ) -> *mut Self {
+                // SAFETY: `work` points to the `$field` of a live `$owner`
+                // (the caller's contract).
+                unsafe { ::kernel::container_of!(work, $owner, $field) }
+            }
             fn run(&self) {
                 $run(self)
             }
@@ -62,12 +72,13 @@ macro_rules! impl_has_delayed_work {
 unsafe extern "C" fn work_callback<T: HasDelayedWork<ID>, const ID: u64>(
     work: *mut bindings::work_struct,
 ) {
-    // SAFETY: `work` is the `work` of a `delayed_work` embedded at
-    // `T::OFFSET` in a live, pinned `T` (trait contract).
+    // SAFETY: `work` is the `work` of the `delayed_work` wrapped (as
+    // `work`, `Opaque` being `repr(transparent)`) by a `DelayedWork<T, ID>`
+    // field of a live, pinned `T` (trait contract).
     unsafe {
-        let dwork = bindings::vbrs_to_delayed_work(work);
-        let owner = dwork.cast::<u8>().sub(T::OFFSET).cast::<T>();
-        (*owner).run();
+        let dwork = bindings::vbrs_to_delayed_work(work).cast::<Opaque<bindings::delayed_work>>();
+        let item = kernel::container_of!(dwork, DelayedWork<T, ID>, work);
+        (*T::work_container_of(item)).run();
     }
 }
 
