@@ -145,12 +145,8 @@ unsigned long vbrs_page_to_pfn(struct page *page)
 	return page_to_pfn(page);
 }
 
-unsigned long vbrs_alloc_balloon_pages_bulk(int nr_pages, struct page **pages)
+unsigned long vbrs_alloc_pages_bulk(gfp_t gfp, int nr_pages, struct page **pages)
 {
-	/* The flags of balloon_page_alloc(). */
-	gfp_t gfp = __GFP_NOMEMALLOC | __GFP_NORETRY | __GFP_NOWARN |
-		    (IS_ENABLED(CONFIG_BALLOON_MIGRATION) ? GFP_HIGHUSER_MOVABLE : GFP_HIGHUSER);
-
 	return alloc_pages_bulk(gfp, nr_pages, pages);
 }
 
@@ -159,17 +155,19 @@ void vbrs_release_pages(struct page **pages, int nr)
 	release_pages(pages, nr);
 }
 
-struct page *vbrs_alloc_free_block(unsigned int order)
+struct page *vbrs_alloc_pages(gfp_t gfp, unsigned int order)
 {
-	return alloc_pages(__GFP_NORETRY | __GFP_NOWARN | __GFP_NOMEMALLOC, order);
+	return alloc_pages(gfp, order);
 }
 
-void vbrs_free_block(struct page *page, unsigned int order)
+void vbrs_put_page(struct page *page)
 {
-	if (order == 0)
-		put_page(page);
-	else
-		__free_pages(page, order);
+	put_page(page);
+}
+
+void vbrs_free_pages(struct page *page, unsigned int order)
+{
+	__free_pages(page, order);
 }
 
 int vbrs_virtqueue_add_inbuf_block(struct virtqueue *vq, struct page *page, unsigned int order)
@@ -246,7 +244,7 @@ struct virtio_driver *vbrs_virtio_driver_of(struct virtio_device *vdev)
 	return drv_to_virtio(vdev->dev.driver);
 }
 
-bool vbrs_virtqueue_device_running(struct virtqueue *vq)
+u8 vbrs_virtqueue_device_status(struct virtqueue *vq)
 {
-	return vq->vdev->config->get_status(vq->vdev) & VIRTIO_CONFIG_S_DRIVER_OK;
+	return vq->vdev->config->get_status(vq->vdev);
 }

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * One-line wrappers around the static inline functions and macros of the
- * virtio, workqueue, wait-queue and mm headers, so that Rust can call them.
- * No logic lives here: see virtio.rs and mm.rs for the safe layer.
+ * Wrappers around the static inline functions and macros of the virtio,
+ * workqueue, wait-queue and mm headers, so that Rust can call them: each
+ * calls one inline or macro (or, for a list or a scatterlist, the two that
+ * belong together). Decisions (GFP flags, page orders, status bits) are
+ * made in Rust: see virtio/ and mm/ for the safe layer.
  */
 #ifndef VBRS_HELPERS_H
 #define VBRS_HELPERS_H
@@ -47,10 +49,11 @@ void vbrs_page_list_add(struct page *page, struct list_head *list);
 struct page *vbrs_page_list_pop(struct list_head *list);
 struct page *vbrs_page_list_next(struct list_head *list, struct page *page);
 unsigned long vbrs_page_to_pfn(struct page *page);
-struct page *vbrs_alloc_free_block(unsigned int order);
-unsigned long vbrs_alloc_balloon_pages_bulk(int nr_pages, struct page **pages);
+struct page *vbrs_alloc_pages(gfp_t gfp, unsigned int order);
+unsigned long vbrs_alloc_pages_bulk(gfp_t gfp, int nr_pages, struct page **pages);
 void vbrs_release_pages(struct page **pages, int nr);
-void vbrs_free_block(struct page *page, unsigned int order);
+void vbrs_put_page(struct page *page);
+void vbrs_free_pages(struct page *page, unsigned int order);
 int vbrs_virtqueue_add_inbuf_block(struct virtqueue *vq, struct page *page, unsigned int order);
 unsigned int vbrs_virtqueue_num_free(struct virtqueue *vq);
 void vbrs_balloon_devinfo_init(struct balloon_dev_info *info);
@@ -65,6 +68,6 @@ void vbrs_virtio_set_wakeup_capable(struct virtio_device *vdev);
 void vbrs_virtio_stay_awake(struct virtio_device *vdev);
 void vbrs_virtio_relax(struct virtio_device *vdev);
 struct virtio_driver *vbrs_virtio_driver_of(struct virtio_device *vdev);
-bool vbrs_virtqueue_device_running(struct virtqueue *vq);
+u8 vbrs_virtqueue_device_status(struct virtqueue *vq);
 
 #endif /* VBRS_HELPERS_H */

@@ -30,8 +30,11 @@ impl<const ORDER: u32> Page<ORDER> {
     /// does: no reclaim, no retry, no warning, no memalloc reserves. `None`
     /// means the guest has no more free blocks of this order.
     pub(crate) fn alloc_free_block() -> Option<Self> {
+        let gfp = bindings::VBRS___GFP_NORETRY
+            | bindings::VBRS___GFP_NOWARN
+            | bindings::VBRS___GFP_NOMEMALLOC;
         // SAFETY: no preconditions.
-        let page = NonNull::new(unsafe { bindings::vbrs_alloc_free_block(ORDER) })?;
+        let page = NonNull::new(unsafe { bindings::vbrs_alloc_pages(gfp, ORDER) })?;
         // INVARIANT: a fresh block with its one reference, on no list.
         Some(Self { page })
     }
@@ -63,8 +66,15 @@ impl Page {
 impl<const ORDER: u32> Drop for Page<ORDER> {
     fn drop(&mut self) {
         // SAFETY: we own one reference to a block of this order (type
-        // invariant); dropping it frees the block to the buddy allocator.
-        unsafe { bindings::vbrs_free_block(self.page.as_ptr(), ORDER) }
+        // invariant); dropping it frees the block to the buddy allocator
+        // (single pages through `put_page`, as balloon pages must be).
+        unsafe {
+            if ORDER == 0 {
+                bindings::vbrs_put_page(self.page.as_ptr())
+            } else {
+                bindings::vbrs_free_pages(self.page.as_ptr(), ORDER)
+            }
+        }
     }
 }
 
@@ -86,8 +96,21 @@ impl Drop for HeldPage {
     fn drop(&mut self) {
         // SAFETY: we own one reference (type invariant); `put_page` drops it
         // without touching `lru`, which another owner may be using.
-        unsafe { bindings::vbrs_free_block(self.page.as_ptr(), 0) }
+        unsafe { bindings::vbrs_put_page(self.page.as_ptr()) }
     }
+}
+
+/// The flags of `balloon_page_alloc()`: movable where balloon pages can
+/// migrate, no retry, no warning, no memalloc reserves.
+fn balloon_gfp() -> bindings::gfp_t {
+    let base = if cfg!(CONFIG_BALLOON_MIGRATION) {
+        bindings::VBRS_GFP_HIGHUSER_MOVABLE
+    } else {
+        bindings::VBRS_GFP_HIGHUSER
+    };
+    base | bindings::VBRS___GFP_NOMEMALLOC
+        | bindings::VBRS___GFP_NORETRY
+        | bindings::VBRS___GFP_NOWARN
 }
 
 /// Scratch space for the bulk page allocator.
@@ -116,7 +139,8 @@ impl BulkAlloc {
         slots.fill(core::ptr::null_mut());
         let count_c = i32::try_from(count).unwrap_or(i32::MAX);
         // SAFETY: `slots` has `count` null entries for the allocator to fill.
-        let got = unsafe { bindings::vbrs_alloc_balloon_pages_bulk(count_c, slots.as_mut_ptr()) };
+        let got =
+            unsafe { bindings::vbrs_alloc_pages_bulk(balloon_gfp(), count_c, slots.as_mut_ptr()) };
         let mut taken = 0;
         for slot in slots.iter_mut().take(got as usize) {
             // Not `mem::take`: raw pointers are `Default` only from Rust 1.88,

@@ -278,7 +278,8 @@ impl Virtqueue {
         let mut waited: Jiffies = 0;
         while !self.wait(waiter, poll) {
             // SAFETY: the queue and its device are valid.
-            if !unsafe { bindings::vbrs_virtqueue_device_running(self.vq.as_ptr()) } {
+            let status = unsafe { bindings::vbrs_virtqueue_device_status(self.vq.as_ptr()) };
+            if u32::from(status) & bindings::VBRS_VIRTIO_CONFIG_S_DRIVER_OK == 0 {
                 return Err(ENODEV);
             }
             let before = waited;
