@@ -48,11 +48,4 @@ impl Backoff {
             .filter(|d| *d / INITIAL_DELAY_MS == 1 << doublings)
             .map_or(MAX_DELAY_MS, |d| d.min(MAX_DELAY_MS))
     }
-
-    /// Whether this failure deserves a log line: the first one and then each
-    /// time the count reaches a power of two, so a host that keeps asking
-    /// for the impossible produces a handful of lines, not a flood.
-    pub fn should_log(&self) -> bool {
-        self.failures.is_power_of_two()
-    }
 }

@@ -124,6 +124,8 @@ pub struct Counters {
     pub oom_events: u64,
     /// Buffers the host handed back after the deadline.
     pub late_buffers: u64,
+    /// Buffers the device did not take (queue full, out of memory).
+    pub queue_failures: u64,
 }
 
 /// A buffer the host did not hand back in time: the pages it names stay
@@ -418,7 +420,9 @@ impl Engine {
         if short {
             self.counters.alloc_failures += 1;
             let delay = self.backoff.fail();
-            if self.backoff.should_log() {
+            // Rate-limited by the running total, so that short batches
+            // between successful ones do not log every time.
+            if self.counters.alloc_failures.is_power_of_two() {
                 log::info!(
                     "out of puff: balloon at {} KiB, {} KiB short of the target; retrying in {} ms\n",
                     self.pages * 4,
@@ -521,7 +525,8 @@ impl Engine {
                 // The host never saw the buffer: undo and retry later.
                 undo(backend);
                 let delay = self.backoff.fail();
-                if self.backoff.should_log() {
+                self.counters.queue_failures += 1;
+                if self.counters.queue_failures.is_power_of_two() {
                     log::warn!(
                         "cannot queue a {:?} buffer; retrying in {} ms\n",
                         queue,

@@ -559,3 +559,51 @@ fn oom_deflate_gives_pages_back_and_holds_until_a_new_target() {
     assert_eq!(engine.oom_deflate(&mut model, &mut buffer, 256), 0);
     model.check();
 }
+
+thread_local! {
+    static OUT_OF_PUFF_LINES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts, per test thread, the "out of puff" lines the engine logs.
+struct CountingLogger;
+
+impl log::Log for CountingLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if record.args().to_string().contains("out of puff") {
+            OUT_OF_PUFF_LINES.with(|lines| lines.set(lines.get() + 1));
+        }
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn allocation_failures_between_successes_log_rarely() {
+    static LOGGER: CountingLogger = CountingLogger;
+    // Another test may have installed it first; either way it counts.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Info);
+    let total = 64 * MIB;
+    let mut model = Model::new(12, total);
+    let mut engine = engine_for(&model, 0);
+    let mut buffer = vec![0u32; PFNS_PER_BUFFER];
+    // Every other batch comes up short (as fail_page_alloc makes them),
+    // with successful batches in between.
+    for round in 0..1000u64 {
+        model.num_pages = ((round % 2) * 32 * MIB) as u32 + 1024;
+        model.alloc_left = Some(if round % 3 == 0 { 10 } else { u64::MAX });
+        for _ in 0..4 {
+            engine.step(&mut model, &mut buffer);
+        }
+    }
+    let failures = engine.counters().alloc_failures;
+    let lines = OUT_OF_PUFF_LINES.with(|lines| lines.get());
+    assert!(failures > 100, "the pattern did not fail often: {failures}");
+    assert!(
+        lines <= 64 - failures.leading_zeros() as usize,
+        "{lines} lines for {failures} failures"
+    );
+    model.check();
+}

@@ -210,7 +210,7 @@ fn budget_respects_capacity_and_reserve() {
 }
 
 #[test]
-fn backoff_doubles_caps_and_logs_rarely() {
+fn backoff_doubles_and_caps() {
     let mut b = Backoff::new();
     assert_eq!(b.delay_ms(), 0);
     let delays: Vec<u32> = (0..8).map(|_| b.fail()).collect();
@@ -218,13 +218,10 @@ fn backoff_doubles_caps_and_logs_rarely() {
     for _ in 0..100 {
         assert!(b.fail() <= MAX_DELAY_MS);
     }
-    let mut logged = 0;
     let mut b = Backoff::new();
     for _ in 0..1000 {
         b.fail();
-        logged += usize::from(b.should_log());
     }
-    assert_eq!(logged, 10, "log at 1, 2, 4, ... 512 failures");
     b.succeed();
     assert_eq!(b.failures(), 0);
     assert_eq!(b.delay_ms(), 0);
