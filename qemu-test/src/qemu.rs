@@ -259,15 +259,16 @@ pub struct Vm {
 impl Vm {
     /// Builds the initramfs, starts QEMU and waits for the guest shell.
     ///
-    /// QEMU 10.0's TCG sometimes aborts on an assertion of its own while
-    /// the guest kernel maps PCI BARs during boot (`iotlb_to_section`),
-    /// long before any module is loaded: such a boot is retried once, and
-    /// said so on stderr. Any other boot failure fails at once.
+    /// A boot that fails before any module is loaded, for a reason the
+    /// driver cannot have caused ([`is_boot_flake`]: QEMU 10.0's TCG
+    /// aborting on an assertion of its own, or the debug kernel reporting a
+    /// problem in its own early boot) is retried once, and said so on
+    /// stderr. Any other boot failure fails at once.
     pub fn boot(config: VmConfig) -> Result<Vm> {
         match Self::boot_once(config.clone()) {
-            Err(err) if is_qemu_boot_abort(&err.to_string()) => {
+            Err(err) if is_boot_flake(&err.to_string()) => {
                 eprintln!(
-                    "[vm {}] QEMU aborted in its own code during boot; retrying once:\n{err}",
+                    "[vm {}] boot failed before any module was loaded; retrying once:\n{err}",
                     config.name
                 );
                 Self::boot_once(config)
@@ -449,6 +450,12 @@ impl Vm {
             }
         }
         vm.boot_time = started.elapsed();
+        // A splat while the kernel booted is the kernel's, not the driver's
+        // (no module is loaded yet), but it would fail the test's final
+        // check: say so here, so that `boot` can retry.
+        if let Err(report) = ConsoleRules::strict().check(&vm.console_log()) {
+            return Err(vm.failure(&format!("{BOOT_REPORT}: {report}")));
+        }
         if guest_kernel()?.config.has_kmemleak() {
             // Forget what boot itself leaves unreferenced: a scan reports
             // objects once they are old enough, `clear` forgets the reported.
@@ -741,10 +748,19 @@ impl Vm {
     }
 }
 
-/// Whether a boot failure is QEMU aborting on one of its own assertions
-/// before the guest was up (not something the guest or the driver did).
-fn is_qemu_boot_abort(message: &str) -> bool {
-    message.contains("qemu-system-x86_64: ") && message.contains("Assertion")
+/// What a boot failure says when the kernel reported a problem (KASAN,
+/// lockdep, a warning) while booting, before any module was loaded.
+const BOOT_REPORT: &str =
+    "the kernel reported a problem while booting, before any module was loaded";
+
+/// Whether a boot failure is one the driver cannot have caused: QEMU
+/// aborting on one of its own assertions (TCG's `iotlb_to_section` while
+/// the guest maps BARs), or a report of the debug kernel during its own boot
+/// (an early interrupt under TCG: KASAN in `handle_edge_irq` from
+/// `identify_cpu`).
+fn is_boot_flake(message: &str) -> bool {
+    (message.contains("qemu-system-x86_64: ") && message.contains("Assertion"))
+        || message.contains(BOOT_REPORT)
 }
 
 impl Drop for Vm {
@@ -918,6 +934,24 @@ fn utc_timestamp(time: SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_failures_before_any_module_are_retried() {
+        use super::is_boot_flake;
+        assert!(is_boot_flake(
+            "qemu-system-x86_64: system/physmem.c:2678: iotlb_to_section: Assertion `x' failed."
+        ));
+        assert!(is_boot_flake(&format!(
+            "{}: BUG: KASAN: wild-memory-access",
+            super::BOOT_REPORT
+        )));
+        assert!(!is_boot_flake(
+            "the guest did not reach the init ready marker (timed out after 60 s)"
+        ));
+        assert!(!is_boot_flake(
+            "BUG: KASAN: use-after-free in virtio_balloon_rs"
+        ));
+    }
+
     use super::*;
 
     #[test]
