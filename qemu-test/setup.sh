@@ -39,15 +39,8 @@ for p in $packages_base $packages_bpo; do
 done
 if [ ! -f "$apt_sources" ]; then
 	# Read the mirror from the machine's own apt configuration; never hard-code a host.
-	mirror=""
-	for f in /etc/apt/sources.list.d/debian.sources; do
-		[ -f "$f" ] || continue
-		mirror=$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' "$f")
-	done
-	if [ -z "$mirror" ] && [ -f /etc/apt/sources.list ]; then
-		mirror=$(awk '/^deb / && $2 !~ /security/ { print $2; exit }' /etc/apt/sources.list)
-	fi
-	[ -n "$mirror" ] || die "cannot find the Debian mirror in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list"
+	. "$here/apt-mirror.sh"
+	mirror=$(debian_mirror) || die "cannot find the Debian mirror in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list"
 	say "adding bookworm-backports and trixie-backports from $mirror"
 	as_root tee "$apt_sources" >/dev/null <<SRC
 Types: deb
