@@ -147,3 +147,91 @@ print-module:
 
 print-c-module:
 	@echo $(KDIR_TEST)/drivers/virtio/virtio_balloon.ko
+
+# --- Distribution kernels, DKMS, the stock Debian kernel, libvirt -------------
+#
+# A distribution's headers package has no Rust metadata (Debian's
+# linux-headers-* have no rust/): for such a KDIR the build first prepares it
+# once from the matching linux-source with the headers' .config
+# (distro/prepare-kdir.sh, into $(DISTRO_KDIR_CACHE)/kdir-<release>) and
+# builds against that. After every `make`, distro/check-rust-symbols.sh checks
+# that each Rust symbol the module imports is in the kernel's Module.symvers
+# and names the rustc the kernel needs if not.
+DISTRO_KDIR_CACHE ?= $(TOP)/build
+ifneq ($(and $(wildcard $(KDIR)/Module.symvers),$(wildcard $(KDIR)/.config)),)
+ifeq ($(wildcard $(KDIR)/rust/libkernel.rmeta),)
+DISTRO_HEADERS := $(KDIR)
+DISTRO_RELEASE := $(shell cat $(KDIR)/include/config/kernel.release 2>/dev/null)
+DISTRO_CC := $(shell sed -n 's/^CONFIG_CC_VERSION_TEXT="\([^ ]*\) .*/\1/p' $(KDIR)/.config)
+override KDIR := $(DISTRO_KDIR_CACHE)/kdir-$(DISTRO_RELEASE)
+# modpost would stop at the first missing symbol with a terse message: let it
+# warn, and let the symbol check explain.
+KMAKE += CC=$(DISTRO_CC) HOSTCC=$(DISTRO_CC) KBUILD_MODPOST_WARN=1
+endif
+endif
+
+.PHONY: distro-kdir check-rust-symbols vendor stock-kernel test-stock test-stock-dkms \
+	vm-test-stock test-libvirt print-stock-vmlinuz print-stock-module check-stock
+
+check-kdir: $(if $(DISTRO_HEADERS),distro-kdir)
+
+distro-kdir:
+	bash distro/prepare-kdir.sh "$(DISTRO_HEADERS)" "$(KDIR)"
+
+all: check-rust-symbols
+
+check-rust-symbols: module
+	bash distro/check-rust-symbols.sh $(TOP)/virtio_balloon_rs.ko $(KDIR)
+
+vendor: $(VENDOR)/.stamp
+
+# The stock Debian kernel (qemu-test/stock/stock-kernel.sh writes stock.mk).
+-include $(VBRS_CACHE)/stock.mk
+
+stock-kernel: setup
+	bash qemu-test/stock/stock-kernel.sh build
+
+check-stock:
+	@if [ -z "$(STOCK_VMLINUZ)" ] || [ ! -f "$(STOCK_VMLINUZ)" ] || [ ! -f "$(STOCK_MODULE)" ]; then \
+		echo "error: no stock kernel or module: run 'make stock-kernel'" >&2; \
+		exit 1; \
+	fi
+
+print-stock-vmlinuz: check-stock
+	@echo $(STOCK_VMLINUZ)
+
+print-stock-module: check-stock
+	@echo $(STOCK_MODULE)
+
+# The VM tests that apply to Debian's kernel and this module built for it.
+# Left out: the C driver's test (Debian's virtio_balloon stays out of the
+# guest), page_poison (needs CONFIG_PAGE_POISONING, off in Debian) and the
+# pm_test suspend test (needs CONFIG_PM_DEBUG, off in Debian; tests/stock.rs
+# suspends for real instead).
+STOCK_SKIP := page_poison_follows_the_guest_and_gates_reporting suspend_and_resume_keep_the_target
+STOCK_ENV = VBRS_BZIMAGE=$(STOCK_VMLINUZ) VBRS_MODULE=$(STOCK_MODULE)
+test-stock: stock-kernel
+	$(MAKE) vm-test-stock
+
+# Both groups run; the target fails if either failed.
+vm-test-stock: check-stock
+	@rc=0; \
+	$(STOCK_ENV) cargo test -p qemu-test --test stock -- --ignored --test-threads=1 $(TEST_ARGS) || rc=1; \
+	$(STOCK_ENV) cargo test -p qemu-test --test rs_driver --test rs_features -- \
+		--test-threads=1 $(addprefix --skip ,$(STOCK_SKIP)) $(TEST_ARGS) || rc=1; \
+	exit $$rc
+
+# `dkms install -k <kver>` of this tree in the stock root, checked.
+test-stock-dkms: stock-kernel
+	bash qemu-test/stock/stock-kernel.sh dkms
+
+# The module under Debian's libvirt (bookworm-backports), with the test
+# kernel: qemu-test/tests/libvirt.rs. libvirtd is started for the run and
+# stopped after it (only if this target started it).
+test-libvirt: setup
+	$(MAKE) module
+	bash qemu-test/libvirt/libvirtd.sh start
+	@rc=0; VBRS_MODULE=$(TOP)/virtio_balloon_rs.ko \
+		cargo test -p qemu-test --test libvirt -- --ignored --test-threads=1 $(TEST_ARGS) || rc=1; \
+	bash qemu-test/libvirt/libvirtd.sh stop || rc=1; \
+	exit $$rc

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Prepares the stock Debian kernel the VM suite also runs on, and builds this
+# module for it the way a Debian user would:
+#   - a trixie root (debootstrap --variant=minbase) with Debian's own rustc,
+#     rust-src, bindgen, gcc-14, pahole and dkms, plus the kernel's
+#     linux-headers-<kver> and linux-source-X.Y from trixie-backports;
+#   - Debian's unmodified vmlinuz (linux-binary-<kver>), copied out;
+#   - in the root: `make KDIR=/usr/src/linux-headers-<kver>`, which prepares
+#     the Rust metadata the headers lack, builds the module and checks its Rust
+#     symbols against the kernel's Module.symvers (distro/).
+# Everything lives in $VBRS_CACHE/stock-<key>, the key hashing the Debian
+# package versions and this script; $VBRS_CACHE/stock.mk says where.
+#
+#   stock-kernel.sh [build|dkms|shell]
+#     build  (default) the above; the module is rebuilt from the tree each time
+#     dkms   `dkms install -k <kver>` of this tree in the root, then checks it
+#     shell  a shell in the root, with /proc and /dev mounted
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../.." && pwd)
+cache=${VBRS_CACHE:-$HOME/.cache/virtio-balloon-rs}
+kver=${VBRS_STOCK_KVER:-7.3.4+deb13-cloud-amd64}
+jobs=${JOBS:-$(nproc)}
+mode=${1:-build}
+release_suite=trixie
+packages="rustc rust-src bindgen gcc-14 make flex bison bc libelf-dev libssl-dev python3
+	libclang-19-dev clang-19 dwarves kmod dkms openssl xz-utils rsync"
+bpo_packages="linux-headers-$kver linux-source-${kver%%.[0-9]+*}"
+
+say() { printf '[stock] %s\n' "$*"; }
+die() { printf '[stock] ERROR: %s\n' "$*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "debootstrap and chroot need root"
+command -v debootstrap >/dev/null || die "no debootstrap: apt-get install -t bookworm-backports debootstrap"
+
+. "$top/qemu-test/apt-mirror.sh"
+mirror=$(debian_mirror) || die "cannot find the Debian mirror in the machine's apt sources"
+
+# The key: the kernel packages' versions as the machine's apt sees them
+# (setup.sh adds trixie-backports), the package lists and the part of this
+# script that makes the root (section 1); the module is rebuilt every time.
+pkg_version() {
+	apt-cache show "$1" 2>/dev/null | awk '/^Version:/ { print $2; exit }'
+}
+image_version=$(pkg_version "linux-binary-$kver")
+[ -n "$image_version" ] || die "apt knows no linux-binary-$kver: run 'make setup' (it adds trixie-backports) or apt-get update"
+key=$( { echo "$kver $image_version $release_suite"; echo $packages $bpo_packages;
+	sed -n '/^# --- 1\. the root/,/^# --- end of the root/p' "$0"; } |
+	sha256sum | cut -c1-16)
+dir=$cache/stock-$key
+root=$dir/root
+mkdir -p "$dir"
+
+mounted=()
+unmount_all() {
+	local m
+	for m in "${mounted[@]}"; do umount -l "$m" 2>/dev/null || true; done
+	mounted=()
+}
+trap unmount_all EXIT
+mount_root() {
+	local m
+	for m in proc dev sys; do
+		mountpoint -q "$root/$m" && continue
+		case $m in
+		proc) mount -t proc proc "$root/proc" ;;
+		sys) mount -t sysfs sysfs "$root/sys" ;;
+		dev) mount --bind /dev "$root/dev" ;;
+		esac
+		mounted+=("$root/$m")
+	done
+	cp /etc/resolv.conf "$root/etc/resolv.conf"
+}
+in_root() {
+	chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+		DEBIAN_FRONTEND=noninteractive JOBS="$jobs" "$@"
+}
+
+# --- 1. the root ---------------------------------------------------------------
+if [ ! -f "$dir/.root-done" ]; then
+	say "debootstrap --variant=minbase $release_suite into $root (about a minute)"
+	rm -rf "$root"
+	debootstrap --variant=minbase --include="$(echo $packages | tr ' ' ,)" \
+		"$release_suite" "$root" "$mirror"
+	cat >"$root/etc/apt/sources.list.d/backports.sources" <<SRC
+Types: deb
+URIs: $mirror
+Suites: $release_suite-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+	# No daemons start inside the root.
+	printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
+	chmod +x "$root/usr/sbin/policy-rc.d"
+	mount_root
+	in_root apt-get update -q
+	in_root apt-get install -y -q --no-install-recommends -t "$release_suite-backports" $bpo_packages
+	mkdir -p "$dir/debs"
+	in_root sh -c "cd /tmp && apt-get download -q -t $release_suite-backports linux-binary-$kver"
+	mv "$root"/tmp/linux-binary-"$kver"_*.deb "$dir/debs/"
+	rm -rf "$dir/image"
+	dpkg -x "$dir"/debs/linux-binary-"$kver"_*.deb "$dir/image"
+	[ -f "$dir/image/usr/lib/modules/$kver/vmlinuz" ] || die "linux-binary-$kver has no vmlinuz"
+	in_root dpkg-query -W rustc bindgen gcc-14 dwarves dkms "linux-headers-$kver" "linux-source-${kver%%.[0-9]+*}" \
+		>"$dir/versions.txt"
+	touch "$dir/.root-done"
+fi
+# --- end of the root
+mount_root
+vmlinuz=$dir/image/usr/lib/modules/$kver/vmlinuz
+headers=/usr/src/linux-headers-$kver
+
+# The tree as it is now (tracked and new files), with the vendored crates,
+# copied to /build/src in the root; /build/src/build (the prepared kernel
+# directory) is kept between runs.
+copy_tree() {
+	local dst=$1
+	make -s -C "$top" "$top/build/vendor/.stamp"
+	mkdir -p "$dst"
+	find "$dst" -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
+	(cd "$top" && git ls-files -co --exclude-standard) | rsync -a --files-from=- "$top/" "$dst/"
+	mkdir -p "$dst/build/vendor"
+	rsync -a --delete "$top/build/vendor/" "$dst/build/vendor/"
+}
+
+case $mode in
+build)
+	copy_tree "$root/build/src"
+	say "building the module for $kver in the root (make KDIR=$headers)"
+	start=$(date +%s)
+	in_root make -C /build/src KDIR="$headers" JOBS="$jobs"
+	say "module built in $(($(date +%s) - start)) s"
+	cp "$root/build/src/virtio_balloon_rs.ko" "$dir/virtio_balloon_rs.ko"
+	cat >"$cache/stock.mk" <<ENV
+STOCK_DIR := $dir
+STOCK_ROOT := $root
+STOCK_KVER := $kver
+STOCK_VMLINUZ := $vmlinuz
+STOCK_MODULE := $dir/virtio_balloon_rs.ko
+STOCK_KDIR := $root/build/src/build/kdir-$kver
+ENV
+	cat "$dir/versions.txt"
+	say "ready: $vmlinuz"
+	say "       $dir/virtio_balloon_rs.ko"
+	;;
+dkms)
+	# As a user would: the tree in /usr/src/<name>-<version>, `dkms add`,
+	# `dkms install -k <kver>`; then the installed module must be there,
+	# for this kernel, with every Rust symbol the kernel exports.
+	name=$(sed -n 's/^PACKAGE_NAME="\(.*\)"$/\1/p' "$top/dkms.conf")
+	version=$(sed -n 's/^PACKAGE_VERSION="\(.*\)"$/\1/p' "$top/dkms.conf")
+	[ -n "$name" ] && [ -n "$version" ] || die "dkms.conf has no PACKAGE_NAME or PACKAGE_VERSION"
+	in_root sh -c "dkms remove -m $name -v $version --all >/dev/null 2>&1 || true"
+	rm -rf "$root/usr/src/$name-$version"
+	copy_tree "$root/usr/src/$name-$version"
+	start=$(date +%s)
+	in_root dkms add -m "$name" -v "$version"
+	in_root dkms install -m "$name" -v "$version" -k "$kver"
+	say "dkms install took $(($(date +%s) - start)) s"
+	in_root dkms status -m "$name" -v "$version" -k "$kver" | tee "$dir/dkms-status.txt"
+	grep -q ': installed' "$dir/dkms-status.txt" || die "dkms status does not say installed"
+	installed=$(in_root modinfo -k "$kver" -n virtio_balloon_rs) || die "modinfo -k $kver finds no virtio_balloon_rs after dkms install"
+	say "installed: $installed"
+	vermagic=$(in_root modinfo -k "$kver" -F vermagic virtio_balloon_rs)
+	case "$vermagic" in
+	"$kver "*) ;;
+	*) die "the installed module's vermagic is '$vermagic', not for $kver" ;;
+	esac
+	rm -f "$dir/dkms.ko"
+	case $installed in
+	*.xz) xz -dc "$root$installed" >"$dir/dkms.ko" ;;
+	*.zst) zstd -qdc "$root$installed" >"$dir/dkms.ko" ;;
+	*.gz) gzip -dc "$root$installed" >"$dir/dkms.ko" ;;
+	*) cp "$root$installed" "$dir/dkms.ko" ;;
+	esac
+	bash "$top/distro/check-rust-symbols.sh" "$dir/dkms.ko" "$root$headers"
+	say "dkms: $name $version installed for $kver and its Rust symbols match the kernel"
+	;;
+shell)
+	in_root bash
+	;;
+*)
+	die "usage: $0 [build|dkms|shell]"
+	;;
+esac
