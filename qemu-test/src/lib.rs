@@ -11,6 +11,7 @@ pub mod artifacts;
 pub mod console;
 pub mod initramfs;
 pub mod kernel;
+pub mod libvirt;
 pub mod qemu;
 pub mod qmp;
 pub mod serial;

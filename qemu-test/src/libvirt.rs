@@ -1,0 +1,468 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Runs a test guest as a libvirt domain and drives it as an operator does:
+//! `virsh setmem`, `virsh dommemstat`, `virsh qemu-monitor-command`.
+//!
+//! The domain is transient (`virsh create`), TCG on q35, with the test
+//! kernel and an initramfs built by [`crate::initramfs`], and a
+//! `<memballoon>` with `autodeflate`, `freePageReporting` and a stats period.
+//! libvirt runs QEMU as its own user, so the kernel and initramfs are copied
+//! into a world-readable directory, and QEMU connects its two serial ports
+//! (kernel console and test shell, as in [`crate::Vm`]) to sockets this side
+//! listens on. `libvirtd` must already run (`make test-libvirt` starts it);
+//! if `virsh` cannot reach it, [`Domain::start`] fails.
+
+use std::fs::File;
+use std::io::ErrorKind;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+use std::time::Instant;
+
+use crate::artifacts;
+use crate::console::last_lines;
+use crate::err;
+use crate::initramfs;
+use crate::qemu::unique_number;
+use crate::serial::find_bytes;
+use crate::serial::Serial;
+use crate::Context;
+use crate::Result;
+
+/// The libvirt connection the tests use.
+pub const CONNECT_URI: &str = "qemu:///system";
+
+/// Time a domain may take from `virsh create` to the init ready marker.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Time one guest shell command gets by default.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `virsh -c qemu:///system <args>` and returns its stdout.
+pub fn virsh(args: &[&str]) -> Result<String> {
+    let output = Command::new("virsh")
+        .arg("-c")
+        .arg(CONNECT_URI)
+        .args(args)
+        .output()
+        .context("running virsh (install libvirt-clients)")?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(err!(
+            "virsh {} failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// What to boot as a libvirt domain.
+#[derive(Debug, Clone)]
+pub struct DomainConfig {
+    /// Short name, used in the domain name and the log directory.
+    pub name: String,
+    /// Guest RAM in MiB (`<memory>` and `<currentMemory>`).
+    pub memory_mib: u64,
+    /// `<memballoon autodeflate>`: QEMU's `deflate-on-oom`.
+    pub autodeflate: bool,
+    /// `<memballoon freePageReporting>`.
+    pub free_page_reporting: bool,
+    /// `<stats period>` in seconds.
+    pub stats_period_s: u32,
+}
+
+impl DomainConfig {
+    /// A 2 GiB guest with `autodeflate`, `freePageReporting` and 2 s stats.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            memory_mib: 2048,
+            autodeflate: true,
+            free_page_reporting: true,
+            stats_period_s: 2,
+        }
+    }
+
+    /// Turns `autodeflate` on or off.
+    pub fn autodeflate(mut self, on: bool) -> Self {
+        self.autodeflate = on;
+        self
+    }
+
+    /// The `<memballoon>` element.
+    pub fn memballoon_xml(&self) -> String {
+        let on_off = |on: bool| if on { "on" } else { "off" };
+        format!(
+            "<memballoon model='virtio' autodeflate='{}' freePageReporting='{}'>\
+             <stats period='{}'/></memballoon>",
+            on_off(self.autodeflate),
+            on_off(self.free_page_reporting),
+            self.stats_period_s
+        )
+    }
+}
+
+/// A running libvirt domain with its serial ports. Dropping it destroys it.
+#[derive(Debug)]
+pub struct Domain {
+    name: String,
+    console: Serial,
+    shell: Serial,
+    shell_input: UnixStream,
+    shell_cursor: usize,
+    next_command: u64,
+    log_dir: PathBuf,
+    run_dir: PathBuf,
+    destroyed: bool,
+}
+
+/// The domain XML for `config`, with files and sockets in `run_dir`.
+pub fn domain_xml(config: &DomainConfig, name: &str, run_dir: &Path) -> String {
+    let dir = run_dir.display();
+    format!(
+        "<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>{mem}</memory>
+  <currentMemory unit='MiB'>{mem}</currentMemory>
+  <vcpu>2</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <kernel>{dir}/bzImage</kernel>
+    <initrd>{dir}/initramfs.cpio.gz</initrd>
+    <cmdline>console=ttyS0 panic=-1</cmdline>
+  </os>
+  <features><acpi/></features>
+  <cpu mode='maximum'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <serial type='unix'><source mode='connect' path='{dir}/console.sock'/><target port='0'/></serial>
+    <serial type='unix'><source mode='connect' path='{dir}/shell.sock'/><target port='1'/></serial>
+    <controller type='usb' model='none'/>
+    {balloon}
+  </devices>
+</domain>
+",
+        mem = config.memory_mib,
+        balloon = config.memballoon_xml(),
+    )
+}
+
+impl Domain {
+    /// Builds the initramfs (with our module), defines and starts the
+    /// domain, and waits for the guest shell.
+    pub fn start(config: DomainConfig) -> Result<Domain> {
+        let started = Instant::now();
+        let name = format!(
+            "vbrs-{}-{}-{}",
+            config.name,
+            std::process::id(),
+            unique_number()
+        );
+        let log_dir = crate::target_dir().join("vm-logs").join(&name);
+        std::fs::create_dir_all(&log_dir)
+            .context(format_args!("creating {}", log_dir.display()))?;
+        // libvirt's QEMU user must reach the files and sockets.
+        let run_dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&run_dir)
+            .context(format_args!("creating {}", run_dir.display()))?;
+        let readable = |path: &Path, mode: u32| -> Result<()> {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .context(format_args!("chmod {}", path.display()))
+        };
+        readable(&run_dir, 0o755)?;
+        std::fs::copy(artifacts::bzimage()?, run_dir.join("bzImage")).context("copying bzImage")?;
+        readable(&run_dir.join("bzImage"), 0o644)?;
+        let spec = initramfs::InitramfsSpec::default()
+            .file(initramfs::RS_MODULE_PATH, artifacts::rs_module()?);
+        let initrd = run_dir.join("initramfs.cpio.gz");
+        initramfs::build(&spec, &initrd)?;
+        readable(&initrd, 0o644)?;
+
+        let listen = |socket: &str| -> Result<UnixListener> {
+            let path = run_dir.join(socket);
+            let listener =
+                UnixListener::bind(&path).context(format_args!("binding {}", path.display()))?;
+            readable(&path, 0o777)?;
+            listener
+                .set_nonblocking(true)
+                .context("making a listener non-blocking")?;
+            Ok(listener)
+        };
+        let console_listener = listen("console.sock")?;
+        let shell_listener = listen("shell.sock")?;
+        let xml = domain_xml(&config, &name, &run_dir);
+        let xml_path = log_dir.join("domain.xml");
+        std::fs::write(&xml_path, &xml).context("writing domain.xml")?;
+        virsh(&["create", &xml_path.to_string_lossy()])?;
+        // From here on the domain exists: a failure destroys it on drop.
+        let accept = |listener: &UnixListener, what: &str| -> Result<UnixStream> {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream
+                            .set_nonblocking(false)
+                            .context("making a socket blocking")?;
+                        return Ok(stream);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(err!("accepting QEMU's {what} connection: {e}")),
+                }
+                if Instant::now() >= deadline {
+                    return Err(err!("QEMU did not connect its {what} socket"));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        let connected = accept(&console_listener, "console").and_then(|console| {
+            let shell = accept(&shell_listener, "shell")?;
+            Ok((console, shell))
+        });
+        let (console_stream, shell_stream) = match connected {
+            Ok(streams) => streams,
+            Err(e) => {
+                let _ = virsh(&["destroy", &name]);
+                return Err(e);
+            }
+        };
+        let open_log = |file: &str| -> Result<File> {
+            let path = log_dir.join(file);
+            File::create(&path).context(format_args!("creating {}", path.display()))
+        };
+        let console = Serial::spawn(console_stream, open_log("console.log")?, "console")
+            .context("starting the console reader")?;
+        let shell_input = shell_stream
+            .try_clone()
+            .context("cloning the shell socket")?;
+        let shell = Serial::spawn(shell_stream, open_log("shell.log")?, "shell")
+            .context("starting the shell reader")?;
+        let mut domain = Domain {
+            name,
+            console,
+            shell,
+            shell_input,
+            shell_cursor: 0,
+            next_command: 0,
+            log_dir,
+            run_dir,
+            destroyed: false,
+        };
+        let marker = format!("{}\n", initramfs::READY_MARKER);
+        let deadline = started + BOOT_TIMEOUT;
+        match domain
+            .shell
+            .wait_for(deadline, |data| find_bytes(data, marker.as_bytes(), 0))
+        {
+            Ok(at) => domain.shell_cursor = at + marker.len(),
+            Err(end) => {
+                return Err(domain.failure(&format!("no init ready marker ({end:?})")));
+            }
+        }
+        Ok(domain)
+    }
+
+    /// The libvirt domain name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `virsh <command> <domain> <args>`.
+    pub fn virsh(&self, command: &str, args: &[&str]) -> Result<String> {
+        let mut all = vec![command, self.name.as_str()];
+        all.extend_from_slice(args);
+        virsh(&all)
+    }
+
+    /// `virsh dommemstat` as (field, KiB) pairs.
+    pub fn dommemstat(&self) -> Result<Vec<(String, u64)>> {
+        let text = self.virsh("dommemstat", &[])?;
+        Ok(parse_dommemstat(&text))
+    }
+
+    /// `virsh qemu-monitor-command --hmp <command>`.
+    pub fn hmp(&self, command: &str) -> Result<String> {
+        self.virsh("qemu-monitor-command", &["--hmp", command])
+    }
+
+    /// The balloon's `actual` in KiB, from `virsh dommemstat`.
+    pub fn actual_kib(&self) -> Result<u64> {
+        self.dommemstat()?
+            .into_iter()
+            .find_map(|(name, value)| (name == "actual").then_some(value))
+            .ok_or_else(|| err!("virsh dommemstat has no actual"))
+    }
+
+    /// `virsh setmem --live`, then waits until `actual` is `kib`.
+    pub fn setmem_and_wait(&self, kib: u64, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        self.virsh("setmem", &[&kib.to_string(), "--live"])?;
+        loop {
+            let actual = self.actual_kib()?;
+            if actual == kib {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                return Err(err!(
+                    "virsh setmem {kib}: actual still {actual} KiB after {timeout:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs `command` in the guest shell; returns its exit code and output
+    /// (the same marker protocol as [`crate::Vm::run`]).
+    pub fn run(&mut self, command: &str, timeout: Duration) -> Result<(i32, String)> {
+        let id = self.next_command;
+        self.next_command += 1;
+        let begin = format!("@@BEGIN_{id}@@\n");
+        let done = format!("@@DONE_{id} ");
+        let script = format!(
+            "echo '@@BEG''IN_{id}@@'; {{ {command}\n}} </dev/null; echo \"@@DO\"\"NE_{id} $?\"\n"
+        );
+        self.shell.log_note(&format!("\n$ {command}\n"));
+        self.shell_input
+            .write_all(script.as_bytes())
+            .context("writing to the guest shell")?;
+        let from = self.shell_cursor;
+        let found = self.shell.wait_for(Instant::now() + timeout, |data| {
+            let start = find_bytes(data, begin.as_bytes(), from)? + begin.len();
+            let end = find_bytes(data, done.as_bytes(), start)?;
+            let code_end = find_bytes(data, b"\n", end + done.len())?;
+            let output = String::from_utf8_lossy(&data[start..end]).into_owned();
+            let code = String::from_utf8_lossy(&data[end + done.len()..code_end]).into_owned();
+            Some((output, code, code_end + 1))
+        });
+        let (output, code, next) = match found {
+            Ok(found) => found,
+            Err(end) => {
+                return Err(self.failure(&format!(
+                    "guest command `{command}` did not finish in {timeout:?} ({end:?})"
+                )))
+            }
+        };
+        self.shell_cursor = next;
+        let code = code
+            .trim()
+            .parse()
+            .map_err(|_| err!("guest command `{command}`: bad exit status {code:?}"))?;
+        Ok((code, output))
+    }
+
+    /// Runs `command`, fails unless it exits with 0, returns its output.
+    pub fn sh_ok(&mut self, command: &str) -> Result<String> {
+        let (code, output) = self.run(command, COMMAND_TIMEOUT)?;
+        if code == 0 {
+            Ok(output)
+        } else {
+            Err(err!(
+                "guest command `{command}` exited with {code}:\n{output}"
+            ))
+        }
+    }
+
+    /// A `/proc/meminfo` field in kB, after folding the per-CPU counters.
+    pub fn meminfo(&mut self, field: &str) -> Result<u64> {
+        let text =
+            self.sh_ok("echo 1 >/proc/sys/vm/stat_refresh 2>/dev/null; cat /proc/meminfo")?;
+        crate::qemu::parse_meminfo(&text, field).ok_or_else(|| err!("/proc/meminfo has no {field}"))
+    }
+
+    /// The kernel log (serial console) so far.
+    pub fn console_log(&self) -> String {
+        self.console.text()
+    }
+
+    /// Powers the guest off and waits until libvirt no longer lists the
+    /// domain; checks that the kernel log of the shutdown is clean.
+    pub fn shutdown(mut self) -> Result<()> {
+        let console_start = self.console.len();
+        let _ = self.shell_input.write_all(b"poweroff -f\n");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while virsh(&["domstate", &self.name]).is_ok() {
+            if Instant::now() > deadline {
+                return Err(self.failure("the domain is still there 60 s after poweroff -f"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.destroyed = true;
+        let text = self.console.text();
+        if text.contains("Kernel panic") {
+            return Err(self.failure("the guest kernel panicked"));
+        }
+        crate::check_clean_console(text.get(console_start..).unwrap_or(""))
+            .map_err(|problem| self.failure(&format!("at shutdown: {problem}")))?;
+        let _ = std::fs::remove_dir_all(&self.log_dir);
+        Ok(())
+    }
+
+    /// An error for `what` with the tails of the logs.
+    fn failure(&mut self, what: &str) -> crate::Error {
+        err!(
+            "{what}; domain {}; logs in {}\n--- kernel log (tail) ---\n{}\n--- shell (tail) ---\n{}",
+            self.name,
+            self.log_dir.display(),
+            last_lines(&self.console.text(), 25),
+            last_lines(&self.shell.text(), 10),
+        )
+    }
+}
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        if !self.destroyed {
+            let _ = virsh(&["destroy", &self.name]);
+            eprintln!(
+                "=== domain {} did not shut down cleanly; logs in {} ===\n{}",
+                self.name,
+                self.log_dir.display(),
+                last_lines(&self.console.text(), 40)
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+/// Parses `virsh dommemstat` output (`name value` lines).
+pub fn parse_dommemstat(text: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let name = words.next()?;
+            let value = words.next()?.parse().ok()?;
+            Some((name.to_string(), value))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dommemstat_lines_parse() {
+        let text = "actual 2097152\nswap_in 0\nlast_update 1764470000\nrss 391232\n\n";
+        let stats = parse_dommemstat(text);
+        assert_eq!(stats.len(), 4);
+        assert_eq!(stats[0], ("actual".to_string(), 2_097_152));
+        assert_eq!(stats[3], ("rss".to_string(), 391_232));
+    }
+
+    #[test]
+    fn domain_xml_has_the_balloon_and_both_ports() {
+        let xml = domain_xml(&DomainConfig::new("x"), "vbrs-x", Path::new("/tmp/d"));
+        assert!(xml.contains("autodeflate='on' freePageReporting='on'"));
+        assert!(xml.contains("<stats period='2'/>"));
+        assert!(xml.contains("path='/tmp/d/shell.sock'/><target port='1'/>"));
+        assert!(xml.contains("<kernel>/tmp/d/bzImage</kernel>"));
+    }
+}
