@@ -5,9 +5,9 @@
 //! which points `VBRS_BZIMAGE` and `VBRS_MODULE` at them and also runs the
 //! generic VM tests there).
 //!
-//! They are `#[ignore]`d in `make test`: the project's own test kernel has
-//! no RTC and is not what they check. `make test-stock` runs them with
-//! `--ignored`.
+//! They are `#[ignore]`d in `make test` (they check the stock kernel, not
+//! the project's test kernel); `make test-stock` runs them with `--ignored`.
+//! Hot unplug on the stock kernel is `stress.rs`'s test, run there too.
 
 mod common;
 
@@ -20,14 +20,12 @@ use common::ensure;
 use common::expect_memtotal;
 use common::unload_and_power_off;
 use common::Driver;
-use common::GUEST_MIB;
 use qemu_test::artifacts;
 use qemu_test::err;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;
 use qemu_test::MIB;
-use serde_json::json;
 
 const STOCK_ONLY: &str = "needs the stock Debian kernel: make test-stock";
 
@@ -81,16 +79,43 @@ fn debians_kernel_loads_the_module_built_for_it() -> Result<()> {
 
 #[test]
 #[ignore = "needs the stock Debian kernel: make test-stock"]
-fn suspend_to_idle_woken_by_the_rtc_keeps_the_target() -> Result<()> {
-    // Debian has no CONFIG_PM_DEBUG (no pm_test): suspend for real, to
-    // idle, and let the RTC alarm wake the guest.
+fn suspend_to_ram_and_wakeup_keep_the_target() -> Result<()> {
+    // Debian has no CONFIG_PM_DEBUG (no pm_test): suspend for real, to RAM
+    // (ACPI S3, which QEMU sees), and wake the guest with QMP system_wakeup.
     let mut vm = boot(VmConfig::new("stock_suspend"))?;
     let memtotal = vm.meminfo("MemTotal")?;
     Driver::Rs.insmod(&mut vm)?;
     balloon_to_mib(&mut vm, 1024)?;
-    vm.sh_ok("echo 0 >/sys/class/rtc/rtc0/wakealarm; echo +5 >/sys/class/rtc/rtc0/wakealarm")?;
-    let (code, output) = vm.run("echo freeze >/sys/power/state", Duration::from_secs(120))?;
-    ensure(code == 0, || format!("echo freeze: {code}: {output}"))?;
+    let sleep_states = vm.sh_ok("cat /sys/power/mem_sleep")?;
+    ensure(sleep_states.contains("deep"), || {
+        format!("no S3 in /sys/power/mem_sleep: {sleep_states:?}")
+    })?;
+    // The shell would block in the write until the wakeup: run it behind.
+    vm.sh_ok(
+        "echo deep >/sys/power/mem_sleep; \
+         (echo mem >/sys/power/state; echo $? >/tmp/suspend.rc) >/dev/null 2>&1 &",
+    )?;
+    let start = Instant::now();
+    loop {
+        let status = vm.qmp().execute("query-status", None)?;
+        if status["status"] == "suspended" {
+            break;
+        }
+        ensure(start.elapsed() < Duration::from_secs(120), || {
+            format!("the guest did not suspend: {status}")
+        })?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    vm.qmp().execute("system_wakeup", None)?;
+    // Input sent while the serial port resumes is lost: wait for the end.
+    vm.wait_console("PM: suspend exit", Duration::from_secs(120))?;
+    let rc = vm.run(
+        "while [ ! -f /tmp/suspend.rc ]; do sleep 0.2; done; cat /tmp/suspend.rc",
+        Duration::from_secs(120),
+    )?;
+    ensure(rc.0 == 0 && rc.1.trim() == "0", || {
+        format!("echo mem >/sys/power/state: {rc:?}")
+    })?;
     vm.qmp().wait_actual(1024 * MIB, common::BALLOON_TIMEOUT)?;
     expect_memtotal(&mut vm, memtotal - 1024 * 1024)?;
     let dmesg = vm.dmesg()?;
@@ -103,58 +128,14 @@ fn suspend_to_idle_woken_by_the_rtc_keeps_the_target() -> Result<()> {
     ensure(dmesg.contains("balloon empty"), || {
         "suspend did not empty the balloon".into()
     })?;
-    unload_and_power_off(vm, Some(memtotal))
-}
-
-#[test]
-#[ignore = "needs the stock Debian kernel: make test-stock"]
-fn hot_unplug_while_inflating_gives_every_page_back() -> Result<()> {
-    // The balloon on a PCIe root port, so that device_del can unplug it.
-    let config = VmConfig::new("stock_unplug")
-        .qemu_args(["-device", "pcie-root-port,id=rp0,bus=pcie.0,chassis=1"])
-        .balloon_options("bus=rp0");
-    let mut vm = boot(config)?;
-    let memtotal = vm.meminfo("MemTotal")?;
-    Driver::Rs.insmod(&mut vm)?;
-    let dev = bound_device(&mut vm)?;
-    vm.qmp().balloon(512 * MIB)?;
-    // Unplug once the inflation is under way.
-    let start = Instant::now();
-    while vm.qmp().query_balloon()? == GUEST_MIB * MIB {
-        ensure(start.elapsed() < common::BALLOON_TIMEOUT, || {
-            "the inflation never started".into()
-        })?;
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    eprintln!(
-        "device_del with actual at {} MiB",
-        vm.qmp().query_balloon()? / MIB
-    );
-    vm.qmp()
-        .execute("device_del", Some(json!({ "id": "balloon0" })))?;
-    let start = Instant::now();
-    loop {
-        // Any command reads the events QEMU sent meanwhile.
-        let pci = vm.qmp().execute("query-pci", None)?;
-        let deleted = vm.qmp().events().iter().any(|event| {
-            event.name == "DEVICE_DELETED" && event.json["data"]["device"] == "balloon0"
-        });
-        if deleted && !pci.to_string().contains("\"balloon0\"") {
-            break;
-        }
-        ensure(start.elapsed() < Duration::from_secs(120), || {
-            format!("no DEVICE_DELETED for balloon0; query-pci: {pci}")
-        })?;
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let dmesg = vm.dmesg()?;
-    ensure(dmesg.contains(&format!("{dev}: balloon empty")), || {
-        format!("the driver did not log the unbind of {dev}:\n{dmesg}")
-    })?;
+    vm.rmmod(Driver::Rs.module_name())?;
     expect_memtotal(&mut vm, memtotal)?;
-    let balloon = vm.meminfo("Balloon")?;
-    ensure(balloon == 0, || format!("Balloon: {balloon} kB left"))?;
-    unload_and_power_off(vm, Some(memtotal))
+    vm.check_clean()?;
+    // After an S3 resume QEMU 10.0 did not power this guest off on the ACPI
+    // S5 write ("reboot: Power down", then a WARN in do_exit 10 s later,
+    // seen with the module already unloaded): the host ends it instead.
+    vm.qmp().execute("quit", None)?;
+    vm.shutdown()
 }
 
 #[test]
