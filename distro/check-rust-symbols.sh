@@ -24,12 +24,14 @@ if [ -z "$missing" ]; then
 	exit 0
 fi
 needed=$(sed -n 's/^CONFIG_RUSTC_VERSION_TEXT="\(.*\)"$/\1/p' "$kdir/.config" 2>/dev/null)
+# rustc records itself in the objects' .comment section.
+built_with=$(readelf -p .comment "$module" 2>/dev/null | sed -n 's/.*rustc version /rustc /p' | head -1)
 count=$(printf '%s\n' "$missing" | wc -l)
 {
 	echo "error: $(basename "$module") imports $count Rust symbol(s) the kernel in $kdir does not export, e.g."
 	printf '%s\n' "$missing" | head -3 | sed 's/^/         /'
 	echo "       Rust symbol names carry a hash of the exact compiler build: this kernel was built"
-	echo "       with '${needed:-an unknown rustc}', the module with '$(${RUSTC:-rustc} --version 2>/dev/null || echo 'no rustc')'."
+	echo "       with '${needed:-an unknown rustc}', the module with '${built_with:-an unknown rustc}'."
 	echo "       Build the module with the kernel's own rustc (for a Debian kernel: the rustc package"
 	echo "       of the Debian release the kernel comes from), then run make again."
 	echo "       $(basename "$module") was removed so that it is not loaded by mistake."

@@ -161,9 +161,11 @@ dkms)
 	say "dkms install took $(($(date +%s) - start)) s"
 	in_root dkms status -m "$name" -v "$version" -k "$kver" | tee "$dir/dkms-status.txt"
 	grep -q ': installed' "$dir/dkms-status.txt" || die "dkms status does not say installed"
-	installed=$(in_root modinfo -k "$kver" -n virtio_balloon_rs) || die "modinfo -k $kver finds no virtio_balloon_rs after dkms install"
+	installed=$(cd "$root" && find "lib/modules/$kver/updates" -name 'virtio_balloon_rs.ko*' 2>/dev/null | head -1)
+	[ -n "$installed" ] || die "no virtio_balloon_rs.ko under /lib/modules/$kver/updates after dkms install"
+	installed=/$installed
 	say "installed: $installed"
-	vermagic=$(in_root modinfo -k "$kver" -F vermagic virtio_balloon_rs)
+	vermagic=$(in_root modinfo -F vermagic "$installed")
 	case "$vermagic" in
 	"$kver "*) ;;
 	*) die "the installed module's vermagic is '$vermagic', not for $kver" ;;
