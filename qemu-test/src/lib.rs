@@ -15,6 +15,7 @@ pub mod libvirt;
 pub mod qemu;
 pub mod qmp;
 pub mod serial;
+pub mod shell_command;
 
 pub use console::check_clean_console;
 pub use kernel::scaled;

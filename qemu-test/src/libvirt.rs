@@ -31,6 +31,7 @@ use crate::initramfs;
 use crate::qemu::unique_number;
 use crate::serial::find_bytes;
 use crate::serial::Serial;
+use crate::shell_command::ShellCommand;
 use crate::Context;
 use crate::Result;
 
@@ -324,24 +325,15 @@ impl Domain {
     pub fn run(&mut self, command: &str, timeout: Duration) -> Result<(i32, String)> {
         let id = self.next_command;
         self.next_command += 1;
-        let begin = format!("@@BEGIN_{id}@@\n");
-        let done = format!("@@DONE_{id} ");
-        let script = format!(
-            "echo '@@BEG''IN_{id}@@'; {{ {command}\n}} </dev/null; echo \"@@DO\"\"NE_{id} $?\"\n"
-        );
+        let marked = ShellCommand::new(id, command);
         self.shell.log_note(&format!("\n$ {command}\n"));
         self.shell_input
-            .write_all(script.as_bytes())
+            .write_all(marked.script())
             .context("writing to the guest shell")?;
         let from = self.shell_cursor;
-        let found = self.shell.wait_for(Instant::now() + timeout, |data| {
-            let start = find_bytes(data, begin.as_bytes(), from)? + begin.len();
-            let end = find_bytes(data, done.as_bytes(), start)?;
-            let code_end = find_bytes(data, b"\n", end + done.len())?;
-            let output = String::from_utf8_lossy(&data[start..end]).into_owned();
-            let code = String::from_utf8_lossy(&data[end + done.len()..code_end]).into_owned();
-            Some((output, code, code_end + 1))
-        });
+        let found = self
+            .shell
+            .wait_for(Instant::now() + timeout, |data| marked.find(data, from));
         let (output, code, next) = match found {
             Ok(found) => found,
             Err(end) => {
@@ -351,10 +343,7 @@ impl Domain {
             }
         };
         self.shell_cursor = next;
-        let code = code
-            .trim()
-            .parse()
-            .map_err(|_| err!("guest command `{command}`: bad exit status {code:?}"))?;
+        let code = marked.exit_code(&code)?;
         Ok((code, output))
     }
 

@@ -38,6 +38,7 @@ use crate::qmp::Qmp;
 use crate::serial::find_bytes;
 use crate::serial::Serial;
 use crate::serial::WaitEnd;
+use crate::shell_command::ShellCommand;
 use crate::Context;
 use crate::Result;
 
@@ -478,28 +479,16 @@ impl Vm {
     pub fn run(&mut self, command: &str, timeout: Duration) -> Result<(i32, String)> {
         let id = self.next_command;
         self.next_command += 1;
-        let begin = format!("@@BEGIN_{id}@@\n");
-        let done = format!("@@DONE_{id} ");
-        // The markers are split by quotes in what is sent, so an echo of the
-        // input could never look like them.
-        let script = format!(
-            "echo '@@BEG''IN_{id}@@'; {{ {command}\n}} </dev/null; echo \"@@DO\"\"NE_{id} $?\"\n"
-        );
+        let marked = ShellCommand::new(id, command);
         self.shell.log_note(&format!("\n$ {command}\n"));
         self.shell_input
-            .write_all(script.as_bytes())
+            .write_all(marked.script())
             .context("writing to the guest shell")?;
         let from = self.shell_cursor;
         let deadline = Instant::now() + timeout;
-        let found = self.shell.wait_for(deadline, |data| {
-            let start = find_bytes(data, begin.as_bytes(), from)? + begin.len();
-            let end = find_bytes(data, done.as_bytes(), start)?;
-            let code_start = end + done.len();
-            let code_end = find_bytes(data, b"\n", code_start)?;
-            let output = String::from_utf8_lossy(&data[start..end]).into_owned();
-            let code = String::from_utf8_lossy(&data[code_start..code_end]).into_owned();
-            Some((output, code, code_end + 1))
-        });
+        let found = self
+            .shell
+            .wait_for(deadline, |data| marked.find(data, from));
         let (output, code_text, next_cursor) = match found {
             Ok(found) => found,
             Err(end) => {
@@ -510,10 +499,7 @@ impl Vm {
             }
         };
         self.shell_cursor = next_cursor;
-        let code = code_text
-            .trim()
-            .parse::<i32>()
-            .map_err(|_| err!("guest command `{command}`: bad exit status {code_text:?}"))?;
+        let code = marked.exit_code(&code_text)?;
         Ok((code, output))
     }
 

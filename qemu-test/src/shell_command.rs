@@ -1,0 +1,77 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The marker protocol of the guest's test shell: what is sent for one
+//! command, and how its output and exit status are found in what the shell
+//! printed. [`crate::Vm`] and [`crate::libvirt::Domain`] both speak it.
+
+use crate::err;
+use crate::serial::find_bytes;
+use crate::Result;
+
+/// One command for the test shell, with its begin and end markers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShellCommand {
+    command: String,
+    begin: String,
+    done: String,
+    script: String,
+}
+
+impl ShellCommand {
+    /// Wraps `command` as the shell's `id`-th command.
+    ///
+    /// It runs as `{ command; } </dev/null` between two echoed markers; the
+    /// markers are split by quotes in what is sent, so an echo of the input
+    /// could never look like them.
+    pub fn new(id: u64, command: &str) -> Self {
+        Self {
+            command: command.to_string(),
+            begin: format!("@@BEGIN_{id}@@\n"),
+            done: format!("@@DONE_{id} "),
+            script: format!(
+                "echo '@@BEG''IN_{id}@@'; {{ {command}\n}} </dev/null; echo \"@@DO\"\"NE_{id} $?\"\n"
+            ),
+        }
+    }
+
+    /// The bytes to write to the shell.
+    pub fn script(&self) -> &[u8] {
+        self.script.as_bytes()
+    }
+
+    /// Finds the command's output and exit status in `data`, searching from
+    /// `from`: `(output, status text, where the next search starts)`.
+    pub fn find(&self, data: &[u8], from: usize) -> Option<(String, String, usize)> {
+        let start = find_bytes(data, self.begin.as_bytes(), from)? + self.begin.len();
+        let end = find_bytes(data, self.done.as_bytes(), start)?;
+        let code_start = end + self.done.len();
+        let code_end = find_bytes(data, b"\n", code_start)?;
+        let output = String::from_utf8_lossy(&data[start..end]).into_owned();
+        let code = String::from_utf8_lossy(&data[code_start..code_end]).into_owned();
+        Some((output, code, code_end + 1))
+    }
+
+    /// Parses the exit status text [`ShellCommand::find`] returned.
+    pub fn exit_code(&self, text: &str) -> Result<i32> {
+        text.trim()
+            .parse()
+            .map_err(|_| err!("guest command `{}`: bad exit status {text:?}", self.command))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_and_status_are_found_after_the_cursor() {
+        let command = ShellCommand::new(7, "cat /x");
+        let printed = b"old @@BEGIN_7@@\nnoise\n@@BEGIN_7@@\nhello\n@@DONE_7 3\nnext";
+        let (output, code, next) = command.find(printed, 10).expect("found");
+        assert_eq!(output, "hello\n");
+        assert_eq!(command.exit_code(&code), Ok(3));
+        assert_eq!(&printed[next..], b"next");
+        assert!(command.find(b"@@BEGIN_7@@\nhalf", 0).is_none());
+        assert!(!String::from_utf8_lossy(command.script()).contains("@@BEGIN_7@@"));
+    }
+}
