@@ -171,7 +171,7 @@ endif
 endif
 
 .PHONY: distro-kdir check-rust-symbols vendor stock-kernel test-stock test-stock-dkms \
-	vm-test-stock test-stock-quick test-libvirt print-stock-vmlinuz print-stock-module check-stock
+	vm-test-stock test-stock-quick bench-stock test-libvirt print-stock-vmlinuz print-stock-module check-stock
 
 check-kdir: $(if $(DISTRO_HEADERS),distro-kdir)
 
@@ -228,6 +228,11 @@ vm-test-stock: check-stock
 # follows an exact target, unloads, and goes through a real S3 suspend.
 test-stock-quick: stock-kernel
 	$(STOCK_ENV) cargo test -p qemu-test --test stock -- --ignored --test-threads=1 $(TEST_ARGS)
+
+# `make bench` on the stock kernel: Debian's own virtio_balloon.ko against ours.
+bench-stock: stock-kernel
+	$(STOCK_ENV) VBRS_C_MODULE=$(STOCK_C_MODULE) \
+		cargo run -q -p qemu-test --release --bin bench -- $(BENCH_ARGS)
 
 # `dkms install -k <kver>` of this tree in the stock root, checked.
 test-stock-dkms: stock-kernel

@@ -112,6 +112,25 @@ mount_root
 vmlinuz=$dir/image/usr/lib/modules/$kver/vmlinuz
 headers=/usr/src/linux-headers-$kver
 
+# Debian's own C driver, for `make bench-stock` (ours against it).
+c_module=$dir/virtio_balloon.ko
+if [ ! -f "$c_module" ]; then
+	say "fetching Debian's virtio_balloon.ko (linux-modules-$kver) for the benchmark"
+	in_root sh -c "cd /tmp && apt-get download -q -t $release_suite-backports linux-modules-$kver"
+	rm -rf "$dir/modules"
+	dpkg -x "$root"/tmp/linux-modules-"$kver"_*.deb "$dir/modules"
+	rm -f "$root"/tmp/linux-modules-"$kver"_*.deb
+	packed=$(find "$dir/modules" -name 'virtio_balloon.ko*' | head -1)
+	[ -n "$packed" ] || die "linux-modules-$kver has no virtio_balloon.ko"
+	case $packed in
+	*.xz) xz -dc "$packed" >"$c_module.partial" ;;
+	*.zst) zstd -qdc "$packed" >"$c_module.partial" ;;
+	*) cp "$packed" "$c_module.partial" ;;
+	esac
+	mv "$c_module.partial" "$c_module"
+	rm -rf "$dir/modules"
+fi
+
 # The tree as it is now (tracked and new files), with the vendored crates,
 # copied to /build/src in the root; /build/src/build (the prepared kernel
 # directory) is kept between runs.
@@ -139,6 +158,7 @@ STOCK_ROOT := $root
 STOCK_KVER := $kver
 STOCK_VMLINUZ := $vmlinuz
 STOCK_MODULE := $dir/virtio_balloon_rs.ko
+STOCK_C_MODULE := $c_module
 STOCK_KDIR := $root/build/src/build/kdir-$kver
 ENV
 	cat "$dir/versions.txt"
