@@ -32,7 +32,10 @@ bpo_packages="linux-headers-$kver linux-source-${kver%%.[0-9]+*}"
 
 say() { printf '[stock] %s\n' "$*"; }
 die() { printf '[stock] ERROR: %s\n' "$*" >&2; exit 1; }
-[ "$(id -u)" = 0 ] || die "debootstrap and chroot need root"
+if [ "$(id -u)" != 0 ]; then
+	# debootstrap and chroot need root.
+	exec sudo VBRS_CACHE="$cache" VBRS_STOCK_KVER="$kver" JOBS="$jobs" bash "$0" "$@"
+fi
 command -v debootstrap >/dev/null || die "no debootstrap: apt-get install -t bookworm-backports debootstrap"
 
 . "$top/qemu-test/apt-mirror.sh"
