@@ -5,6 +5,9 @@
 //!
 //! Only [`crate::virtio`] and [`crate::mm`] use them.
 
+// `unnecessary_transmutes` is newer than rustc 1.85 (Debian's kernel
+// compiler): let older compilers skip it without a warning.
+#![allow(unknown_lints)]
 #![allow(
     dead_code,
     non_camel_case_types,

@@ -13,6 +13,11 @@ use balloon_logic::features::{
     Features, //
 };
 use balloon_logic::pfn::PageGeometry;
+use kernel::debugfs::{
+    Dir,
+    Scope,
+    ScopedDir, //
+};
 use kernel::new_spinlock;
 use kernel::prelude::*;
 use kernel::sync::atomic::{
@@ -90,7 +95,7 @@ impl DebugView {
 macro_rules! engine_files {
     ($($name:ident => |$e:ident| $expr:expr;)*) => {
         $(
-            pub(super) fn $name(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            fn $name(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 let $e = view.engine();
                 writeln!(f, "{}", $expr)
             }
@@ -112,7 +117,41 @@ engine_files! {
     late_buffers => |e| e.counters.late_buffers;
 }
 
-pub(super) fn write_features(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// The device's debugfs directory `name` under `root`, with its files.
+///
+/// A function of its own, not a closure in `probe`: the symbols of the
+/// generic debugfs code instantiated for it stay short enough for objtool.
+pub(super) fn directory<'a>(
+    root: &'a Dir,
+    name: &'a CStr,
+    features: Features,
+    geometry: PageGeometry,
+) -> impl PinInit<Scope<DebugView>> + 'a {
+    root.scope(DebugView::new(features, geometry), name, create_files)
+}
+
+fn create_files<'data>(view: &'data DebugView, dir: &ScopedDir<'data, '_>) {
+    dir.read_callback_file(c"status", view, &write_status);
+    dir.read_callback_file(c"features", view, &write_features);
+    dir.read_callback_file(c"target_pages", view, &target_pages);
+    dir.read_callback_file(c"actual_pages", view, &actual_pages);
+    dir.read_callback_file(c"inflated_pages", view, &inflated_pages);
+    dir.read_callback_file(c"deflated_pages", view, &deflated_pages);
+    dir.read_callback_file(c"migrated_pages", view, &migrated_pages);
+    dir.read_callback_file(c"oom_deflated_pages", view, &oom_deflated_pages);
+    dir.read_callback_file(c"reserve_pages", view, &reserve_pages);
+    dir.read_callback_file(c"alloc_failures", view, &alloc_failures);
+    dir.read_callback_file(c"backoff_ms", view, &backoff_ms);
+    dir.read_only_file(c"stats_updates", &view.stats_updates);
+    dir.read_only_file(c"free_page_reports", &view.free_page_reports);
+    dir.read_only_file(c"hint_rounds", &view.hint_rounds);
+    dir.read_only_file(c"hinted_blocks", &view.hinted_blocks);
+    dir.read_only_file(c"hint_blocks_held", &view.hint_blocks_held);
+    dir.read_callback_file(c"host_stalled", view, &host_stalled);
+    dir.read_callback_file(c"late_buffers", view, &late_buffers);
+}
+
+fn write_features(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     writeln!(
         f,
         "{:#x} {:?}",
@@ -121,7 +160,7 @@ pub(super) fn write_features(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fm
     )
 }
 
-pub(super) fn write_status(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+fn write_status(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     let e = view.engine();
     let count = |value: &Atomic<u64>| value.load(Relaxed);
     writeln!(f, "features:          {:?}", DisplayFeatures(view.features))?;

@@ -83,8 +83,6 @@ mod queues;
 mod stats_queue;
 
 use debugfs::{
-    write_features,
-    write_status,
     DebugView,
     DisplayFeatures, //
 };
@@ -601,34 +599,7 @@ impl virtio::Driver for Balloon {
             blocks: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
         };
         let view = KBox::pin_init(
-            root.scope(
-                DebugView::new(features, geometry),
-                dev.as_dev().name(),
-                |view, dir| {
-                    dir.read_callback_file(c"status", view, &write_status);
-                    dir.read_callback_file(c"features", view, &write_features);
-                    dir.read_callback_file(c"target_pages", view, &debugfs::target_pages);
-                    dir.read_callback_file(c"actual_pages", view, &debugfs::actual_pages);
-                    dir.read_callback_file(c"inflated_pages", view, &debugfs::inflated_pages);
-                    dir.read_callback_file(c"deflated_pages", view, &debugfs::deflated_pages);
-                    dir.read_callback_file(c"migrated_pages", view, &debugfs::migrated_pages);
-                    dir.read_callback_file(
-                        c"oom_deflated_pages",
-                        view,
-                        &debugfs::oom_deflated_pages,
-                    );
-                    dir.read_callback_file(c"reserve_pages", view, &debugfs::reserve_pages);
-                    dir.read_callback_file(c"alloc_failures", view, &debugfs::alloc_failures);
-                    dir.read_callback_file(c"backoff_ms", view, &debugfs::backoff_ms);
-                    dir.read_only_file(c"stats_updates", &view.stats_updates);
-                    dir.read_only_file(c"free_page_reports", &view.free_page_reports);
-                    dir.read_only_file(c"hint_rounds", &view.hint_rounds);
-                    dir.read_only_file(c"hinted_blocks", &view.hinted_blocks);
-                    dir.read_only_file(c"hint_blocks_held", &view.hint_blocks_held);
-                    dir.read_callback_file(c"host_stalled", view, &debugfs::host_stalled);
-                    dir.read_callback_file(c"late_buffers", view, &debugfs::late_buffers);
-                },
-            ),
+            debugfs::directory(root, dev.as_dev().name(), features, geometry),
             GFP_KERNEL,
         )?;
         KBox::pin_init(
