@@ -31,7 +31,10 @@ use crate::initramfs;
 use crate::qemu::unique_number;
 use crate::serial::find_bytes;
 use crate::serial::Serial;
+use crate::shell_command::meminfo_field;
+use crate::shell_command::output_if_ok;
 use crate::shell_command::ShellCommand;
+use crate::shell_command::MEMINFO;
 use crate::Context;
 use crate::Result;
 
@@ -349,21 +352,12 @@ impl Domain {
 
     /// Runs `command`, fails unless it exits with 0, returns its output.
     pub fn sh_ok(&mut self, command: &str) -> Result<String> {
-        let (code, output) = self.run(command, COMMAND_TIMEOUT)?;
-        if code == 0 {
-            Ok(output)
-        } else {
-            Err(err!(
-                "guest command `{command}` exited with {code}:\n{output}"
-            ))
-        }
+        output_if_ok(command, self.run(command, COMMAND_TIMEOUT)?)
     }
 
     /// A `/proc/meminfo` field in kB, after folding the per-CPU counters.
     pub fn meminfo(&mut self, field: &str) -> Result<u64> {
-        let text =
-            self.sh_ok("echo 1 >/proc/sys/vm/stat_refresh 2>/dev/null; cat /proc/meminfo")?;
-        crate::qemu::parse_meminfo(&text, field).ok_or_else(|| err!("/proc/meminfo has no {field}"))
+        meminfo_field(&self.sh_ok(MEMINFO)?, field)
     }
 
     /// The kernel log (serial console) so far.

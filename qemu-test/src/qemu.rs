@@ -38,7 +38,10 @@ use crate::qmp::Qmp;
 use crate::serial::find_bytes;
 use crate::serial::Serial;
 use crate::serial::WaitEnd;
+use crate::shell_command::meminfo_field;
+use crate::shell_command::output_if_ok;
 use crate::shell_command::ShellCommand;
+use crate::shell_command::MEMINFO;
 use crate::Context;
 use crate::Result;
 
@@ -505,26 +508,13 @@ impl Vm {
 
     /// Runs `command`, fails unless it exits with 0, returns its output.
     pub fn sh_ok(&mut self, command: &str) -> Result<String> {
-        let (code, output) = self.run(command, scaled(COMMAND_TIMEOUT))?;
-        if code == 0 {
-            Ok(output)
-        } else {
-            Err(err!(
-                "guest command `{command}` exited with {code}; output:\n{output}"
-            ))
-        }
+        output_if_ok(command, self.run(command, scaled(COMMAND_TIMEOUT))?)
     }
 
-    /// Reads a `/proc/meminfo` field (e.g. `MemTotal`) in kB.
-    ///
-    /// Folds the per-CPU vmstat deltas first (`/proc/sys/vm/stat_refresh`):
-    /// without that, counters such as `Balloon:` lag by a few pages per CPU
-    /// for up to a second.
+    /// Reads a `/proc/meminfo` field (e.g. `MemTotal`) in kB, exact
+    /// ([`MEMINFO`] folds the per-CPU counters first).
     pub fn meminfo(&mut self, field: &str) -> Result<u64> {
-        let meminfo =
-            self.sh_ok("echo 1 >/proc/sys/vm/stat_refresh 2>/dev/null; cat /proc/meminfo")?;
-        parse_meminfo(&meminfo, field)
-            .ok_or_else(|| err!("/proc/meminfo has no {field}:\n{meminfo}"))
+        meminfo_field(&self.sh_ok(MEMINFO)?, field)
     }
 
     /// The guest's kernel log, from `dmesg`.

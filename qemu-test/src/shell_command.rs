@@ -59,6 +59,28 @@ impl ShellCommand {
     }
 }
 
+/// The command that prints `/proc/meminfo` after folding the per-CPU vmstat
+/// deltas (`/proc/sys/vm/stat_refresh`): without that, counters such as
+/// `Balloon:` lag by a few pages per CPU for up to a second.
+pub const MEMINFO: &str = "echo 1 >/proc/sys/vm/stat_refresh 2>/dev/null; cat /proc/meminfo";
+
+/// The output of `command` if it exited with 0, else an error with both.
+pub fn output_if_ok(command: &str, (code, output): (i32, String)) -> Result<String> {
+    if code == 0 {
+        Ok(output)
+    } else {
+        Err(crate::err!(
+            "guest command `{command}` exited with {code}; output:\n{output}"
+        ))
+    }
+}
+
+/// Field `field` (in kB) of a `/proc/meminfo` text.
+pub fn meminfo_field(meminfo: &str, field: &str) -> Result<u64> {
+    crate::qemu::parse_meminfo(meminfo, field)
+        .ok_or_else(|| crate::err!("/proc/meminfo has no {field}:\n{meminfo}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
