@@ -253,14 +253,14 @@ fn late_migration_deflate_holds_the_old_page_until_the_host_answers() {
     let mut engine = engine_for(&model, 0);
     model.num_pages = 16;
     assert_eq!(run_until_settled(&mut engine, &mut model), Step::Reached);
-    // Prompt for the inflate, then slow for the deflate: the model's mode is
-    // read per buffer, so switch it from inside the callback.
+    // Prompt for the inflate, then slow for the deflate.
+    model.mode = HostMode::Slow;
+    model.prompt_for = Some(1);
     let old = model.isolate(0).expect("a ballooned page");
     let mut buffer = vec![0u32; PFNS_PER_BUFFER];
     model
         .migrate_with(old, |model, new| {
-            let mut backend = SlowAfter { model, prompt: 1 };
-            engine.migrate(&mut backend, &mut buffer, new, old)
+            engine.migrate(model, &mut buffer, new, old)
         })
         .expect("migration");
     assert_eq!(engine.late(), Some(Late::MigrationDeflate));
@@ -443,73 +443,6 @@ fn hot_plugged_memory_can_be_ballooned() {
     model.num_pages = (12 * MIB) as u32;
     assert_eq!(run_until_settled(&mut engine, &mut model), Step::Reached);
     assert_eq!(u64::from(model.actual), 12 * MIB);
-}
-
-/// A backend that answers the first `prompt` buffers at once and is slow
-/// with the rest.
-struct SlowAfter<'a> {
-    model: &'a mut Model,
-    prompt: usize,
-}
-
-impl balloon_logic::engine::Backend for SlowAfter<'_> {
-    fn read_target(&mut self) -> u32 {
-        self.model.read_target()
-    }
-    fn write_actual(&mut self, actual: u32) {
-        self.model.write_actual(actual)
-    }
-    fn available_pages(&mut self) -> u64 {
-        self.model.available_pages()
-    }
-    fn managed_pages(&mut self) -> u64 {
-        self.model.managed_pages()
-    }
-    fn alloc_pages(&mut self, max: u64) -> u64 {
-        self.model.alloc_pages(max)
-    }
-    fn staged_inflate_pfns(&self, f: &mut dyn FnMut(u64)) {
-        self.model.staged_inflate_pfns(f)
-    }
-    fn commit_inflate(&mut self) {
-        self.model.commit_inflate()
-    }
-    fn abort_inflate(&mut self) {
-        self.model.abort_inflate()
-    }
-    fn dequeue_pages(&mut self, max: u64) -> u64 {
-        self.model.dequeue_pages(max)
-    }
-    fn balloon_is_empty(&mut self) -> bool {
-        self.model.balloon_is_empty()
-    }
-    fn staged_deflate_pfns(&self, f: &mut dyn FnMut(u64)) {
-        self.model.staged_deflate_pfns(f)
-    }
-    fn commit_deflate(&mut self) {
-        self.model.commit_deflate()
-    }
-    fn abort_deflate(&mut self) {
-        self.model.abort_deflate()
-    }
-    fn tell_host(&mut self, queue: QueueRole, pfns: &[u32]) -> Result<(), HostError> {
-        self.model.mode = if self.prompt > 0 {
-            HostMode::Prompt
-        } else {
-            HostMode::Slow
-        };
-        self.prompt = self.prompt.saturating_sub(1);
-        self.model.tell_host(queue, pfns)
-    }
-    fn host_returned(&mut self, queue: QueueRole) -> bool {
-        self.model.host_returned(queue)
-    }
-    fn hold_migrated_page(&mut self) {
-        self.model.hold_migrated_page()
-    }
-    fn release_held_page(&mut self) {
-        self.model.release_held_page()
-    }
 }
 
 #[test]

@@ -78,6 +78,9 @@ pub struct Model {
     pub alloc_left: Option<u64>,
     pub available_override: Option<u64>,
     pub mode: HostMode,
+    /// With `Some(n)`, the next `n` buffers are answered at once whatever
+    /// `mode` says (e.g. a migration's inflate), the rest as `mode` says.
+    pub prompt_for: Option<usize>,
     pub late: Option<LateBuffer>,
     late_buffers: u64,
     /// Guest pages hot-plugged since boot.
@@ -106,6 +109,7 @@ impl Model {
             alloc_left: None,
             available_override: None,
             mode: HostMode::Prompt,
+            prompt_for: None,
             late: None,
             late_buffers: 0,
             hotplugged: 0,
@@ -419,14 +423,21 @@ impl Backend for Model {
             "a buffer was sent while the host still holds a late one"
         );
         self.check_shape(queue, pfns);
-        match self.mode {
+        let mode = match self.prompt_for.as_mut() {
+            Some(left) if *left > 0 => {
+                *left -= 1;
+                HostMode::Prompt
+            }
+            _ => self.mode,
+        };
+        match mode {
             HostMode::Broken => return Err(HostError::Broken),
             HostMode::Refusing => return Err(HostError::Queue),
             HostMode::Prompt => self.process(queue, pfns),
             HostMode::Slow | HostMode::Dead => {
                 self.late_buffers += 1;
                 self.late = Some(LateBuffer {
-                    dead: self.mode == HostMode::Dead,
+                    dead: mode == HostMode::Dead,
                     serial: self.late_buffers,
                     queue,
                     pfns: pfns.to_vec(),
