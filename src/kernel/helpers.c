@@ -239,11 +239,6 @@ void vbrs_virtio_relax(struct virtio_device *vdev)
 	pm_relax(&vdev->dev);
 }
 
-struct virtio_driver *vbrs_virtio_driver_of(struct virtio_device *vdev)
-{
-	return drv_to_virtio(vdev->dev.driver);
-}
-
 u8 vbrs_virtqueue_device_status(struct virtqueue *vq)
 {
 	return vq->vdev->config->get_status(vq->vdev);

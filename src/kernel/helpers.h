@@ -12,7 +12,6 @@
 #include <linux/types.h>
 
 struct virtio_device;
-struct virtio_driver;
 struct virtqueue;
 struct virtqueue_info;
 struct wait_queue_head;
@@ -67,7 +66,6 @@ void vbrs_get_page(struct page *page);
 void vbrs_virtio_set_wakeup_capable(struct virtio_device *vdev);
 void vbrs_virtio_stay_awake(struct virtio_device *vdev);
 void vbrs_virtio_relax(struct virtio_device *vdev);
-struct virtio_driver *vbrs_virtio_driver_of(struct virtio_device *vdev);
 u8 vbrs_virtqueue_device_status(struct virtqueue *vq);
 
 #endif /* VBRS_HELPERS_H */

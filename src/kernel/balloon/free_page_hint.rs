@@ -7,6 +7,7 @@ use balloon_logic::hint::{
     self,
     HintAction, //
 };
+use kernel::device::Bound;
 use kernel::prelude::*;
 use kernel::sync::atomic::Relaxed;
 
@@ -31,6 +32,16 @@ pub(super) struct HintState {
     pub(super) blocks: Pin<KBox<PageList<HINT_BLOCK_ORDER>>>,
 }
 
+impl HintState {
+    pub(super) fn new() -> Result<Self> {
+        Ok(Self {
+            queue: None,
+            active: hint::CMD_ID_STOP,
+            blocks: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
+        })
+    }
+}
+
 impl Balloon {
     /// The hint work: the host wrote a command id; start a round, or take
     /// the hinted blocks back when it is done.
@@ -38,7 +49,7 @@ impl Balloon {
         if self.stopped() {
             return;
         }
-        let dev = &*self.dev;
+        let dev = self.device();
         let Some(received) = dev.read_config::<FreePageHintCmdId>() else {
             return;
         };
@@ -57,7 +68,7 @@ impl Balloon {
                 blocks.as_mut().clear();
                 self.view.hint_blocks_held.store(0, Relaxed);
                 if held > 0 {
-                    dev_dbg!(dev.as_dev(), "free page hints done: {} blocks back\n", held);
+                    dev_dbg!(dev, "free page hints done: {} blocks back\n", held);
                 }
             }
             HintAction::Start(id) => {
@@ -66,7 +77,7 @@ impl Balloon {
                 *active = id;
                 let start = hint::cmd_id_to_device(id, little_endian);
                 if let Err(err) = queue.send(&start.to_ne_bytes()) {
-                    dev_err!(dev.as_dev(), "cannot send the hint start id: {:?}\n", err);
+                    dev_err!(dev, "cannot send the hint start id: {:?}\n", err);
                     return;
                 }
                 queue.kick();
@@ -75,14 +86,9 @@ impl Balloon {
                 let stop = hint::cmd_id_to_device(hint::CMD_ID_STOP, little_endian);
                 match queue.send(&stop.to_ne_bytes()) {
                     Ok(()) => queue.kick(),
-                    Err(err) => dev_err!(dev.as_dev(), "cannot send the hint stop id: {:?}\n", err),
+                    Err(err) => dev_err!(dev, "cannot send the hint stop id: {:?}\n", err),
                 }
-                dev_dbg!(
-                    dev.as_dev(),
-                    "free page hint round {}: {} blocks\n",
-                    id,
-                    sent
-                );
+                dev_dbg!(dev, "free page hint round {}: {} blocks\n", id, sent);
             }
         }
     }
@@ -91,7 +97,7 @@ impl Balloon {
     /// to another command id; returns the blocks sent.
     pub(super) fn send_hints(
         &self,
-        dev: &Device,
+        dev: &Device<Bound>,
         queue: &mut Virtqueue,
         mut blocks: Pin<&mut PageList<HINT_BLOCK_ORDER>>,
         id: u32,
@@ -116,7 +122,7 @@ impl Balloon {
                 break;
             };
             if let Err(err) = queue.add_hint(&block) {
-                dev_warn!(dev.as_dev(), "cannot hint a free block: {:?}\n", err);
+                dev_warn!(dev, "cannot hint a free block: {:?}\n", err);
                 break;
             }
             queue.kick();

@@ -8,6 +8,8 @@ use balloon_logic::engine::{
     HostError, //
 };
 use balloon_logic::features::QueueRole;
+use balloon_logic::pfn::PFNS_PER_BUFFER;
+use kernel::device::Bound;
 use kernel::prelude::*;
 use kernel::time::Jiffies;
 
@@ -41,6 +43,13 @@ pub(super) struct Prealloc {
 }
 
 impl Prealloc {
+    pub(super) fn new() -> Result<Self> {
+        Ok(Self {
+            pages: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
+            bulk: BulkAlloc::new(PFNS_PER_BUFFER)?,
+        })
+    }
+
     /// Allocates up to `count` balloon pages: many per call while memory is
     /// plentiful; near the watermarks the bulk allocator stops and single
     /// allocations (with light reclaim, like the C driver's) take over.
@@ -57,7 +66,7 @@ impl Prealloc {
 
 /// The engine's view of the device and the pages, for one locked section.
 pub(super) struct Host<'a> {
-    pub(super) dev: &'a Device,
+    pub(super) dev: &'a Device<Bound>,
     pub(super) inflate_queue: &'a mut Virtqueue,
     pub(super) deflate_queue: &'a mut Virtqueue,
     pub(super) acked: &'a WaitQueue,

@@ -22,9 +22,10 @@ use balloon_logic::pfn::{
 };
 use balloon_logic::stats;
 use balloon_logic::target::reserve_pages;
-use kernel::debugfs::{
-    Dir,
-    Scope, //
+use kernel::debugfs::Scope;
+use kernel::device::{
+    Bound,
+    Core, //
 };
 use kernel::prelude::*;
 use kernel::sync::aref::ARef;
@@ -116,7 +117,33 @@ struct State {
     held: Option<HeldPage>,
 }
 
+impl State {
+    fn new() -> Result<Self> {
+        let mut pfns = KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL)?;
+        pfns.resize(PFNS_PER_BUFFER, 0, GFP_KERNEL)?;
+        Ok(Self {
+            engine: None,
+            inflate_queue: None,
+            deflate_queue: None,
+            queues: None,
+            pfns,
+            staged_inflate: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
+            staged_deflate: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
+            bulk: BulkAlloc::new(PFNS_PER_BUFFER)?,
+            held: None,
+        })
+    }
+}
+
 /// The per-device driver state.
+///
+/// # Invariants
+///
+/// `dev` is bound to this driver while any method but `drop` runs: the
+/// state is reachable only through the device's driver data and through
+/// the work items, notifiers, shrinker and queues it sets up, and
+/// `teardown` (unbind, freeze, a failed start) ends all of these before
+/// it returns; the data is dropped only after unbind.
 #[pin_data]
 pub(crate) struct Balloon {
     dev: ARef<Device>,
@@ -190,6 +217,25 @@ struct Events {
 }
 
 impl Balloon {
+    /// What probe needs of the device: config access, and a page size the
+    /// balloon supports.
+    fn check(dev: &Device<Core<'_>>) -> Result<PageGeometry> {
+        if !dev.has_config_access() {
+            dev_err!(dev, "probe failure: config access disabled\n");
+            return Err(EINVAL);
+        }
+        PageGeometry::new(mm::PAGE_SHIFT).map_err(|_| {
+            dev_err!(dev, "unsupported page size\n");
+            EINVAL
+        })
+    }
+
+    /// The device, bound to this driver.
+    fn device(&self) -> &Device<Bound> {
+        // SAFETY: the device is bound while a method runs (type invariant).
+        unsafe { self.dev.as_bound() }
+    }
+
     /// Runs `f` with the engine, the PFN buffer and a backend over the
     /// device, under the balloon lock; `None` while the device is down.
     ///
@@ -215,7 +261,7 @@ impl Balloon {
         } = state;
         let engine = engine.as_mut()?;
         let mut host = Host {
-            dev: &self.dev,
+            dev: self.device(),
             inflate_queue: inflate_queue.as_mut()?,
             deflate_queue: deflate_queue.as_mut()?,
             acked: &self.acked,
@@ -251,7 +297,7 @@ impl Balloon {
             events.wakeup |= wake;
             if !events.awake {
                 events.awake = true;
-                self.dev.stay_awake();
+                self.device().stay_awake();
             }
         }
         work.run_now();
@@ -270,7 +316,7 @@ impl Balloon {
         let mut events = self.events.lock();
         if events.wakeup == 0 && events.awake {
             events.awake = false;
-            self.dev.relax();
+            self.device().relax();
         }
     }
 
@@ -356,7 +402,7 @@ impl Balloon {
     }
 
     /// Sets the device up: queues, poison value, stats, notifiers.
-    fn bring_up(&self, dev: &Device) -> Result {
+    fn bring_up(&self, dev: &Device<Core<'_>>) -> Result {
         let index = self.index;
         let mut queues = dev.find_vqs::<Self>(index.specs())?;
         let inflate_queue = queues.take(index.inflate);
@@ -387,7 +433,7 @@ impl Balloon {
         if let Some(queue) = hint_queue {
             // The ring needs a descriptor for the command id besides hints.
             if queue.size() < 2 {
-                dev_err!(dev.as_dev(), "free page hint queue too small\n");
+                dev_err!(dev, "free page hint queue too small\n");
                 self.hint.lock().queue = Some(queue);
                 return Err(ENOSPC);
             }
@@ -426,7 +472,7 @@ impl Balloon {
 
         let target = dev.read_config::<NumPages>().unwrap_or(0);
         dev_info!(
-            dev.as_dev(),
+            dev,
             "bound: features {:#x} ({:?}), {} queues, target {} KiB, reserve {} KiB\n",
             self.features.bits(),
             DisplayFeatures(self.features),
@@ -459,13 +505,13 @@ impl Balloon {
         let mut events = self.events.lock();
         events.wakeup = 0;
         if core::mem::take(&mut events.awake) {
-            self.dev.relax();
+            self.device().relax();
         }
     }
 
     /// Stops everything, empties the balloon and takes the device down
     /// (remove, freeze, and a failed start).
-    fn teardown(&self, dev: &Device) {
+    fn teardown(&self, dev: &Device<Core<'_>>) {
         self.quiesce();
 
         let mut told_host = false;
@@ -529,7 +575,7 @@ impl Balloon {
             drop(hint);
             if let Some(c) = counters {
                 dev_info!(
-                    dev.as_dev(),
+                    dev,
                     "balloon empty{}: inflated {} KiB and deflated {} KiB in all\n",
                     if told_host {
                         ""
@@ -545,14 +591,14 @@ impl Balloon {
     }
 }
 
-impl virtio::Driver for Balloon {
-    const NAME: &'static CStr = c"virtio_balloon_rs";
-    const DEVICE_ID: u32 = features::DEVICE_ID;
-    const FEATURE_TABLE: &'static [u32] = features::DRIVER_FEATURE_BITS;
-    /// The debugfs directory every device's own directory goes in.
-    type Shared = Dir;
+crate::virtio_device_table!(BALLOON_IDS, [virtio::DeviceId::new(features::DEVICE_ID)]);
 
-    fn validate(dev: &Device) -> Result {
+impl virtio::Driver for Balloon {
+    type Data = Self;
+    const ID_TABLE: virtio::IdTable = &BALLOON_IDS;
+    const FEATURE_TABLE: &'static [u32] = features::DRIVER_FEATURE_BITS;
+
+    fn validate(dev: &Device<Core<'_>>) -> Result {
         let offered = Features::from_bits_truncate(dev.features());
         let clear = features::to_clear(offered, mm::poisons_free_pages());
         for (_, bit) in clear.iter_names() {
@@ -564,115 +610,85 @@ impl virtio::Driver for Balloon {
         Ok(())
     }
 
-    fn probe(dev: &Device, root: &Dir) -> Result<Pin<KBox<Self>>> {
-        if !dev.has_config_access() {
-            dev_err!(dev.as_dev(), "probe failure: config access disabled\n");
-            return Err(EINVAL);
-        }
+    fn probe<'a>(dev: &'a Device<Core<'_>>) -> impl PinInit<Self, Error> + 'a {
         let features = Features::from_bits_truncate(dev.features());
-        let geometry = PageGeometry::new(mm::PAGE_SHIFT).map_err(|_| {
-            dev_err!(dev.as_dev(), "unsupported page size\n");
-            EINVAL
-        })?;
-        let index = QueueIndex::new(features);
-        let mut pfns = KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL)?;
-        pfns.resize(PFNS_PER_BUFFER, 0, GFP_KERNEL)?;
-        let state = State {
-            engine: None,
-            inflate_queue: None,
-            deflate_queue: None,
-            queues: None,
-            pfns,
-            staged_inflate: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
-            staged_deflate: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
-            bulk: BulkAlloc::new(PFNS_PER_BUFFER)?,
-            held: None,
-        };
-        let prealloc = Prealloc {
-            pages: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
-            bulk: BulkAlloc::new(PFNS_PER_BUFFER)?,
-        };
-        let stats = StatsState { queue: None };
-        let hint = HintState {
-            queue: None,
-            active: hint::CMD_ID_STOP,
-            blocks: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
-        };
-        let view = KBox::pin_init(
-            debugfs::directory(root, dev.as_dev().name(), features, geometry),
-            GFP_KERNEL,
-        )?;
-        KBox::pin_init(
-            try_pin_init!(Self {
-                dev: dev.into(),
-                features,
-                geometry,
-                index,
-                state <- new_mutex!(state),
-                stats <- new_mutex!(stats),
-                reporting_queue <- new_mutex!(None),
-                hint <- new_mutex!(hint),
-                acked <- WaitQueue::new(),
-                update_work <- DelayedWork::new(),
-                stats_work <- DelayedWork::new(),
-                hint_work <- DelayedWork::new(),
-                hint_shrinker <- Shrinker::new(),
-                pages <- BalloonDevInfo::new(!features.contains(Features::DEFLATE_ON_OOM)),
-                oom <- OomNotifier::new(),
-                reporting <- PageReporting::new(),
-                events <- new_spinlock_irq!(Events {
-                    stopped: true,
-                    wakeup: 0,
-                    awake: false,
-                }),
-                waiting_for_host: Atomic::new(false),
-                prealloc <- new_mutex!(prealloc),
-                view,
+        let geometry = Self::check(dev);
+        try_pin_init!(Self {
+            geometry: geometry?,
+            dev: dev.into(),
+            features,
+            index: QueueIndex::new(*features),
+            state <- new_mutex!(State::new()?),
+            stats <- new_mutex!(StatsState { queue: None }),
+            reporting_queue <- new_mutex!(None),
+            hint <- new_mutex!(HintState::new()?),
+            acked <- WaitQueue::new(),
+            update_work <- DelayedWork::new(),
+            stats_work <- DelayedWork::new(),
+            hint_work <- DelayedWork::new(),
+            hint_shrinker <- Shrinker::new(),
+            pages <- BalloonDevInfo::new(!features.contains(Features::DEFLATE_ON_OOM)),
+            oom <- OomNotifier::new(),
+            reporting <- PageReporting::new(),
+            events <- new_spinlock_irq!(Events {
+                stopped: true,
+                wakeup: 0,
+                awake: false,
             }),
-            GFP_KERNEL,
-        )
-    }
-
-    fn start(&self, dev: &Device) -> Result {
-        self.bring_up(dev).inspect_err(|err| {
-            dev_err!(dev.as_dev(), "cannot start: {:?}\n", err);
-            self.teardown(dev);
+            waiting_for_host: Atomic::new(false),
+            prealloc <- new_mutex!(Prealloc::new()?),
+            view: KBox::pin_init(
+                debugfs::directory(
+                    crate::debugfs_root().ok_or(ENOENT)?,
+                    dev.as_ref().name(),
+                    *features,
+                    *geometry,
+                ),
+                GFP_KERNEL,
+            )?,
         })
     }
 
-    fn queue_done(&self, queue_index: u32) {
+    fn start(dev: &Device<Core<'_>>, this: Pin<&Self>) -> Result {
+        this.bring_up(dev).inspect_err(|err| {
+            dev_err!(dev, "cannot start: {:?}\n", err);
+            this.teardown(dev);
+        })
+    }
+
+    fn queue_done(_dev: &Device<Bound>, this: Pin<&Self>, queue_index: u32) {
         // Stats buffers come back when the host wants figures; every other
         // queue's completion wakes whoever waits for its buffer.
-        if self.index.stats == Some(queue_index as usize) {
-            self.queue_unless_stopped(&self.stats_work, WAKE_STATS);
+        if this.index.stats == Some(queue_index as usize) {
+            this.queue_unless_stopped(&this.stats_work, WAKE_STATS);
         } else {
-            self.acked.wake_up();
+            this.acked.wake_up();
             // A late buffer came back: the update work finishes its step.
             let index = queue_index as usize;
-            if (index == self.index.inflate || index == self.index.deflate)
-                && self.waiting_for_host.load(Acquire)
+            if (index == this.index.inflate || index == this.index.deflate)
+                && this.waiting_for_host.load(Acquire)
             {
-                self.queue_unless_stopped(&self.update_work, WAKE_ADJUST);
+                this.queue_unless_stopped(&this.update_work, WAKE_ADJUST);
             }
         }
     }
 
-    fn config_changed(&self, _dev: &Device) {
-        self.queue_unless_stopped(&self.update_work, WAKE_ADJUST);
-        if self.features.contains(Features::FREE_PAGE_HINT) {
-            self.queue_unless_stopped(&self.hint_work, 0);
+    fn config_changed(_dev: &Device<Bound>, this: Pin<&Self>) {
+        this.queue_unless_stopped(&this.update_work, WAKE_ADJUST);
+        if this.features.contains(Features::FREE_PAGE_HINT) {
+            this.queue_unless_stopped(&this.hint_work, 0);
         }
     }
 
-    fn remove(&self, dev: &Device) {
-        self.teardown(dev);
+    fn unbind(dev: &Device<Core<'_>>, this: Pin<&Self>) {
+        this.teardown(dev);
     }
 
-    fn shutdown(&self, dev: &Device) {
+    fn shutdown(dev: &Device<Core<'_>>, this: Pin<&Self>) {
         // The machine is going down: no need to give pages back, only to
         // stop touching the device, as the C driver does.
-        self.quiesce();
+        this.quiesce();
         dev.shutdown();
-        self.reporting.unregister();
+        this.reporting.unregister();
     }
 }

@@ -47,11 +47,7 @@ impl Balloon {
         let mut buffer = [0u8; stats::BUFFER_SIZE];
         let len = self.fill_stats(&mut buffer);
         if let Err(err) = queue.send(&buffer[..len]) {
-            dev_warn!(
-                self.dev.as_dev(),
-                "cannot queue the stats buffer: {:?}\n",
-                err
-            );
+            dev_warn!(self.device(), "cannot queue the stats buffer: {:?}\n", err);
             return;
         }
         queue.kick();

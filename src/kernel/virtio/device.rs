@@ -3,15 +3,23 @@
 //! A virtio device as its driver sees it: feature bits, typed config
 //! access, status, reset, wakeup events and finding its virtqueues.
 
+use core::marker::PhantomData;
 use core::ptr::NonNull;
 
+use kernel::device::{
+    self,
+    Bound,
+    Core,
+    DeviceContext,
+    Normal, //
+};
 use kernel::error::to_result;
 use kernel::prelude::*;
 use kernel::sync::aref::AlwaysRefCounted;
 use kernel::types::Opaque;
 
 use super::config::ConfigField;
-use super::driver::queue_callback;
+use super::driver::Adapter;
 use super::virtqueue::{
     OutBuffer,
     QueueSpec,
@@ -22,22 +30,48 @@ use super::virtqueue::{
 use super::Driver;
 use crate::bindings;
 
-/// A virtio device as seen by the driver bound to it.
+/// A virtio device, in the device context `Ctx` (as `kernel::pci::Device`):
+/// [`Core`] inside the bus callbacks, where the driver sets the device up
+/// and tears it down; [`Bound`] while it is bound to the driver, where the
+/// driver may use it (config space, wakeup events); [`Normal`] anywhere.
 ///
 /// # Invariants
 ///
 /// The wrapped `virtio_device` is valid for as long as a `&Device` exists:
 /// references are handed out inside the bus callbacks, or through an
-/// [`ARef<Device>`](kernel::sync::aref::ARef) that holds a reference to its `struct device`.
+/// [`ARef<Device>`](kernel::sync::aref::ARef) that holds a reference to its
+/// `struct device`. A `&Device<Bound>` (or `Core`) exists only while the
+/// device is bound to a driver.
 #[repr(transparent)]
-pub(crate) struct Device(Opaque<bindings::virtio_device>);
+pub(crate) struct Device<Ctx: DeviceContext = Normal>(
+    Opaque<bindings::virtio_device>,
+    PhantomData<Ctx>,
+);
 
-impl Device {
+// SAFETY: `Device<Ctx>` only differs from `Device<Normal>` by its marker:
+// each wraps the same `virtio_device`.
+kernel::impl_device_context_deref!(unsafe { Device });
+kernel::impl_device_context_into_aref!(Device);
+
+impl<Ctx: DeviceContext> AsRef<device::Device<Ctx>> for Device<Ctx> {
+    fn as_ref(&self) -> &device::Device<Ctx> {
+        // SAFETY: `dev` is embedded in a valid `virtio_device` (type
+        // invariant) and lives as long as `self`, in the same context; the
+        // two bindgen runs describe the same C type.
+        unsafe {
+            let dev = core::ptr::addr_of_mut!((*self.as_raw()).dev);
+            device::Device::from_raw(dev.cast())
+        }
+    }
+}
+
+impl<Ctx: DeviceContext> Device<Ctx> {
     /// Wraps a pointer the virtio core passed to a callback.
     ///
     /// # Safety
     ///
-    /// `ptr` must point to a valid `virtio_device` for the lifetime `'a`.
+    /// `ptr` must point to a valid `virtio_device` for the lifetime `'a`,
+    /// in context `Ctx` for as long.
     pub(super) unsafe fn from_raw<'a>(ptr: *mut bindings::virtio_device) -> &'a Self {
         // SAFETY: `Device` is `repr(transparent)` over the C struct and the
         // caller guarantees validity for `'a`.
@@ -48,15 +82,16 @@ impl Device {
         self.0.get()
     }
 
-    /// The generic `struct device`, for `dev_*!` messages.
-    pub(crate) fn as_dev(&self) -> &kernel::device::Device {
-        // SAFETY: `dev` is embedded in a valid `virtio_device` (type
-        // invariant) and lives as long as `self`; the two bindgen runs
-        // describe the same C type.
-        unsafe {
-            let dev = core::ptr::addr_of_mut!((*self.as_raw()).dev);
-            kernel::device::Device::from_raw(dev.cast())
-        }
+    /// The device in the bound context.
+    ///
+    /// # Safety
+    ///
+    /// The device must stay bound to its driver for as long as the returned
+    /// reference lives.
+    pub(crate) unsafe fn as_bound(&self) -> &Device<Bound> {
+        // SAFETY: the same `virtio_device`, valid as long as `self`; bound
+        // for as long as the reference lives (the caller's contract).
+        unsafe { &*core::ptr::from_ref(self).cast() }
     }
 
     /// The lower 64 negotiated feature bits.
@@ -71,26 +106,22 @@ impl Device {
         unsafe { bindings::vbrs_virtio_has_config_get(self.as_raw()) }
     }
 
-    /// Withdraws a feature during [`Driver::validate`], before negotiation ends.
-    pub(crate) fn clear_feature(&self, bit: u32) {
-        // SAFETY: `self` is valid; clearing a bit before FEATURES_OK is what
-        // the `validate` callback is for.
-        unsafe { bindings::vbrs_virtio_clear_feature(self.as_raw(), bit) }
-    }
-
     /// Whether every feature bit of `bits` is negotiated.
     fn has_features(&self, bits: u64) -> bool {
         self.features() & bits == bits
     }
+}
 
+impl Device<Bound> {
     /// Reads config field `F` (little-endian), or `None` when the features
     /// that make it exist are not negotiated.
     pub(crate) fn read_config<F: ConfigField>(&self) -> Option<u32> {
         if !self.has_features(F::NEEDS) {
             return None;
         }
-        // SAFETY: `self` is valid; the field exists in the config space
-        // with the features just checked (`ConfigField` contract).
+        // SAFETY: `self` is valid and bound, so its transport's config
+        // space is mapped; the field exists in it with the features just
+        // checked (`ConfigField` contract).
         Some(unsafe { bindings::vbrs_virtio_cread_le32(self.as_raw(), F::OFFSET) })
     }
 
@@ -105,14 +136,6 @@ impl Device {
         Ok(())
     }
 
-    /// Lets the device hold a wakeup source of its own (user space enables
-    /// it in `power/wakeup`), as the C driver does: the transport has its
-    /// own, and wakeup sources do not nest.
-    pub(crate) fn set_wakeup_capable(&self) {
-        // SAFETY: `self` is valid.
-        unsafe { bindings::vbrs_virtio_set_wakeup_capable(self.as_raw()) }
-    }
-
     /// Keeps the system from suspending until [`Device::relax`] (a no-op
     /// unless the device's wakeup source is enabled); callable from
     /// interrupts.
@@ -125,6 +148,24 @@ impl Device {
     pub(crate) fn relax(&self) {
         // SAFETY: `self` is valid.
         unsafe { bindings::vbrs_virtio_relax(self.as_raw()) }
+    }
+}
+
+impl Device<Core<'_>> {
+    /// Withdraws a feature during [`Driver::validate`], before negotiation
+    /// ends.
+    pub(crate) fn clear_feature(&self, bit: u32) {
+        // SAFETY: `self` is valid; clearing a bit before FEATURES_OK is what
+        // the `validate` callback is for.
+        unsafe { bindings::vbrs_virtio_clear_feature(self.as_raw(), bit) }
+    }
+
+    /// Lets the device hold a wakeup source of its own (user space enables
+    /// it in `power/wakeup`), as the C driver does: the transport has its
+    /// own, and wakeup sources do not nest.
+    pub(crate) fn set_wakeup_capable(&self) {
+        // SAFETY: `self` is valid.
+        unsafe { bindings::vbrs_virtio_set_wakeup_capable(self.as_raw()) }
     }
 
     /// Sets DRIVER_OK: the device may use the queues from now on.
@@ -174,7 +215,7 @@ impl Device {
         let mut info: [bindings::virtqueue_info; MAX_QUEUES] = Default::default();
         for (slot, spec) in info.iter_mut().zip(specs) {
             slot.name = spec.name.as_char_ptr();
-            slot.callback = Some(queue_callback::<T>);
+            slot.callback = Some(Adapter::<T>::queue_callback);
         }
         let mut vqs = [core::ptr::null_mut(); MAX_QUEUES];
         // SAFETY: `self` is valid; `vqs` and `info` hold `count` entries and
@@ -207,10 +248,7 @@ impl Device {
     pub(crate) fn del_vqs(&self, mut queues: Virtqueues, _reset: DeviceReset) {
         // `queues` (every handle) is consumed here; it is dropped at the end.
         if queues.slots.iter().take(queues.count).any(Option::is_none) {
-            dev_err!(
-                self.as_dev(),
-                "not deleting virtqueues: a handle is still out\n"
-            );
+            dev_err!(self, "not deleting virtqueues: a handle is still out\n");
             return;
         }
         // The reset made the device drop every buffer: they are ours again.

@@ -1,285 +1,238 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The virtio driver trait and its registration with the virtio bus: the
-//! C callbacks that forward to it.
+//! The virtio bus the `rust/kernel` way: a [`Driver`] trait, the id table
+//! type ([`DeviceId`], [`virtio_device_table!`]) and the [`Adapter`] that
+//! registers a driver through [`kernel::driver::Registration`], as
+//! `kernel::auxiliary` and `kernel::pci` do for their buses.
 
 use core::marker::PhantomData;
 
+use kernel::device::{
+    self,
+    BoundInternal,
+    Core,
+    CoreInternal, //
+};
+use kernel::device_id::RawDeviceId;
+use kernel::driver;
 use kernel::error::{
     from_result,
     to_result, //
 };
 use kernel::prelude::*;
-use kernel::types::{
-    ForeignOwnable,
-    Opaque, //
-};
+use kernel::types::Opaque;
 
 use super::Device;
 use crate::bindings;
 
-/// A virtio driver.
-pub(crate) trait Driver: Sized + Send + Sync + 'static {
-    /// The driver's name on the virtio bus.
-    const NAME: &'static CStr;
-    /// The virtio device id it binds to.
-    const DEVICE_ID: u32;
-    /// Device-specific feature bits it implements (the feature table).
-    const FEATURE_TABLE: &'static [u32];
-    /// What every bound device shares, owned by the [`Registration`].
-    type Shared: Send + Sync;
+/// A virtio device id: the device type a driver binds to, any vendor.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+pub(crate) struct DeviceId(bindings::virtio_device_id);
 
-    /// Adjusts the offered features before they are accepted.
-    fn validate(_dev: &Device) -> Result {
-        Ok(())
-    }
-    /// Allocates the per-device state; no queue exists yet.
-    fn probe(dev: &Device, shared: &Self::Shared) -> Result<Pin<KBox<Self>>>;
-    /// Sets the device up once the state is reachable from callbacks.
-    fn start(&self, dev: &Device) -> Result;
-    /// A queue handed buffers back (interrupt context).
-    fn queue_done(&self, queue_index: u32);
-    /// The device changed its config space (may be interrupt context).
-    fn config_changed(&self, dev: &Device);
-    /// Tears the device down; the state is dropped afterwards.
-    fn remove(&self, dev: &Device);
-    /// The system is going down: stop all activity, then stop the device
-    /// ([`Device::shutdown`]).
-    fn shutdown(&self, dev: &Device) {
-        dev.shutdown();
-    }
-    /// Quiesces before system sleep.
-    fn freeze(&self, dev: &Device) -> Result {
-        self.remove(dev);
-        Ok(())
-    }
-    /// Sets up again after system sleep.
-    fn restore(&self, dev: &Device) -> Result {
-        self.start(dev)
-    }
-}
-
-/// Borrows the driver state of a bound device.
-///
-/// # Safety
-///
-/// `vdev` must be a valid device bound to driver `T`, between the store of
-/// its state in `probe_callback` and the end of `remove_callback`.
-unsafe fn driver_data<'a, T: Driver>(vdev: *mut bindings::virtio_device) -> Pin<&'a T> {
-    // SAFETY: `probe_callback` stored a `Pin<KBox<T>>` from `into_foreign`
-    // in `priv`; `remove_callback` takes it back only after `T::remove`
-    // stopped every callback (the caller's contract).
-    unsafe { <Pin<KBox<T>> as ForeignOwnable>::borrow((*vdev).priv_) }
-}
-
-/// Completion callback of every queue: forwards to [`Driver::queue_done`].
-///
-/// # Safety
-///
-/// Called by the virtio core with a queue of a device bound to `T`.
-pub(super) unsafe extern "C" fn queue_callback<T: Driver>(vq: *mut bindings::virtqueue) {
-    // SAFETY: the core only calls back for queues of a bound device, whose
-    // `priv` was set before the queues were created.
-    unsafe {
-        let vdev = (*vq).vdev;
-        let index = (*vq).index;
-        driver_data::<T>(vdev).queue_done(index);
-    }
-}
-
-/// Forwards `validate` to [`Driver::validate`].
-///
-/// # Safety
-///
-/// Called by the virtio core with a valid device.
-unsafe extern "C" fn validate_callback<T: Driver>(vdev: *mut bindings::virtio_device) -> i32 {
-    // SAFETY: the core passes a valid device.
-    let dev = unsafe { Device::from_raw(vdev) };
-    from_result(|| T::validate(dev).map(|()| 0))
-}
-
-/// Forwards `probe` to [`Driver::probe`] and [`Driver::start`].
-///
-/// # Safety
-///
-/// Called by the virtio core with a valid, unbound device.
-unsafe extern "C" fn probe_callback<T: Driver>(vdev: *mut bindings::virtio_device) -> i32 {
-    // SAFETY: the core passes a valid device for the duration of the call
-    // and, once probe succeeds, until remove.
-    let dev = unsafe { Device::from_raw(vdev) };
-    // SAFETY: the core binds devices to the driver of a live
-    // `Registration<T>`, which outlives every binding (it unregisters on drop).
-    let shared = unsafe { Registration::<T>::shared_of(vdev) };
-    from_result(|| {
-        let state = T::probe(dev, shared)?.into_foreign();
-        // SAFETY: `vdev` is valid; no callback reads `priv` before the
-        // queues exist, which `start` creates after this store.
-        unsafe { (*vdev).priv_ = state };
-        // SAFETY: `state` came from `into_foreign` just above and is only
-        // taken back below or in `remove_callback`.
-        let started = T::start(
-            unsafe { &<Pin<KBox<T>> as ForeignOwnable>::borrow(state) },
-            dev,
-        );
-        if let Err(err) = started {
-            // SAFETY: a failed `start` tore down what it set up (the device
-            // is reset and its queues are deleted), and config change
-            // callbacks are enabled only once probe succeeds: nothing can
-            // reach the state any more.
-            unsafe {
-                (*vdev).priv_ = core::ptr::null_mut();
-                drop(<Pin<KBox<T>> as ForeignOwnable>::from_foreign(state));
-            }
-            return Err(err);
-        }
-        Ok(0)
-    })
-}
-
-/// Forwards `remove` to [`Driver::remove`] and drops the driver state.
-///
-/// # Safety
-///
-/// Called by the virtio core with a device bound to `T`.
-unsafe extern "C" fn remove_callback<T: Driver>(vdev: *mut bindings::virtio_device) {
-    // SAFETY: the core passes a bound device.
-    let dev = unsafe { Device::from_raw(vdev) };
-    // SAFETY: bound device: `priv` holds our state.
-    unsafe { driver_data::<T>(vdev) }.remove(dev);
-    // SAFETY: `remove` stopped every activity, reset the device and deleted
-    // its queues, and the core disabled config change callbacks before
-    // calling it: nothing else can reach the state, which came from
-    // `into_foreign`.
-    unsafe {
-        let state = (*vdev).priv_;
-        (*vdev).priv_ = core::ptr::null_mut();
-        drop(<Pin<KBox<T>> as ForeignOwnable>::from_foreign(state));
-    }
-}
-
-/// Forwards config-change notifications to [`Driver::config_changed`].
-///
-/// # Safety
-///
-/// Called by the virtio core with a device bound to `T`.
-unsafe extern "C" fn config_changed_callback<T: Driver>(vdev: *mut bindings::virtio_device) {
-    // SAFETY: the core only reports config changes of a bound device, with
-    // config reporting disabled before remove is called.
-    unsafe { driver_data::<T>(vdev).config_changed(Device::from_raw(vdev)) }
-}
-
-/// Forwards `shutdown` to [`Driver::shutdown`].
-///
-/// # Safety
-///
-/// Called by the virtio core with a device bound to `T`.
-unsafe extern "C" fn shutdown_callback<T: Driver>(vdev: *mut bindings::virtio_device) {
-    // SAFETY: bound device; the state stays until remove, which does not
-    // run concurrently with shutdown.
-    unsafe { driver_data::<T>(vdev).shutdown(Device::from_raw(vdev)) }
-}
-
-/// Forwards `freeze` to [`Driver::freeze`].
-///
-/// # Safety
-///
-/// Called by the virtio core with a device bound to `T`.
-unsafe extern "C" fn freeze_callback<T: Driver>(vdev: *mut bindings::virtio_device) -> i32 {
-    // SAFETY: bound device.
-    let (state, dev) = unsafe { (driver_data::<T>(vdev), Device::from_raw(vdev)) };
-    from_result(|| state.freeze(dev).map(|()| 0))
-}
-
-/// Forwards `restore` to [`Driver::restore`].
-///
-/// # Safety
-///
-/// Called by the virtio core with a device bound to `T`.
-unsafe extern "C" fn restore_callback<T: Driver>(vdev: *mut bindings::virtio_device) -> i32 {
-    // SAFETY: bound device.
-    let (state, dev) = unsafe { (driver_data::<T>(vdev), Device::from_raw(vdev)) };
-    from_result(|| state.restore(dev).map(|()| 0))
-}
-
-/// A registered virtio driver; unregistered on drop.
-#[pin_data(PinnedDrop)]
-pub(crate) struct Registration<T: Driver> {
-    #[pin]
-    driver: Opaque<bindings::virtio_driver>,
-    #[pin]
-    id_table: Opaque<[bindings::virtio_device_id; 2]>,
-    shared: T::Shared,
-    _driver: PhantomData<T>,
-}
-
-// SAFETY: after registration the C structs are only read by the core.
-unsafe impl<T: Driver> Sync for Registration<T> {}
-// SAFETY: same as `Sync`; nothing is tied to the registering thread.
-unsafe impl<T: Driver> Send for Registration<T> {}
-
-impl<T: Driver> Registration<T> {
-    /// What the devices bound to the driver of `vdev` share.
-    ///
-    /// # Safety
-    ///
-    /// `vdev` must be bound (or being probed) by the driver of a live
-    /// `Registration<T>`, which must outlive the returned reference.
-    unsafe fn shared_of<'a>(vdev: *mut bindings::virtio_device) -> &'a T::Shared {
-        // SAFETY: the device's driver is the `virtio_driver` embedded (as
-        // `driver`) in a live `Registration<T>` (the caller's contract);
-        // `Opaque` is `repr(transparent)`.
-        unsafe {
-            let drv = bindings::vbrs_virtio_driver_of(vdev);
-            let this =
-                kernel::container_of!(drv.cast::<Opaque<bindings::virtio_driver>>(), Self, driver);
-            &(*this).shared
-        }
-    }
-
-    /// Registers driver `T` with the virtio bus for `module`; its devices
-    /// share `shared`.
-    pub(crate) fn new(module: &'static ThisModule, shared: T::Shared) -> impl PinInit<Self, Error> {
-        try_pin_init!(Self {
-            shared,
-            id_table <- Opaque::ffi_init(|table: *mut [bindings::virtio_device_id; 2]| {
-                let mut ids: [bindings::virtio_device_id; 2] = Default::default();
-                ids[0].device = T::DEVICE_ID;
-                ids[0].vendor = bindings::VIRTIO_DEV_ANY_ID;
-                // SAFETY: `table` is valid pinned memory for the table.
-                unsafe { table.write(ids) };
-            }),
-            driver <- Opaque::try_ffi_init(|drv: *mut bindings::virtio_driver| {
-                let mut c: bindings::virtio_driver = Default::default();
-                c.driver.name = T::NAME.as_char_ptr();
-                c.feature_table = T::FEATURE_TABLE.as_ptr();
-                c.feature_table_size = T::FEATURE_TABLE.len() as u32;
-                c.validate = Some(validate_callback::<T>);
-                c.probe = Some(probe_callback::<T>);
-                c.remove = Some(remove_callback::<T>);
-                c.config_changed = Some(config_changed_callback::<T>);
-                c.shutdown = Some(shutdown_callback::<T>);
-                c.freeze = Some(freeze_callback::<T>);
-                c.restore = Some(restore_callback::<T>);
-                // SAFETY: `drv` is valid pinned memory; the id table lives in
-                // the same pinned struct, initialised above, and outlives
-                // the registration.
-                unsafe {
-                    let this = kernel::container_of!(drv.cast::<Opaque<bindings::virtio_driver>>(), Self, driver);
-                    c.id_table = (*this).id_table.get().cast();
-                    drv.write(c);
-                    to_result(bindings::__register_virtio_driver(drv, module.as_ptr().cast()))
-                }
-            }),
-            _driver: PhantomData,
+impl DeviceId {
+    /// Matches virtio devices of type `device` from any vendor.
+    pub(crate) const fn new(device: u32) -> Self {
+        Self(bindings::virtio_device_id {
+            device,
+            vendor: bindings::VIRTIO_DEV_ANY_ID,
         })
     }
 }
 
-#[pinned_drop]
-impl<T: Driver> PinnedDrop for Registration<T> {
-    fn drop(self: Pin<&mut Self>) {
-        // SAFETY: the driver was registered by `new` (a failed registration
-        // never produces a `Registration`).
-        unsafe { bindings::unregister_virtio_driver(self.driver.get()) };
+// SAFETY: `DeviceId` is `repr(transparent)` over `virtio_device_id`, which
+// has no driver data field (so no `RawDeviceIdIndex`).
+unsafe impl RawDeviceId for DeviceId {
+    type RawType = bindings::virtio_device_id;
+}
+
+/// A zero-terminated table of [`DeviceId`]s.
+pub(crate) type IdTable = &'static dyn kernel::device_id::IdTable<DeviceId, ()>;
+
+/// Declares the virtio id table `$name` and its module aliases (modpost
+/// reads it, as it reads C's `MODULE_DEVICE_TABLE(virtio, ...)`).
+#[macro_export]
+macro_rules! virtio_device_table {
+    ($name:ident, [$($id:expr),+ $(,)?]) => {
+        ::kernel::module_device_table!(
+            "virtio", $crate::virtio::DeviceId, $name, @none, [$($id),+]
+        );
+    };
+}
+
+/// A virtio driver. [`Adapter`] forwards the bus callbacks to it.
+///
+/// The device passed to each method tells what it may do there: a
+/// [`Device<Core>`] (bus callbacks, serialised by the device lock) may set
+/// the device up and tear it down, a [`Device<device::Bound>`] may only use
+/// it.
+pub(crate) trait Driver: 'static {
+    /// The per-device data, stored with the device from probe until unbind
+    /// ends.
+    type Data: Send + Sync;
+    /// The devices the driver binds to.
+    const ID_TABLE: IdTable;
+    /// Device-specific feature bits it implements (the feature table).
+    const FEATURE_TABLE: &'static [u32];
+
+    /// Adjusts the offered features before they are accepted.
+    fn validate(_dev: &Device<Core<'_>>) -> Result {
+        Ok(())
+    }
+    /// Initialises the per-device data; no queue exists yet.
+    fn probe<'a>(dev: &'a Device<Core<'_>>) -> impl PinInit<Self::Data, Error> + 'a;
+    /// Sets the device up once its data is reachable from callbacks; on
+    /// error it must leave the device reset and its queues deleted.
+    fn start(dev: &Device<Core<'_>>, this: Pin<&Self::Data>) -> Result;
+    /// A queue handed buffers back (interrupt context).
+    fn queue_done(dev: &Device<device::Bound>, this: Pin<&Self::Data>, queue_index: u32);
+    /// The device changed its config space (may be interrupt context).
+    fn config_changed(dev: &Device<device::Bound>, this: Pin<&Self::Data>);
+    /// Tears the device down: afterwards nothing may use the device or its
+    /// queues, and the data is dropped. Virtio requires it (reset, delete
+    /// the queues), hence no default.
+    fn unbind(dev: &Device<Core<'_>>, this: Pin<&Self::Data>);
+    /// The system is going down: stop all activity, then stop the device.
+    fn shutdown(dev: &Device<Core<'_>>, this: Pin<&Self::Data>) {
+        let _ = this;
+        dev.shutdown();
+    }
+    /// Quiesces before system sleep.
+    fn freeze(dev: &Device<Core<'_>>, this: Pin<&Self::Data>) -> Result {
+        Self::unbind(dev, this);
+        Ok(())
+    }
+    /// Sets up again after system sleep.
+    fn restore(dev: &Device<Core<'_>>, this: Pin<&Self::Data>) -> Result {
+        Self::start(dev, this)
+    }
+}
+
+/// The virtio bus adapter of driver `T`: register it with
+/// `kernel::driver::Registration<Adapter<T>>`.
+pub(crate) struct Adapter<T: Driver>(PhantomData<T>);
+
+// SAFETY: `virtio_driver` is a C struct (`repr(C)` in the bindings) that
+// embeds its `device_driver` as `driver`; the data stored with
+// `set_drvdata` in `probe_callback` is a `T::Data`.
+unsafe impl<T: Driver> driver::DriverLayout for Adapter<T> {
+    type DriverType = bindings::virtio_driver;
+    type DriverData<'bound> = T::Data;
+    const DEVICE_DRIVER_OFFSET: usize = core::mem::offset_of!(Self::DriverType, driver);
+}
+
+// SAFETY: `register` fills in a `virtio_driver` and registers it with the
+// virtio bus; `unregister` undoes exactly that.
+unsafe impl<T: Driver> driver::RegistrationOps for Adapter<T> {
+    unsafe fn register(
+        vdrv: &Opaque<Self::DriverType>,
+        name: &'static CStr,
+        module: &'static ThisModule,
+    ) -> Result {
+        let vdrv = vdrv.get();
+        // SAFETY: `vdrv` is valid, pinned and not yet registered (the
+        // caller's contract); the id and feature tables are `'static`.
+        unsafe {
+            (*vdrv).driver.name = name.as_char_ptr();
+            (*vdrv).id_table = T::ID_TABLE.as_ptr();
+            (*vdrv).feature_table = T::FEATURE_TABLE.as_ptr();
+            (*vdrv).feature_table_size = T::FEATURE_TABLE.len() as u32;
+            (*vdrv).validate = Some(Self::validate_callback);
+            (*vdrv).probe = Some(Self::probe_callback);
+            (*vdrv).remove = Some(Self::remove_callback);
+            (*vdrv).config_changed = Some(Self::config_changed_callback);
+            (*vdrv).shutdown = Some(Self::shutdown_callback);
+            (*vdrv).freeze = Some(Self::freeze_callback);
+            (*vdrv).restore = Some(Self::restore_callback);
+            to_result(bindings::__register_virtio_driver(
+                vdrv,
+                module.as_ptr().cast(),
+            ))
+        }
+    }
+
+    unsafe fn unregister(vdrv: &Opaque<Self::DriverType>) {
+        // SAFETY: `vdrv` was registered by `register` (the caller's contract).
+        unsafe { bindings::unregister_virtio_driver(vdrv.get()) }
+    }
+}
+
+impl<T: Driver> Adapter<T> {
+    /// The data `probe_callback` stored with a bound device.
+    ///
+    /// # Safety
+    ///
+    /// `dev` must be bound to `T`: between the store in `probe_callback`
+    /// and the end of its unbind.
+    unsafe fn data<Ctx: device::InternalBoundContext>(dev: &Device<Ctx>) -> Pin<&T::Data> {
+        // SAFETY: the caller's contract; the data is a `T::Data`.
+        unsafe { dev.as_ref().drvdata_borrow::<T::Data>() }
+    }
+
+    extern "C" fn validate_callback(vdev: *mut bindings::virtio_device) -> c_int {
+        // SAFETY: the core passes a valid device, in a bus callback.
+        let dev = unsafe { Device::<Core<'_>>::from_raw(vdev) };
+        from_result(|| T::validate(dev).map(|()| 0))
+    }
+
+    extern "C" fn probe_callback(vdev: *mut bindings::virtio_device) -> c_int {
+        // SAFETY: the core passes a valid device, in a bus callback.
+        let dev = unsafe { Device::<CoreInternal<'_>>::from_raw(vdev) };
+        from_result(|| {
+            dev.as_ref().set_drvdata(T::probe(dev))?;
+            // SAFETY: the data was stored just above. If `start` fails, the
+            // driver core drops it after this callback (`post_unbind_rust`).
+            T::start(dev, unsafe { Self::data(dev) })?;
+            Ok(0)
+        })
+    }
+
+    extern "C" fn remove_callback(vdev: *mut bindings::virtio_device) {
+        // SAFETY: the core passes a device bound to this driver.
+        let dev = unsafe { Device::<CoreInternal<'_>>::from_raw(vdev) };
+        // SAFETY: the device is bound; the driver core drops the data
+        // after this callback returns.
+        T::unbind(dev, unsafe { Self::data(dev) });
+    }
+
+    /// Completion callback of every queue of a bound device.
+    pub(super) extern "C" fn queue_callback(vq: *mut bindings::virtqueue) {
+        // SAFETY: the core calls back only for the live queues of a device
+        // bound to `T`: `start` creates them after the data is stored and
+        // unbind deletes them before it is dropped.
+        unsafe {
+            let dev = Device::<BoundInternal>::from_raw((*vq).vdev);
+            T::queue_done(dev, Self::data(dev), (*vq).index);
+        }
+    }
+
+    extern "C" fn config_changed_callback(vdev: *mut bindings::virtio_device) {
+        // SAFETY: the core reports config changes only between probe and
+        // remove (it disables them before calling remove).
+        unsafe {
+            let dev = Device::<BoundInternal>::from_raw(vdev);
+            T::config_changed(dev, Self::data(dev));
+        }
+    }
+
+    extern "C" fn shutdown_callback(vdev: *mut bindings::virtio_device) {
+        // SAFETY: a bus callback with a bound device.
+        let dev = unsafe { Device::<CoreInternal<'_>>::from_raw(vdev) };
+        // SAFETY: bound, as just said.
+        T::shutdown(dev, unsafe { Self::data(dev) });
+    }
+
+    extern "C" fn freeze_callback(vdev: *mut bindings::virtio_device) -> c_int {
+        // SAFETY: a bus callback with a bound device.
+        let dev = unsafe { Device::<CoreInternal<'_>>::from_raw(vdev) };
+        // SAFETY: bound, as just said.
+        from_result(|| T::freeze(dev, unsafe { Self::data(dev) }).map(|()| 0))
+    }
+
+    extern "C" fn restore_callback(vdev: *mut bindings::virtio_device) -> c_int {
+        // SAFETY: a bus callback with a bound device.
+        let dev = unsafe { Device::<CoreInternal<'_>>::from_raw(vdev) };
+        // SAFETY: bound, as just said.
+        from_result(|| T::restore(dev, unsafe { Self::data(dev) }).map(|()| 0))
     }
 }

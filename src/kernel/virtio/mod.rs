@@ -2,9 +2,10 @@
 
 //! Safe abstractions over the C virtio driver API.
 //!
-//! Shaped so that it could become `kernel::virtio`: a [`Driver`] trait and
-//! its [`Registration`] with the virtio bus (`driver.rs`), a [`Device`] for
-//! feature bits, config space and status (`device.rs`), the [`Virtqueue`]s
+//! Shaped so that it could become `kernel::virtio`: a [`Driver`] trait, its
+//! id table and the bus [`Adapter`] for `kernel::driver::Registration`
+//! (`driver.rs`), a [`Device`] in its device context for feature bits,
+//! config space and status (`device.rs`), the [`Virtqueue`]s
 //! found on it, which own the buffers the device reads (`virtqueue.rs`), and
 //! the two kernel objects the driver sleeps and defers on: [`WaitQueue`]
 //! (`wait_queue.rs`) and [`DelayedWork`] (`work.rs`). Every `unsafe` block
@@ -19,8 +20,10 @@ mod work;
 
 pub(crate) use device::Device;
 pub(crate) use driver::{
+    Adapter,
+    DeviceId,
     Driver,
-    Registration, //
+    IdTable, //
 };
 pub(crate) use virtqueue::{
     QueueSpec,
