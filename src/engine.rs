@@ -10,6 +10,10 @@
 
 use crate::backoff::Backoff;
 use crate::features::QueueRole;
+use crate::format::{
+    BufferFormat,
+    PFNS_PER_BLOCK, //
+};
 use crate::pfn::{
     PageGeometry,
     PfnBatch,
@@ -39,6 +43,12 @@ pub enum HostError {
 /// The backend keeps the pages the engine is working on in two staging
 /// areas (one for an inflate, one for a deflate) until the host has
 /// acknowledged the buffer that names them.
+///
+/// A staging area holds guest pages and, when the buffer format allows
+/// them ([`BufferFormat::whole_blocks`]), blocks: naturally aligned runs of
+/// 2 MiB (512 balloon pages) that stay one unit from allocation to release.
+/// The block methods have defaults for a backend without blocks, whose
+/// staging areas then only ever hold single pages.
 pub trait Backend {
     /// Reads `num_pages`, the host's target, from the config space.
     fn read_target(&mut self) -> u32;
@@ -53,24 +63,59 @@ pub trait Backend {
     /// staging area, without retrying or warning, and returns how many it
     /// got (fewer when the guest is short of memory).
     fn alloc_pages(&mut self, max: u64) -> u64;
-    /// Calls `f` with the frame number of every page staged for inflate.
+    /// Calls `f` with the frame number of every page staged for inflate
+    /// (the pages of staged blocks excepted).
     fn staged_inflate_pfns(&self, f: &mut dyn FnMut(u64));
-    /// The host has the staged pages: move them into the balloon.
+    /// The host has the staged pages and blocks: move them into the
+    /// balloon.
     fn commit_inflate(&mut self);
-    /// The host never got the staged pages (or was reset): free them.
+    /// The host never got the staged pages and blocks (or was reset): free
+    /// them.
     fn abort_inflate(&mut self);
-    /// Takes up to `max` guest pages out of the balloon into the deflate
-    /// staging area and returns how many it took (fewer when pages are
-    /// isolated for migration).
+    /// Allocates up to `max` blocks for the balloon into the inflate
+    /// staging area and returns how many it got.
+    ///
+    /// A block is 2 MiB of guest memory aligned to 2 MiB (512 balloon
+    /// pages; `512 / balloon_pages_per_page` guest pages), allocated as one
+    /// unit without reclaim, retry or warning: the caller falls back to
+    /// single pages when none is free. The default has no blocks.
+    fn alloc_blocks(&mut self, max: u64) -> u64 {
+        let _ = max;
+        0
+    }
+    /// Calls `f` with the first guest frame number of every block staged
+    /// for inflate.
+    fn staged_inflate_blocks(&self, f: &mut dyn FnMut(u64)) {
+        let _ = f;
+    }
+    /// Takes up to `max` single guest pages (never pages of a block) out of
+    /// the balloon into the deflate staging area and returns how many it
+    /// took (fewer when pages are isolated for migration).
     fn dequeue_pages(&mut self, max: u64) -> u64;
-    /// Whether the balloon holds no page at all, isolated ones included.
+    /// Whether the balloon holds no page and no block at all, isolated
+    /// pages included.
     fn balloon_is_empty(&mut self) -> bool;
-    /// Calls `f` with the frame number of every page staged for deflate.
+    /// Calls `f` with the frame number of every page staged for deflate
+    /// (the pages of staged blocks excepted).
     fn staged_deflate_pfns(&self, f: &mut dyn FnMut(u64));
-    /// The host was told about the staged pages: give them back to the guest.
+    /// The host was told about the staged pages and blocks: give them back
+    /// to the guest, each block whole.
     fn commit_deflate(&mut self);
-    /// The host was not told: put the staged pages back into the balloon.
+    /// The host was not told: put the staged pages and blocks back into
+    /// the balloon.
     fn abort_deflate(&mut self);
+    /// Takes up to `max` whole blocks out of the balloon into the deflate
+    /// staging area and returns how many it took. Blocks are never
+    /// isolated for migration. The default has no blocks.
+    fn dequeue_blocks(&mut self, max: u64) -> u64 {
+        let _ = max;
+        0
+    }
+    /// Calls `f` with the first guest frame number of every block staged
+    /// for deflate.
+    fn staged_deflate_blocks(&self, f: &mut dyn FnMut(u64)) {
+        let _ = f;
+    }
     /// Sends `pfns` on `queue` and waits until the host hands the buffer back.
     fn tell_host(&mut self, queue: QueueRole, pfns: &[u32]) -> Result<(), HostError>;
     /// Whether the buffer a [`HostError::Timeout`] left with the host on
@@ -126,11 +171,20 @@ pub struct Counters {
     pub late_buffers: u64,
     /// Buffers the device did not take (queue full, out of memory).
     pub queue_failures: u64,
+    /// 2 MiB blocks inflated since load (their pages count in `inflated`).
+    pub blocks_inflated: u64,
+    /// 2 MiB blocks deflated since load (their pages count in `deflated`).
+    pub blocks_deflated: u64,
+    /// Inflate batches that wanted blocks and got fewer, the rest taken as
+    /// single pages.
+    pub block_fallbacks: u64,
 }
 
 /// A buffer the host did not hand back in time: the pages it names stay
 /// out of the allocator, and the PFN array stays unchanged, until it comes
 /// back or the device is reset.
+///
+/// The counts are balloon pages, those of blocks included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Late {
     /// An inflate naming this many balloon pages (the staged inflate pages).
@@ -157,6 +211,7 @@ impl Late {
 /// The balloon's state and the policy that moves it.
 pub struct Engine {
     geometry: PageGeometry,
+    format: BufferFormat,
     little_endian: bool,
     /// Whether ballooned pages leave `totalram_pages` (no `DEFLATE_ON_OOM`).
     ram_excludes_balloon: bool,
@@ -164,6 +219,10 @@ pub struct Engine {
     /// Balloon pages the host was told of and not told back (what `actual`
     /// says): the balloon list and the deflate staging area.
     pages: u64,
+    /// Blocks among `pages` (each of [`PFNS_PER_BLOCK`] balloon pages).
+    blocks: u64,
+    /// Blocks named by the late buffer.
+    late_blocks: u64,
     backoff: Backoff,
     /// The buffer the host holds past the deadline, if any.
     late: Option<Late>,
@@ -179,7 +238,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// A new, empty balloon.
+    /// A new, empty balloon sending buffers in [`BufferFormat::Compat`]
+    /// (see [`Engine::set_format`]).
     ///
     /// `ram_excludes_balloon` says whether inflated pages leave the RAM the
     /// backend's [`Backend::managed_pages`] counts; `reserve` is the guest
@@ -192,10 +252,13 @@ impl Engine {
     ) -> Self {
         Self {
             geometry,
+            format: BufferFormat::default(),
             little_endian,
             ram_excludes_balloon,
             reserve,
             pages: 0,
+            blocks: 0,
+            late_blocks: 0,
             backoff: Backoff::new(),
             late: None,
             held_page: None,
@@ -210,6 +273,54 @@ impl Engine {
     /// Balloon pages in the balloon (what `actual` says).
     pub fn pages(&self) -> u64 {
         self.pages
+    }
+
+    /// 2 MiB blocks in the balloon (their pages count in [`Engine::pages`]).
+    pub fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    /// The format buffers are sent in.
+    pub fn format(&self) -> BufferFormat {
+        self.format
+    }
+
+    /// Sends the next buffers in `format`.
+    ///
+    /// Fails, changing nothing, when the balloon holds blocks that `format`
+    /// could not carry back whole (a block's PFNs never span two buffers):
+    /// choose the format before the first step, or once the balloon is
+    /// empty.
+    pub fn set_format(&mut self, format: BufferFormat) -> Result<(), BufferFormat> {
+        if self.blocks > 0 && format.pfns_per_buffer() < PFNS_PER_BLOCK {
+            return Err(self.format);
+        }
+        self.format = format;
+        Ok(())
+    }
+
+    /// Guest pages in one 2 MiB block, or 0 when guest pages are 2 MiB or
+    /// larger (a block would be one page: there is nothing to keep whole).
+    fn block_guest_pages(&self) -> u64 {
+        match self.geometry.guest_pages(PFNS_PER_BLOCK as u64) {
+            0 | 1 => 0,
+            pages => pages,
+        }
+    }
+
+    /// Guest pages in one block the format lets the engine inflate, or 0
+    /// when it inflates single pages only.
+    pub fn guest_pages_per_block(&self) -> u64 {
+        if self.format.whole_blocks() {
+            self.block_guest_pages()
+        } else {
+            0
+        }
+    }
+
+    /// The part of the caller's PFN array one buffer may use.
+    fn buffer_room(&self, buffer_len: usize) -> usize {
+        self.format.pfns_per_buffer().min(buffer_len)
     }
 
     /// The counters so far.
@@ -276,13 +387,13 @@ impl Engine {
             match late {
                 Late::Inflate(sent) => {
                     backend.commit_inflate();
-                    self.pages += sent;
-                    self.counters.inflated += sent;
+                    let blocks = core::mem::take(&mut self.late_blocks);
+                    self.inflated(sent, blocks);
                 }
                 Late::Deflate(sent) => {
                     backend.commit_deflate();
-                    self.pages -= sent;
-                    self.counters.deflated += sent;
+                    let blocks = core::mem::take(&mut self.late_blocks);
+                    self.deflated(sent, blocks);
                 }
                 // The old page's deflate follows below.
                 Late::MigrationInflate => self.counters.migrated += 1,
@@ -356,7 +467,13 @@ impl Engine {
     }
 
     /// How many guest pages the next [`Engine::step`] would allocate, so
-    /// that the caller can allocate them before taking its lock.
+    /// that the caller can allocate them before taking its lock; the pages
+    /// of the blocks in [`Engine::blocks_to_allocate`] included.
+    ///
+    /// With blocks, the caller first allocates up to `blocks_to_allocate`
+    /// blocks, then `pages_to_allocate - got_blocks * guest_pages_per_block`
+    /// single pages: the step takes the blocks it gets from
+    /// [`Backend::alloc_blocks`] and the rest as single pages.
     pub fn pages_to_allocate<B: Backend>(&mut self, backend: &mut B) -> u64 {
         if self.is_stalled() || self.held_page.is_some() {
             return 0;
@@ -369,7 +486,8 @@ impl Engine {
         match Target::from_config(num_pages, self.geometry, limit).direction(self.pages) {
             Direction::Inflate(wanted) => inflate_budget(
                 self.geometry.guest_pages(wanted),
-                self.geometry.guest_pages(PFNS_PER_BUFFER as u64),
+                self.geometry
+                    .guest_pages(self.buffer_room(PFNS_PER_BUFFER) as u64),
                 backend.available_pages(),
                 self.reserve,
             ),
@@ -377,7 +495,35 @@ impl Engine {
         }
     }
 
+    /// How many whole 2 MiB blocks the next [`Engine::step`] would try to
+    /// allocate (0 unless the format inflates blocks); see
+    /// [`Engine::pages_to_allocate`].
+    pub fn blocks_to_allocate<B: Backend>(&mut self, backend: &mut B) -> u64 {
+        match self.guest_pages_per_block() {
+            0 => 0,
+            per_block => self.pages_to_allocate(backend) / per_block,
+        }
+    }
+
+    /// Counts an inflate the host acknowledged.
+    fn inflated(&mut self, pages: u64, blocks: u64) {
+        self.pages += pages;
+        self.blocks += blocks;
+        self.counters.inflated += pages;
+        self.counters.blocks_inflated += blocks;
+    }
+
+    /// Counts a deflate the host acknowledged (or a reset made moot).
+    fn deflated(&mut self, pages: u64, blocks: u64) {
+        self.pages = self.pages.saturating_sub(pages);
+        self.blocks = self.blocks.saturating_sub(blocks);
+        self.counters.deflated += pages;
+        self.counters.blocks_deflated += blocks;
+    }
+
     fn inflate<B: Backend>(&mut self, backend: &mut B, buffer: &mut [u32], wanted: u64) -> Step {
+        let room = self.buffer_room(buffer.len());
+        let buffer = &mut buffer[..room];
         let capacity = self.geometry.guest_pages(buffer.len() as u64);
         let budget = inflate_budget(
             self.geometry.guest_pages(wanted),
@@ -386,15 +532,34 @@ impl Engine {
             self.reserve,
         );
         let want = self.geometry.guest_pages(wanted).min(capacity);
-        let got = if budget > 0 {
-            backend.alloc_pages(budget)
+        // Whole blocks first, each filling one host huge page; whatever
+        // they do not cover is taken as single pages.
+        let per_block = self.guest_pages_per_block();
+        let blocks_wanted = budget.checked_div(per_block).unwrap_or(0);
+        let blocks = if blocks_wanted > 0 {
+            let got = backend.alloc_blocks(blocks_wanted).min(blocks_wanted);
+            if got < blocks_wanted {
+                self.counters.block_fallbacks += 1;
+            }
+            got
         } else {
             0
         };
+        let single = budget - blocks * per_block;
+        let got = blocks * per_block
+            + if single > 0 {
+                backend.alloc_pages(single)
+            } else {
+                0
+            };
         let short = got < want;
         let mut sent = 0;
         if got > 0 {
-            let batch = match self.fill_batch(buffer, |f| backend.staged_inflate_pfns(f)) {
+            let batch = match self.fill_batch(
+                buffer,
+                |f| backend.staged_inflate_blocks(f),
+                |f| backend.staged_inflate_pfns(f),
+            ) {
                 Ok(batch) => batch,
                 Err(unnamed) => {
                     // A page the 32-bit PFN cannot name cannot be ballooned.
@@ -411,10 +576,11 @@ impl Engine {
             match backend.tell_host(QueueRole::Inflate, batch.as_slice()) {
                 Ok(()) => {
                     backend.commit_inflate();
-                    self.pages += sent;
-                    self.counters.inflated += sent;
+                    self.inflated(sent, blocks);
                 }
-                Err(err) => return self.host_failed(err, backend, QueueRole::Inflate, sent),
+                Err(err) => {
+                    return self.host_failed(err, backend, QueueRole::Inflate, sent, blocks)
+                }
             }
         }
         if short {
@@ -436,16 +602,28 @@ impl Engine {
         Step::Progress
     }
 
-    /// Fills `buffer` with the PFNs of the pages `staged` walks; fails with
-    /// the count of pages the device's 32-bit PFNs cannot name.
+    /// Fills `buffer` with the PFNs of every page of the blocks `blocks`
+    /// walks (each block's pages in order, one after the other, as QEMU
+    /// needs them to free the host huge page), then of the pages `pages`
+    /// walks; fails with the count of pages the device's 32-bit PFNs cannot
+    /// name or the buffer has no room for.
     fn fill_batch<'b>(
         &self,
         buffer: &'b mut [u32],
-        staged: impl FnOnce(&mut dyn FnMut(u64)),
-    ) -> Result<PfnBatch<'b>, u32> {
+        blocks: impl FnOnce(&mut dyn FnMut(u64)),
+        pages: impl FnOnce(&mut dyn FnMut(u64)),
+    ) -> Result<PfnBatch<'b>, u64> {
         let mut batch = PfnBatch::new(buffer, self.geometry, self.little_endian);
-        let mut unnamed = 0u32;
-        staged(&mut |pfn| {
+        let mut unnamed = 0u64;
+        let per_block = self.block_guest_pages();
+        blocks(&mut |first| {
+            for pfn in first..first + per_block {
+                if batch.push_page(pfn).is_err() {
+                    unnamed += 1;
+                }
+            }
+        });
+        pages(&mut |pfn| {
             if batch.push_page(pfn).is_err() {
                 unnamed += 1;
             }
@@ -457,14 +635,43 @@ impl Engine {
         }
     }
 
+    /// Stages up to `want` guest pages for a deflate of at most `room`
+    /// guest pages: single pages first, then whole blocks (a block goes
+    /// back whole, so the last one may take the balloon past `want`, never
+    /// past `room`). Returns the guest pages and the blocks staged.
+    fn stage_deflate<B: Backend>(&self, backend: &mut B, want: u64, room: u64) -> (u64, u64) {
+        let single = backend.dequeue_pages(want.min(room));
+        let per_block = self.block_guest_pages();
+        if single >= want || per_block == 0 || self.blocks == 0 {
+            return (single, 0);
+        }
+        let blocks_wanted = (want - single)
+            .div_ceil(per_block)
+            .min((room - single) / per_block);
+        let blocks = if blocks_wanted > 0 {
+            backend.dequeue_blocks(blocks_wanted).min(blocks_wanted)
+        } else {
+            0
+        };
+        (single + blocks * per_block, blocks)
+    }
+
     fn deflate<B: Backend>(&mut self, backend: &mut B, buffer: &mut [u32], wanted: u64) -> Step {
+        let room = self.buffer_room(buffer.len());
+        let buffer = &mut buffer[..room];
         let capacity = self.geometry.guest_pages(buffer.len() as u64);
-        if backend.dequeue_pages(self.geometry.guest_pages(wanted).min(capacity)) == 0 {
+        let want = self.geometry.guest_pages(wanted).min(capacity);
+        let (staged, blocks) = self.stage_deflate(backend, want, capacity);
+        if staged == 0 {
             // Every page left is isolated for migration right now; the
             // migration puts it back (or swaps it) shortly.
             return Step::Backoff(ISOLATED_RETRY_MS);
         }
-        let batch = match self.fill_batch(buffer, |f| backend.staged_deflate_pfns(f)) {
+        let batch = match self.fill_batch(
+            buffer,
+            |f| backend.staged_deflate_blocks(f),
+            |f| backend.staged_deflate_pfns(f),
+        ) {
             Ok(batch) => batch,
             Err(unnamed) => {
                 // Unreachable: the staged pages fit the buffer and each had
@@ -478,12 +685,11 @@ impl Engine {
         match backend.tell_host(QueueRole::Deflate, batch.as_slice()) {
             Ok(()) => {
                 backend.commit_deflate();
-                self.pages -= sent;
-                self.counters.deflated += sent;
+                self.deflated(sent, blocks);
                 self.backoff.succeed();
                 Step::Progress
             }
-            Err(err) => self.host_failed(err, backend, QueueRole::Deflate, sent),
+            Err(err) => self.host_failed(err, backend, QueueRole::Deflate, sent, blocks),
         }
     }
 
@@ -515,6 +721,7 @@ impl Engine {
         backend: &mut B,
         queue: QueueRole,
         sent: u64,
+        blocks: u64,
     ) -> Step {
         let undo = |backend: &mut B| match queue {
             QueueRole::Deflate => backend.abort_deflate(),
@@ -546,6 +753,7 @@ impl Engine {
                     QueueRole::Deflate => Late::Deflate(sent),
                     _ => Late::Inflate(sent),
                 };
+                self.late_blocks = blocks;
                 self.went_late(late)
             }
         }
@@ -631,11 +839,11 @@ impl Engine {
     /// holding the balloon lock.
     pub fn forget_all<B: Backend>(&mut self, backend: &mut B) -> bool {
         let per_page = u64::from(self.geometry.balloon_pages_per_page());
+        let late_blocks = core::mem::take(&mut self.late_blocks);
         match self.late.take() {
             Some(Late::Deflate(sent)) => {
                 backend.commit_deflate();
-                self.pages = self.pages.saturating_sub(sent);
-                self.counters.deflated += sent;
+                self.deflated(sent, late_blocks);
             }
             Some(Late::Inflate(_)) => backend.abort_inflate(),
             Some(Late::MigrationInflate) | Some(Late::MigrationDeflate) | None => {}
@@ -644,9 +852,16 @@ impl Engine {
             backend.release_held_page();
         }
         let batch = self.geometry.guest_pages(PFNS_PER_BUFFER as u64);
+        let block_pages = self.block_guest_pages() * per_page;
+        let blocks_per_batch = (PFNS_PER_BUFFER / PFNS_PER_BLOCK) as u64;
         while self.pages > 0 {
             let got = backend.dequeue_pages(batch);
-            if got == 0 {
+            let blocks = if got == 0 {
+                backend.dequeue_blocks(blocks_per_batch)
+            } else {
+                0
+            };
+            if got == 0 && blocks == 0 {
                 if !backend.balloon_is_empty() {
                     // Isolated for migration: back shortly.
                     return false;
@@ -656,22 +871,27 @@ impl Engine {
                     self.pages
                 );
                 self.pages = 0;
+                self.blocks = 0;
                 break;
             }
             backend.commit_deflate();
-            let got = got * per_page;
-            self.pages = self.pages.saturating_sub(got);
-            self.counters.deflated += got;
+            self.deflated(got * per_page + blocks * block_pages, blocks);
         }
         // Pages the count missed would be left on a list about to be freed.
         loop {
             let stray = backend.dequeue_pages(batch);
-            if stray == 0 {
+            let blocks = backend.dequeue_blocks(blocks_per_batch);
+            if stray == 0 && blocks == 0 {
                 break;
             }
-            log::error!("{} balloon pages were not counted; freed\n", stray);
+            log::error!(
+                "{} balloon pages and {} blocks were not counted; freed\n",
+                stray,
+                blocks
+            );
             backend.commit_deflate();
         }
+        self.blocks = 0;
         self.broken = false;
         true
     }

@@ -8,6 +8,7 @@ mod model;
 
 use balloon_logic::engine::{Engine, HostError, Late, Step, DRAIN_QUEUE_ATTEMPTS};
 use balloon_logic::features::QueueRole;
+use balloon_logic::format::BufferFormat;
 use balloon_logic::pfn::PFNS_PER_BUFFER;
 use model::{HostMode, Model};
 
@@ -30,21 +31,33 @@ const MIB: u64 = 256; // balloon pages per MiB
 
 #[test]
 fn inflates_and_deflates_to_exact_targets() {
-    let total = 512 * MIB;
-    let mut model = Model::new(12, total);
-    let mut engine = engine_for(&model, 0);
-    for target_mib in [128u64, 256, 64, 0, 300] {
-        model.num_pages = (target_mib * MIB) as u32;
-        assert_eq!(run_until_settled(&mut engine, &mut model), Step::Reached);
-        assert_eq!(u64::from(model.actual), target_mib * MIB);
-        assert_eq!(engine.pages(), target_mib * MIB);
-        assert_eq!(model.balloon.len() as u64, target_mib * MIB);
-        model.check();
+    for format in [BufferFormat::Compat, BufferFormat::Full] {
+        let total = 512 * MIB;
+        let mut model = Model::new(12, total);
+        let mut engine = engine_for(&model, 0);
+        engine.set_format(format).expect("empty balloon");
+        for target_mib in [128u64, 256, 64, 0, 300] {
+            model.num_pages = (target_mib * MIB) as u32;
+            assert_eq!(run_until_settled(&mut engine, &mut model), Step::Reached);
+            assert_eq!(u64::from(model.actual), target_mib * MIB);
+            assert_eq!(engine.pages(), target_mib * MIB);
+            assert_eq!(model.balloon_pages(), target_mib * MIB);
+            model.check();
+        }
+        // Batches are full buffers of the format except the last one of a
+        // move, and never larger.
+        let room = format.pfns_per_buffer();
+        assert!(model.buffers.iter().any(|(_, len)| *len == room));
+        assert!(model.buffers.iter().all(|(_, len)| *len <= room));
+        // `actual` is written after every batch, so the host sees progress.
+        assert_eq!(model.actual_writes.len(), model.buffers.len());
     }
-    // Batches are full buffers except the last one of a move.
-    assert!(model.buffers.iter().any(|(_, len)| *len == PFNS_PER_BUFFER));
-    // `actual` is written after every batch, so the host sees progress.
-    assert_eq!(model.actual_writes.len(), model.buffers.len());
+}
+
+#[test]
+fn the_engine_defaults_to_the_format_every_host_reads() {
+    let model = Model::new(12, 64);
+    assert_eq!(engine_for(&model, 0).format(), BufferFormat::Compat);
 }
 
 #[test]
@@ -161,7 +174,10 @@ fn drain_tells_the_host_and_reports_zero() {
     while engine.drain_step(&mut model, &mut buffer) == Step::Progress {
         steps += 1;
     }
-    assert_eq!(steps, (40 * MIB as usize).div_ceil(PFNS_PER_BUFFER));
+    assert_eq!(
+        steps,
+        (40 * MIB as usize).div_ceil(engine.format().pfns_per_buffer())
+    );
     assert_eq!(model.actual, 0);
     assert!(model.host_ballooned.is_empty());
     assert_eq!(model.free.len() as u64, total);

@@ -9,18 +9,56 @@
 //! that `actual` never claims pages the host was not told of; every
 //! teardown must end.
 //!
+//! Each case runs in one buffer format: `Compat` (4 KiB pages, 64-PFN
+//! buffers, any VMM's rules) or `Full` (16 KiB pages so that a 2 MiB block
+//! is 128 of them, 1024-PFN buffers, QEMU's or crosvm's rules), where block
+//! allocation may fail or memory fragment, mixing blocks and single pages.
+//!
 //! 10,000 cases by default; `BALLOON_PROPTEST_CASES=N` runs N.
 
 mod model;
 
 use balloon_logic::engine::{Engine, Step};
-use model::{HostMode, Model};
+use balloon_logic::format::BufferFormat;
+use model::{HostMode, Model, Vmm};
 use proptest::prelude::*;
 
 /// Guest pages of the model: small, so targets reach every corner.
 const GUEST_PAGES: u64 = 512;
 /// PFNs per buffer: small, so moves take several batches.
 const BUFFER: usize = 64;
+
+/// One case's buffer format, page size, PFN array and host rules.
+#[derive(Debug, Clone, Copy)]
+struct Profile {
+    format: BufferFormat,
+    page_shift: u32,
+    buffer: usize,
+    vmm: Vmm,
+}
+
+fn profile() -> impl Strategy<Value = Profile> {
+    let compat = prop_oneof![
+        Just(Vmm::Reference),
+        Just(Vmm::Qemu),
+        Just(Vmm::Firecracker),
+        Just(Vmm::CloudHypervisor),
+        Just(Vmm::Crosvm),
+    ]
+    .prop_map(|vmm| Profile {
+        format: BufferFormat::Compat,
+        page_shift: 12,
+        buffer: BUFFER,
+        vmm,
+    });
+    let full = prop_oneof![Just(Vmm::Qemu), Just(Vmm::Crosvm)].prop_map(|vmm| Profile {
+        format: BufferFormat::Full,
+        page_shift: 14,
+        buffer: 1024,
+        vmm,
+    });
+    prop_oneof![compat, full]
+}
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -42,6 +80,10 @@ enum Op {
     AllocLimit(Option<u16>),
     /// Memory is hot-plugged.
     Hotplug(u8),
+    /// Block allocation starts failing after this many blocks (or never).
+    BlockLimit(Option<u8>),
+    /// No 2 MiB block is free any more.
+    Fragment,
     /// Suspend: drain, reset, then a new engine on the same device.
     FreezeRestore,
     /// Remove: drain, reset, forget; then the driver is loaded again.
@@ -60,6 +102,7 @@ fn host_mode() -> impl Strategy<Value = HostMode> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
+        // Balloon pages; scaled to the guest's page size in `run`.
         4 => (0u32..=(GUEST_PAGES as u32 + 64)).prop_map(Op::Target),
         2 => host_mode().prop_map(Op::Mode),
         6 => (1u8..20).prop_map(Op::Steps),
@@ -69,6 +112,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Putback),
         1 => proptest::option::of(0u16..300).prop_map(Op::AllocLimit),
         1 => (1u8..64).prop_map(Op::Hotplug),
+        1 => proptest::option::of(0u8..4).prop_map(Op::BlockLimit),
+        1 => Just(Op::Fragment),
         1 => Just(Op::FreezeRestore),
         1 => Just(Op::Remove),
     ]
@@ -77,6 +122,7 @@ fn op() -> impl Strategy<Value = Op> {
 /// The driver: one engine on one device, and the PFN array it sends from.
 struct Driver {
     engine: Engine,
+    format: BufferFormat,
     buffer: Vec<u32>,
     /// The PFN array as it was when a buffer went late: the host may read
     /// it until the buffer comes back, so it must not change.
@@ -84,10 +130,13 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(model: &Model) -> Self {
+    fn new(model: &Model, format: BufferFormat, buffer: usize) -> Self {
+        let mut engine = Engine::new(model.geometry, true, false, 0);
+        engine.set_format(format).expect("empty balloon");
         Self {
-            engine: Engine::new(model.geometry, true, false, 0),
-            buffer: vec![0; BUFFER],
+            engine,
+            format,
+            buffer: vec![0; buffer],
             late_snapshot: None,
         }
     }
@@ -151,18 +200,27 @@ impl Driver {
             counters.inflated, counters.deflated,
             "the balloon count drifted from the pages"
         );
+        assert_eq!(counters.blocks_inflated, counters.blocks_deflated);
+        assert_eq!(self.engine.blocks(), 0);
         assert!(model.balloon.is_empty() && model.staged_deflate.is_empty());
         assert!(model.staged_inflate.is_empty() && model.held.is_empty());
-        assert_eq!(model.free.len() as u64, model.total(), "pages leaked");
+        assert!(model.balloon_blocks.is_empty() && model.staged_deflate_blocks.is_empty());
+        assert!(model.staged_inflate_blocks.is_empty());
+        assert_eq!(
+            (model.free.len() + model.pinned.len()) as u64,
+            model.total(),
+            "pages leaked"
+        );
     }
 }
 
-fn run(ops: &[Op]) {
-    let mut model = Model::new(12, GUEST_PAGES);
-    let mut driver = Driver::new(&model);
+fn run(profile: Profile, ops: &[Op]) {
+    let mut model = Model::for_vmm(profile.vmm, profile.page_shift, GUEST_PAGES);
+    let scale = model.geometry.balloon_pages_per_page();
+    let mut driver = Driver::new(&model, profile.format, profile.buffer);
     for op in ops {
         match op {
-            Op::Target(pages) => model.num_pages = *pages,
+            Op::Target(pages) => model.num_pages = pages * scale,
             Op::Mode(mode) => model.mode = *mode,
             Op::Steps(count) => {
                 for _ in 0..*count {
@@ -192,17 +250,26 @@ fn run(ops: &[Op]) {
             Op::Putback => model.putback_isolated(),
             Op::AllocLimit(limit) => model.alloc_left = limit.map(u64::from),
             Op::Hotplug(pages) => model.hotplug(u64::from(*pages)),
+            Op::BlockLimit(limit) => model.block_alloc_left = limit.map(u64::from),
+            Op::Fragment => model.fragment(),
             Op::FreezeRestore | Op::Remove => {
                 driver.teardown(&mut model);
                 model.mode = HostMode::Prompt;
-                driver = Driver::new(&model);
+                driver = Driver::new(&model, driver.format, profile.buffer);
             }
         }
         model.check();
         assert!(
-            driver.engine.pages() <= model.total(),
+            driver.engine.pages() <= model.total() * u64::from(scale),
             "balloon larger than the guest"
         );
+        let per_block = model.block_pages() * u64::from(scale);
+        assert_eq!(
+            driver.engine.blocks(),
+            (model.balloon_blocks.len() + model.staged_deflate_blocks.len()) as u64,
+            "the engine's block count drifted"
+        );
+        assert!(driver.engine.blocks() * per_block <= driver.engine.pages());
     }
     // Whatever happened, the driver can always be removed.
     model.putback_isolated();
@@ -224,8 +291,11 @@ proptest! {
     })]
 
     #[test]
-    fn no_host_loses_hangs_or_corrupts_the_balloon(ops in proptest::collection::vec(op(), 1..60)) {
-        run(&ops);
+    fn no_host_loses_hangs_or_corrupts_the_balloon(
+        profile in profile(),
+        ops in proptest::collection::vec(op(), 1..60),
+    ) {
+        run(profile, &ops);
     }
 }
 
@@ -239,7 +309,7 @@ fn every_host_mode_then_prompt_reaches_the_target() {
         HostMode::Refusing,
     ] {
         let mut model = Model::new(12, GUEST_PAGES);
-        let mut driver = Driver::new(&model);
+        let mut driver = Driver::new(&model, BufferFormat::Compat, BUFFER);
         model.num_pages = 300;
         model.mode = mode;
         for _ in 0..20 {

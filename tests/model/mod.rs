@@ -2,8 +2,10 @@
 
 //! A model of guest memory, of the kernel's balloon and migration core, and
 //! of the host side of the balloon device, with hosts that are slow, dead,
-//! broken or refuse buffers. It checks every buffer the driver sends and
-//! every page the driver frees.
+//! broken or refuse buffers, and that read buffers by the rules of QEMU,
+//! Firecracker, cloud-hypervisor or crosvm. It checks every buffer the
+//! driver sends and every page the driver frees, and that the host saw
+//! every page the guest counts in the balloon.
 
 #![allow(dead_code)]
 
@@ -11,7 +13,38 @@ use std::collections::BTreeSet;
 
 use balloon_logic::engine::{Backend, HostError};
 use balloon_logic::features::QueueRole;
+use balloon_logic::format::PFNS_PER_BLOCK;
 use balloon_logic::pfn::{PageGeometry, PFNS_PER_BUFFER};
+
+/// Whose balloon device reads the buffers, by the rules in its source (see
+/// `balloon_logic::format` for the files and functions). The driver sends
+/// every buffer as one descriptor, so the rules about the other
+/// descriptors of a chain (Firecracker and kvmtool read only the head one)
+/// never come into play here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vmm {
+    /// Reads every buffer whole, frees nothing in particular: the model
+    /// the tests had before the VMM profiles.
+    Reference,
+    /// `virtio_balloon_handle_output`: reads every PFN; with huge-page
+    /// backing, frees a host huge page only when its 512 PFNs come one
+    /// after the other in one element; a deflate refaults the whole host
+    /// page.
+    Qemu,
+    /// `process_inflate`: an inflate descriptor longer than 256 PFNs is
+    /// skipped and never returned; deflates are returned unread.
+    Firecracker,
+    /// `process_queue`: a descriptor longer than 256 PFNs is skipped but
+    /// returned, so the host never sees its PFNs.
+    CloudHypervisor,
+    /// `handle_address_chain`: reads every PFN, merges neighbours into
+    /// ranges and frees each range, which frees a host huge page the range
+    /// covers.
+    Crosvm,
+}
+
+/// The most PFNs Firecracker and cloud-hypervisor read from a descriptor.
+const MAX_PAGES_IN_DESC: usize = 256;
 
 /// How the host answers the next buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,12 +95,36 @@ pub struct Model {
     pub staged_deflate: Vec<u64>,
     /// Pages on the guest's balloon list.
     pub balloon: Vec<u64>,
+    /// First guest PFN of each 2 MiB block allocated for an inflate, not
+    /// yet acknowledged.
+    pub staged_inflate_blocks: Vec<u64>,
+    /// Blocks taken out of the balloon for a deflate, not yet freed.
+    pub staged_deflate_blocks: Vec<u64>,
+    /// Blocks in the balloon (never isolated: unmovable).
+    pub balloon_blocks: Vec<u64>,
+    /// Block allocation fails after this many more blocks (None: never).
+    pub block_alloc_left: Option<u64>,
+    /// Whose device reads the buffers.
+    pub vmm: Vmm,
+    /// Guest RAM is backed by 2 MiB host huge pages (hugetlbfs).
+    pub host_huge_pages: bool,
+    /// Host huge pages (guest PFN >> 9 of 4 KiB PFNs) the host freed and
+    /// did not refault.
+    pub huge_freed: BTreeSet<u64>,
+    /// Host huge pages freed since boot.
+    pub huge_frees: u64,
+    /// Buffers the host skipped (never saw their PFNs), by length.
+    pub skipped: Vec<usize>,
+    /// The device was reset and the driver has not forgotten its pages yet.
+    after_reset: bool,
     /// Balloon pages isolated by the migration core.
     pub isolated: Vec<u64>,
     /// Old pages of migrations the driver holds away from the allocator.
     pub held: Vec<u64>,
     /// Set by `hold_migrated_page` during a migration callback.
     hold_requested: bool,
+    /// Pages the guest uses for something else (see [`Model::fragment`]).
+    pub pinned: Vec<u64>,
     /// Balloon PFNs the host believes are ballooned.
     pub host_ballooned: BTreeSet<u32>,
     pub num_pages: u32,
@@ -98,9 +155,20 @@ impl Model {
             staged_inflate: Vec::new(),
             staged_deflate: Vec::new(),
             balloon: Vec::new(),
+            staged_inflate_blocks: Vec::new(),
+            staged_deflate_blocks: Vec::new(),
+            balloon_blocks: Vec::new(),
+            block_alloc_left: None,
+            vmm: Vmm::Reference,
+            host_huge_pages: false,
+            huge_freed: BTreeSet::new(),
+            huge_frees: 0,
+            skipped: Vec::new(),
+            after_reset: false,
             isolated: Vec::new(),
             held: Vec::new(),
             hold_requested: false,
+            pinned: Vec::new(),
             host_ballooned: BTreeSet::new(),
             num_pages: 0,
             actual: 0,
@@ -123,6 +191,48 @@ impl Model {
         self.total
     }
 
+    /// A guest like [`Model::new`] whose host follows `vmm`'s rules.
+    pub fn for_vmm(vmm: Vmm, page_shift: u32, guest_pages: u64) -> Self {
+        Self {
+            vmm,
+            host_huge_pages: true,
+            ..Self::new(page_shift, guest_pages)
+        }
+    }
+
+    /// Guest pages in a 2 MiB block.
+    pub fn block_pages(&self) -> u64 {
+        (PFNS_PER_BLOCK as u64) >> self.geometry.balloon_pages_per_page().trailing_zeros()
+    }
+
+    /// The guest pages of the block starting at `first`.
+    fn block_range(&self, first: u64) -> std::ops::Range<u64> {
+        first..first + self.block_pages()
+    }
+
+    /// Guest pages in the balloon: single pages (isolated ones included)
+    /// and the pages of blocks.
+    pub fn balloon_pages(&self) -> u64 {
+        (self.balloon.len() + self.isolated.len()) as u64
+            + self.balloon_blocks.len() as u64 * self.block_pages()
+    }
+
+    /// Frees single pages so that no 2 MiB block is free any more: one
+    /// page of every aligned block is taken away for good.
+    pub fn fragment(&mut self) {
+        let per = self.block_pages();
+        let pinned: Vec<u64> = self
+            .free
+            .iter()
+            .copied()
+            .filter(|pfn| pfn % per == per / 2)
+            .collect();
+        for pfn in pinned {
+            self.free.remove(&pfn);
+            self.pinned.push(pfn);
+        }
+    }
+
     /// Adds `pages` free guest pages (memory hot-plug).
     pub fn hotplug(&mut self, pages: u64) {
         let start = self.first_pfn + self.total;
@@ -135,6 +245,16 @@ impl Model {
     /// guest's balloon, and no page the host may still read is free.
     pub fn check(&self) {
         let mut seen = BTreeSet::new();
+        let block_pages: Vec<u64> = self
+            .staged_inflate_blocks
+            .iter()
+            .chain(&self.staged_deflate_blocks)
+            .chain(&self.balloon_blocks)
+            .flat_map(|first| {
+                assert_eq!(first % self.block_pages(), 0, "block {first} not aligned");
+                self.block_range(*first)
+            })
+            .collect();
         for page in self
             .free
             .iter()
@@ -143,6 +263,8 @@ impl Model {
             .chain(&self.balloon)
             .chain(&self.isolated)
             .chain(&self.held)
+            .chain(&self.pinned)
+            .chain(&block_pages)
         {
             assert!(seen.insert(*page), "page {page} is in two places at once");
         }
@@ -186,6 +308,50 @@ impl Model {
             self.host_ballooned.len()
         );
         assert_eq!(self.host_ballooned.len() as u64 % per, 0);
+        self.check_host_saw_the_balloon();
+    }
+
+    /// Every page the guest counts in the balloon was told to the host:
+    /// a host that skipped a buffer it returned leaves ballooned pages the
+    /// host never heard of (it keeps backing them, and `actual` lies).
+    pub fn check_host_saw_the_balloon(&self) {
+        if self.after_reset {
+            return;
+        }
+        // A late inflate the host still holds may name pages the guest
+        // already counts (a migration's new page).
+        let unanswered: BTreeSet<u64> = self
+            .late
+            .as_ref()
+            .filter(|late| !late.returned && late.queue == QueueRole::Inflate)
+            .map(|late| late.pages.clone())
+            .unwrap_or_default();
+        let per = self.geometry.balloon_pages_per_page();
+        // Pages staged for a deflate are on their way out: the host may
+        // have processed the deflate already.
+        let blocks = self
+            .balloon_blocks
+            .iter()
+            .flat_map(|first| self.block_range(*first));
+        for page in self
+            .balloon
+            .iter()
+            .chain(&self.isolated)
+            .copied()
+            .chain(blocks)
+        {
+            if unanswered.contains(&page) {
+                continue;
+            }
+            let first = self.geometry.balloon_pfn(page).expect("valid pfn");
+            for pfn in first..first + per {
+                assert!(
+                    self.host_ballooned.contains(&pfn),
+                    "UNTOLD: page {page} counts in the balloon but the host never saw it ({:?})",
+                    self.vmm
+                );
+            }
+        }
     }
 
     /// The host processes the late buffer and hands it back.
@@ -198,11 +364,12 @@ impl Model {
         }
         late.returned = true;
         let (queue, pfns) = (late.queue, late.pfns.clone());
-        self.process(queue, &pfns);
+        self.vmm_process(queue, &pfns);
     }
 
     /// The device is reset: the host forgets every buffer and page.
     pub fn reset(&mut self) {
+        self.after_reset = true;
         self.host_ballooned.clear();
         self.actual = 0;
         self.late = None;
@@ -280,6 +447,92 @@ impl Model {
         assert!(self.free.insert(page), "double free of {page}");
     }
 
+    /// Whether the host hands the buffer back at all.
+    fn vmm_returns(&self, queue: QueueRole, pfns: &[u32]) -> bool {
+        !(self.vmm == Vmm::Firecracker
+            && queue == QueueRole::Inflate
+            && pfns.len() > MAX_PAGES_IN_DESC)
+    }
+
+    /// The host reads a buffer it hands back, by its VMM's rules.
+    fn vmm_process(&mut self, queue: QueueRole, pfns: &[u32]) {
+        let skip = match self.vmm {
+            Vmm::CloudHypervisor | Vmm::Firecracker => pfns.len() > MAX_PAGES_IN_DESC,
+            Vmm::Reference | Vmm::Qemu | Vmm::Crosvm => false,
+        };
+        if skip {
+            self.skipped.push(pfns.len());
+            return;
+        }
+        self.process(queue, pfns);
+        if !self.host_huge_pages {
+            return;
+        }
+        let pfns: Vec<u32> = pfns.iter().map(|p| u32::from_le(*p)).collect();
+        let huge = PFNS_PER_BLOCK as u32;
+        match (self.vmm, queue) {
+            (Vmm::Qemu, QueueRole::Inflate) => {
+                // `balloon_inflate_page`: one partially ballooned page per
+                // element, dropped when a PFN of another host page comes.
+                let mut partial: Option<(u32, BTreeSet<u32>)> = None;
+                for pfn in pfns {
+                    let host_page = pfn / huge;
+                    if partial.as_ref().is_none_or(|(page, _)| *page != host_page) {
+                        partial = Some((host_page, BTreeSet::new()));
+                    }
+                    let (_, bits) = partial.as_mut().expect("set above");
+                    bits.insert(pfn % huge);
+                    if bits.len() == PFNS_PER_BLOCK {
+                        self.free_huge_page(u64::from(host_page));
+                        partial = None;
+                    }
+                }
+            }
+            (Vmm::Crosvm, QueueRole::Inflate) => {
+                // `handle_address_chain`: neighbours merge into ranges,
+                // ascending or one below the range's start.
+                let mut ranges: Vec<(u32, u32)> = Vec::new();
+                let (mut start, mut len) = (0u32, 0u32);
+                for pfn in pfns {
+                    if len > 0 && start + len == pfn {
+                        len += 1;
+                    } else if len > 0 && start == pfn + 1 {
+                        start = pfn;
+                        len += 1;
+                    } else {
+                        if len > 0 {
+                            ranges.push((start, len));
+                        }
+                        (start, len) = (pfn, 1);
+                    }
+                }
+                if len > 0 {
+                    ranges.push((start, len));
+                }
+                for (start, len) in ranges {
+                    let first = start.div_ceil(huge);
+                    let end = (start + len) / huge;
+                    for host_page in first..end {
+                        self.free_huge_page(u64::from(host_page));
+                    }
+                }
+            }
+            (Vmm::Qemu | Vmm::Crosvm, QueueRole::Deflate) => {
+                // The whole host page comes back on the first touch.
+                for pfn in pfns {
+                    self.huge_freed.remove(&u64::from(pfn / huge));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn free_huge_page(&mut self, host_page: u64) {
+        if self.huge_freed.insert(host_page) {
+            self.huge_frees += 1;
+        }
+    }
+
     /// Checks a buffer's shape and applies it to the host's view.
     fn process(&mut self, queue: QueueRole, pfns: &[u32]) {
         for pfn in pfns.iter().map(|p| u32::from_le(*p)) {
@@ -327,10 +580,39 @@ impl Model {
                 );
             }
         }
+        // Every staged block goes whole into this buffer, its pages one
+        // after the other.
+        let blocks = match queue {
+            QueueRole::Inflate => &self.staged_inflate_blocks,
+            _ => &self.staged_deflate_blocks,
+        };
+        let values: Vec<u32> = pfns.iter().map(|p| u32::from_le(*p)).collect();
+        for first in blocks {
+            let first_pfn = self.geometry.balloon_pfn(*first).expect("valid pfn");
+            let at = values
+                .iter()
+                .position(|pfn| *pfn == first_pfn)
+                .unwrap_or_else(|| panic!("{queue:?} buffer lacks staged block {first}"));
+            let run: Vec<u32> = (first_pfn..first_pfn + PFNS_PER_BLOCK as u32).collect();
+            assert_eq!(
+                values.get(at..at + PFNS_PER_BLOCK),
+                Some(&run[..]),
+                "block {first} split or out of order in the {queue:?} buffer"
+            );
+        }
         // Inflated pages are the driver's (staged, or a migration's new page
         // now in the balloon's hands); deflated ones are out of the balloon.
         let on_list: BTreeSet<u64> = match queue {
-            QueueRole::Deflate => self.balloon.iter().copied().collect(),
+            QueueRole::Deflate => self
+                .balloon
+                .iter()
+                .copied()
+                .chain(
+                    self.balloon_blocks
+                        .iter()
+                        .flat_map(|first| self.block_range(*first)),
+                )
+                .collect(),
             _ => BTreeSet::new(),
         };
         for guest in self.pages_of(pfns) {
@@ -386,11 +668,71 @@ impl Backend for Model {
     }
     fn commit_inflate(&mut self) {
         self.balloon.append(&mut self.staged_inflate);
+        self.balloon_blocks.append(&mut self.staged_inflate_blocks);
     }
     fn abort_inflate(&mut self) {
         for page in std::mem::take(&mut self.staged_inflate) {
             self.free_checked(page);
         }
+        for first in std::mem::take(&mut self.staged_inflate_blocks) {
+            for page in self.block_range(first) {
+                self.free_checked(page);
+            }
+        }
+    }
+    fn alloc_blocks(&mut self, max: u64) -> u64 {
+        assert!(
+            self.staged_inflate.is_empty() && self.staged_inflate_blocks.is_empty(),
+            "allocating over a staged batch"
+        );
+        let per = self.block_pages();
+        let mut got = 0;
+        let mut candidate = self
+            .free
+            .first()
+            .map_or(0, |first| first.div_ceil(per) * per);
+        let last = self.free.last().copied().unwrap_or(0);
+        while got < max && candidate + per <= last + 1 {
+            if let Some(left) = self.block_alloc_left {
+                if left == 0 {
+                    break;
+                }
+            }
+            let range = self.block_range(candidate);
+            if range.clone().all(|page| self.free.contains(&page)) {
+                for page in range {
+                    self.free.remove(&page);
+                }
+                self.staged_inflate_blocks.push(candidate);
+                if let Some(left) = self.block_alloc_left.as_mut() {
+                    *left -= 1;
+                }
+                got += 1;
+            }
+            candidate += per;
+        }
+        got
+    }
+    fn staged_inflate_blocks(&self, f: &mut dyn FnMut(u64)) {
+        self.staged_inflate_blocks
+            .iter()
+            .for_each(|first| f(*first));
+    }
+    fn dequeue_blocks(&mut self, max: u64) -> u64 {
+        let mut taken = 0;
+        while taken < max {
+            let Some(first) = self.balloon_blocks.pop() else {
+                break;
+            };
+            self.staged_deflate_blocks.push(first);
+            taken += 1;
+        }
+        taken
+    }
+    fn staged_deflate_blocks(&self, f: &mut dyn FnMut(u64)) {
+        self.staged_deflate_blocks
+            .iter()
+            .for_each(|first| f(*first));
     }
     fn dequeue_pages(&mut self, max: u64) -> u64 {
         let mut taken = 0;
@@ -404,7 +746,7 @@ impl Backend for Model {
         taken
     }
     fn balloon_is_empty(&mut self) -> bool {
-        self.balloon.is_empty() && self.isolated.is_empty()
+        self.balloon.is_empty() && self.isolated.is_empty() && self.balloon_blocks.is_empty()
     }
     fn staged_deflate_pfns(&self, f: &mut dyn FnMut(u64)) {
         self.staged_deflate.iter().for_each(|pfn| f(*pfn));
@@ -413,9 +755,15 @@ impl Backend for Model {
         for page in std::mem::take(&mut self.staged_deflate) {
             self.free_checked(page);
         }
+        for first in std::mem::take(&mut self.staged_deflate_blocks) {
+            for page in self.block_range(first) {
+                self.free_checked(page);
+            }
+        }
     }
     fn abort_deflate(&mut self) {
         self.balloon.append(&mut self.staged_deflate);
+        self.balloon_blocks.append(&mut self.staged_deflate_blocks);
     }
     fn tell_host(&mut self, queue: QueueRole, pfns: &[u32]) -> Result<(), HostError> {
         assert!(
@@ -423,6 +771,7 @@ impl Backend for Model {
             "a buffer was sent while the host still holds a late one"
         );
         self.check_shape(queue, pfns);
+        self.after_reset = false;
         let mode = match self.prompt_for.as_mut() {
             Some(left) if *left > 0 => {
                 *left -= 1;
@@ -433,7 +782,21 @@ impl Backend for Model {
         match mode {
             HostMode::Broken => return Err(HostError::Broken),
             HostMode::Refusing => return Err(HostError::Queue),
-            HostMode::Prompt => self.process(queue, pfns),
+            HostMode::Prompt if !self.vmm_returns(queue, pfns) => {
+                // Never handed back: to the driver, a dead host.
+                self.late_buffers += 1;
+                self.late = Some(LateBuffer {
+                    dead: true,
+                    serial: self.late_buffers,
+                    queue,
+                    pfns: pfns.to_vec(),
+                    pages: self.pages_of(pfns),
+                    returned: false,
+                });
+                self.buffers.push((queue, pfns.len()));
+                return Err(HostError::Timeout);
+            }
+            HostMode::Prompt => self.vmm_process(queue, pfns),
             HostMode::Slow | HostMode::Dead => {
                 self.late_buffers += 1;
                 self.late = Some(LateBuffer {
