@@ -111,6 +111,20 @@ impl core::str::FromStr for FormatChoice {
     }
 }
 
+impl FormatChoice {
+    /// The choice for the integer `buffer_format` module parameter (the
+    /// kernel's module parameters are integers): 0 `auto`, 1 `compat`,
+    /// 2 `full`.
+    pub fn from_param(value: u32) -> Result<Self, UnknownFormat> {
+        match value {
+            0 => Ok(FormatChoice::Auto),
+            1 => Ok(FormatChoice::Fixed(BufferFormat::Compat)),
+            2 => Ok(FormatChoice::Fixed(BufferFormat::Full)),
+            _ => Err(UnknownFormat),
+        }
+    }
+}
+
 /// PCI subsystem vendor of every virtio-pci device seen (Red Hat/Qumranet).
 pub const PCI_SUBSYSTEM_VENDOR_VIRTIO: u16 = 0x1af4;
 
@@ -121,9 +135,16 @@ pub const PCI_SUBSYSTEM_VENDOR_VIRTIO: u16 = 0x1af4;
 /// for legacy and transitional devices.
 pub const PCI_SUBSYSTEM_DEVICE_QEMU: u16 = 0x1100;
 
+/// The PCI subsystem device of a legacy or transitional virtio balloon: the
+/// balloon's virtio ID (QEMU's transitional device, kvmtool).
+pub const PCI_SUBSYSTEM_DEVICE_LEGACY_BALLOON: u16 = 5;
+
 /// The virtio-mmio `VendorID` QEMU reports (`VIRT_VENDOR`, "QEMU", in
 /// `hw/virtio/virtio-mmio.c`). Firecracker reports 0 and crosvm `CRVM`.
 pub const MMIO_VENDOR_QEMU: u32 = 0x554d_4551;
+
+/// The virtio-mmio `VendorID` crosvm reports ("CRVM").
+pub const MMIO_VENDOR_CROSVM: u32 = 0x4d56_5243;
 
 /// What the driver can tell of the host from the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,23 +176,28 @@ pub enum Transport {
 
 /// The format for `choice` on a device reached through `transport`.
 ///
-/// `auto` picks [`BufferFormat::Full`] only where the host is certainly
-/// QEMU: a virtio-mmio device whose vendor is "QEMU", or a virtio-pci
-/// device with QEMU's own subsystem IDs (0x1af4:0x1100). A transitional
-/// QEMU device (0x1af4:0x0005) shares its IDs with kvmtool and any VMM that
-/// copies QEMU's legacy layout, and cloud-hypervisor, Firecracker and
-/// crosvm share 0x1af4:0x1045, so nothing tells them apart: those, and
-/// everything else, get [`BufferFormat::Compat`].
+/// `auto` picks [`BufferFormat::Full`] where every host known to show the
+/// device's identity reads a large single-descriptor buffer whole:
+/// - virtio-pci 0x1af4:0x1100, QEMU's modern-only device;
+/// - virtio-pci 0x1af4:0x0005, a transitional device: QEMU's (every
+///   descriptor, no limit) or kvmtool's (the first descriptor, no limit;
+///   the driver's buffers are one descriptor);
+/// - virtio-mmio "QEMU", and "CRVM" (crosvm: no limit).
+///
+/// cloud-hypervisor, Firecracker and crosvm share 0x1af4:0x1045 over PCI,
+/// and Firecracker reports vendor 0 over virtio-mmio: nothing tells the
+/// two hosts that read at most 256 PFNs from the one that does not, so
+/// those, and every host not listed, get [`BufferFormat::Compat`].
 pub fn pick_format(choice: FormatChoice, transport: Transport) -> BufferFormat {
     match choice {
         FormatChoice::Fixed(format) => format,
         FormatChoice::Auto => match transport {
             Transport::Pci {
                 subsystem_vendor: PCI_SUBSYSTEM_VENDOR_VIRTIO,
-                subsystem_device: PCI_SUBSYSTEM_DEVICE_QEMU,
+                subsystem_device: PCI_SUBSYSTEM_DEVICE_QEMU | PCI_SUBSYSTEM_DEVICE_LEGACY_BALLOON,
             }
             | Transport::Mmio {
-                vendor: MMIO_VENDOR_QEMU,
+                vendor: MMIO_VENDOR_QEMU | MMIO_VENDOR_CROSVM,
             } => BufferFormat::Full,
             _ => BufferFormat::Compat,
         },

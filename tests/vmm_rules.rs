@@ -327,7 +327,7 @@ fn the_module_parameter_parses() {
 }
 
 #[test]
-fn auto_picks_full_only_where_the_host_is_certainly_qemu() {
+fn auto_picks_full_only_where_every_host_with_that_identity_reads_it_whole() {
     let pci = |subsystem_device| Transport::Pci {
         subsystem_vendor: 0x1af4,
         subsystem_device,
@@ -342,17 +342,19 @@ fn auto_picks_full_only_where_the_host_is_certainly_qemu() {
         }),
         BufferFormat::Full
     );
-    // QEMU transitional (shared with kvmtool); cloud-hypervisor,
-    // Firecracker and crosvm (0x1040 + 5); Firecracker's and crosvm's mmio.
-    assert_eq!(auto(pci(0x0005)), BufferFormat::Compat);
-    assert_eq!(auto(pci(0x1045)), BufferFormat::Compat);
-    assert_eq!(auto(Transport::Mmio { vendor: 0 }), BufferFormat::Compat);
+    // Transitional: QEMU or kvmtool, both read one large descriptor whole;
+    // crosvm's mmio has no limit.
+    assert_eq!(auto(pci(0x0005)), BufferFormat::Full);
     assert_eq!(
         auto(Transport::Mmio {
             vendor: 0x4d56_5243
         }),
-        BufferFormat::Compat
+        BufferFormat::Full
     );
+    // cloud-hypervisor, Firecracker and crosvm (0x1040 + 5) over PCI, and
+    // Firecracker's mmio: at most 256 PFNs.
+    assert_eq!(auto(pci(0x1045)), BufferFormat::Compat);
+    assert_eq!(auto(Transport::Mmio { vendor: 0 }), BufferFormat::Compat);
     assert_eq!(auto(Transport::Other), BufferFormat::Compat);
     assert_eq!(
         auto(Transport::Pci {
@@ -368,4 +370,19 @@ fn auto_picks_full_only_where_the_host_is_certainly_qemu() {
             format
         );
     }
+}
+
+#[test]
+fn the_integer_parameter_maps_to_the_same_choices() {
+    assert_eq!(FormatChoice::from_param(0), Ok(FormatChoice::Auto));
+    assert_eq!(
+        FormatChoice::from_param(1),
+        Ok(FormatChoice::Fixed(BufferFormat::Compat))
+    );
+    assert_eq!(
+        FormatChoice::from_param(2),
+        Ok(FormatChoice::Fixed(BufferFormat::Full))
+    );
+    assert_eq!(FormatChoice::from_param(3), Err(UnknownFormat));
+    assert_eq!(FormatChoice::from_param(u32::MAX), Err(UnknownFormat));
 }

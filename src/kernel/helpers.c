@@ -5,6 +5,8 @@
 #include <linux/balloon.h>
 #include <linux/list.h>
 #include <linux/mm.h>
+#include <linux/pci.h>
+#include <linux/platform_device.h>
 #include <linux/pm_wakeup.h>
 #include <linux/scatterlist.h>
 #include <linux/vmstat.h>
@@ -242,4 +244,20 @@ void vbrs_virtio_relax(struct virtio_device *vdev)
 u8 vbrs_virtqueue_device_status(struct virtqueue *vq)
 {
 	return vq->vdev->config->get_status(vq->vdev);
+}
+
+bool vbrs_virtio_pci_subsystem(struct virtio_device *vdev, u16 *vendor, u16 *device)
+{
+	struct device *parent = vdev->dev.parent;
+
+	if (!parent || !dev_is_pci(parent))
+		return false;
+	*vendor = to_pci_dev(parent)->subsystem_vendor;
+	*device = to_pci_dev(parent)->subsystem_device;
+	return true;
+}
+
+bool vbrs_virtio_on_platform(struct virtio_device *vdev)
+{
+	return vdev->dev.parent && dev_is_platform(vdev->dev.parent);
 }

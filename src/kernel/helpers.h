@@ -67,5 +67,7 @@ void vbrs_virtio_set_wakeup_capable(struct virtio_device *vdev);
 void vbrs_virtio_stay_awake(struct virtio_device *vdev);
 void vbrs_virtio_relax(struct virtio_device *vdev);
 u8 vbrs_virtqueue_device_status(struct virtqueue *vq);
+bool vbrs_virtio_pci_subsystem(struct virtio_device *vdev, u16 *vendor, u16 *device);
+bool vbrs_virtio_on_platform(struct virtio_device *vdev);
 
 #endif /* VBRS_HELPERS_H */

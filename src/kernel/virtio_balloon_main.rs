@@ -29,6 +29,10 @@ module! {
             default: 16384,
             description: "Memory (KiB) the balloon never takes, on top of the kernel's watermark reserves",
         },
+        buffer_format: u32 {
+            default: 0,
+            description: "Inflate/deflate buffers: 0 auto (from the host's identity), 1 compat (256 PFNs, every VMM), 2 full (4096 PFNs, whole 2 MiB blocks; QEMU, crosvm, kvmtool)",
+        },
         host_timeout_ms: u32 {
             default: 10000,
             description: "How long to wait for the host to return a buffer before stopping balloon updates",

@@ -15,6 +15,11 @@ use balloon_logic::features::{
     self,
     Features, //
 };
+use balloon_logic::format::{
+    pick_format,
+    BufferFormat,
+    FormatChoice, //
+};
 use balloon_logic::hint;
 use balloon_logic::pfn::{
     PageGeometry,
@@ -148,6 +153,8 @@ impl State {
 pub(crate) struct Balloon {
     dev: ARef<Device>,
     features: Features,
+    /// How inflate and deflate buffers are laid out for this host.
+    format: BufferFormat,
     geometry: PageGeometry,
     index: QueueIndex,
     #[pin]
@@ -228,6 +235,20 @@ impl Balloon {
             dev_err!(dev, "unsupported page size\n");
             EINVAL
         })
+    }
+
+    /// The buffer format of the `buffer_format` parameter, for this host.
+    fn buffer_format(dev: &Device<Core<'_>>) -> BufferFormat {
+        let value = crate::module_parameters::buffer_format.value();
+        let choice = FormatChoice::from_param(value).unwrap_or_else(|_| {
+            dev_warn!(
+                dev,
+                "buffer_format={} unknown (0 auto, 1 compat, 2 full): using auto\n",
+                value
+            );
+            FormatChoice::Auto
+        });
+        pick_format(choice, dev.transport())
     }
 
     /// The device, bound to this driver.
@@ -417,12 +438,14 @@ impl Balloon {
         {
             let mut state = self.state.lock();
             // Without deflate-on-OOM, inflated pages leave the managed RAM.
-            let engine = Engine::new(
+            let mut engine = Engine::new(
                 self.geometry,
                 self.features.pfns_little_endian(),
                 !self.features.contains(Features::DEFLATE_ON_OOM),
                 reserve,
             );
+            // A fresh engine holds no block: every format is accepted.
+            let _ = engine.set_format(self.format);
             self.view.update(&engine);
             state.engine = Some(engine);
             state.inflate_queue = inflate_queue;
@@ -473,10 +496,12 @@ impl Balloon {
         let target = dev.read_config::<NumPages>().unwrap_or(0);
         dev_info!(
             dev,
-            "bound: features {:#x} ({:?}), {} queues, target {} KiB, reserve {} KiB\n",
+            "bound: features {:#x} ({:?}), {} queues, {:?} buffers of {} pages, target {} KiB, reserve {} KiB\n",
             self.features.bits(),
             DisplayFeatures(self.features),
             index.count,
+            self.format,
+            self.format.pfns_per_buffer(),
             u64::from(target) * 4,
             reserve * (page_size / 1024)
         );
@@ -613,10 +638,12 @@ impl virtio::Driver for Balloon {
     fn probe<'a>(dev: &'a Device<Core<'_>>) -> impl PinInit<Self, Error> + 'a {
         let features = Features::from_bits_truncate(dev.features());
         let geometry = Self::check(dev);
+        let format = Self::buffer_format(dev);
         try_pin_init!(Self {
             geometry: geometry?,
             dev: dev.into(),
             features,
+            format,
             index: QueueIndex::new(*features),
             state <- new_mutex!(State::new()?),
             stats <- new_mutex!(StatsState { queue: None }),

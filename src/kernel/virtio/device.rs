@@ -18,6 +18,8 @@ use kernel::prelude::*;
 use kernel::sync::aref::AlwaysRefCounted;
 use kernel::types::Opaque;
 
+use balloon_logic::format::Transport;
+
 use super::config::ConfigField;
 use super::driver::Adapter;
 use super::virtqueue::{
@@ -98,6 +100,30 @@ impl<Ctx: DeviceContext> Device<Ctx> {
     pub(crate) fn features(&self) -> u64 {
         // SAFETY: `self` is a valid virtio device (type invariant).
         unsafe { bindings::vbrs_virtio_features(self.as_raw()) }
+    }
+
+    /// What the device tells of its host: the transport and the identity
+    /// the host gave it (PCI subsystem IDs, the virtio-mmio vendor).
+    pub(crate) fn transport(&self) -> Transport {
+        let (mut vendor, mut device) = (0u16, 0u16);
+        // SAFETY: `self` is valid (type invariant); the helpers only read
+        // its parent (the transport's device, which outlives it).
+        unsafe {
+            if bindings::vbrs_virtio_pci_subsystem(self.as_raw(), &mut vendor, &mut device) {
+                return Transport::Pci {
+                    subsystem_vendor: vendor,
+                    subsystem_device: device,
+                };
+            }
+            if bindings::vbrs_virtio_on_platform(self.as_raw()) {
+                // virtio-mmio devices hang off a platform device; the core
+                // read `id.vendor` from the VendorID register.
+                return Transport::Mmio {
+                    vendor: (*self.as_raw()).id.vendor,
+                };
+            }
+        }
+        Transport::Other
     }
 
     /// Whether the transport gives access to the config space.
