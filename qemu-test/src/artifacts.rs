@@ -14,9 +14,9 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::err;
 use crate::repo_top;
 use crate::Result;
+use anyhow::anyhow;
 
 /// One file the VM needs, with the ways to find and to build it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +80,7 @@ impl Artifact {
         if path.is_file() {
             Ok(path)
         } else {
-            Err(err!(
+            Err(anyhow!(
                 "missing {}: {} does not exist; {} (or set {})",
                 self.what,
                 path.display(),
@@ -99,7 +99,7 @@ impl Artifact {
             .arg(self.make_target)
             .output()
             .map_err(|e| {
-                err!(
+                anyhow!(
                     "missing {}: {} is unset and `make` could not run ({e}); {}",
                     self.what,
                     self.env_var,
@@ -110,7 +110,7 @@ impl Artifact {
         let printed = stdout.lines().map(str::trim).rfind(|l| !l.is_empty());
         match printed {
             Some(line) if output.status.success() => Ok(PathBuf::from(line)),
-            _ => Err(err!(
+            _ => Err(anyhow!(
                 "missing {}: {} is unset and `make -s -C {} {}` failed ({}: {}); {}",
                 self.what,
                 self.env_var,
@@ -142,7 +142,7 @@ pub fn kernel_build() -> Result<Option<PathBuf>> {
         return if kdir.join(".config").is_file() {
             Ok(Some(kdir))
         } else {
-            Err(err!(
+            Err(anyhow!(
                 "{KDIR_ENV}={} is not a kernel build tree (no .config)",
                 kdir.display()
             ))

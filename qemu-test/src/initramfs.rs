@@ -14,9 +14,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::process::Stdio;
 
-use crate::err;
-use crate::Context;
 use crate::Result;
+use anyhow::anyhow;
+use anyhow::bail;
+use anyhow::Context;
 
 /// The line `/init` prints on the shell port when the shell is about to start.
 pub const READY_MARKER: &str = "@@VBRS_READY@@";
@@ -112,7 +113,8 @@ impl Cpio {
 
     /// Adds a regular file copied from the host.
     pub fn file_from_host(&mut self, path: &str, perm: u32, host: &Path) -> Result<()> {
-        let contents = std::fs::read(host).context(format_args!("reading {}", host.display()))?;
+        let contents =
+            std::fs::read(host).with_context(|| format!("reading {}", host.display()))?;
         self.file(path, perm, &contents);
         Ok(())
     }
@@ -190,7 +192,7 @@ impl Cpio {
 
 /// Compresses `data` with `gzip -9 -n` into the file `out`.
 pub fn gzip_to(data: &[u8], out: &Path) -> Result<()> {
-    let file = std::fs::File::create(out).context(format_args!("creating {}", out.display()))?;
+    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut child = Command::new("gzip")
         .args(["-9", "-n", "-c"])
         .stdin(Stdio::piped())
@@ -208,7 +210,7 @@ pub fn gzip_to(data: &[u8], out: &Path) -> Result<()> {
     if status.success() {
         Ok(())
     } else {
-        Err(err!("gzip failed: {status}"))
+        Err(anyhow!("gzip failed: {status}"))
     }
 }
 
@@ -228,7 +230,7 @@ pub fn memhog() -> Result<PathBuf> {
     if binary.is_file() {
         return Ok(binary);
     }
-    std::fs::create_dir_all(&dir).context(format_args!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let unique = format!("{}-{}", std::process::id(), crate::qemu::unique_number());
     let source = dir.join(format!("memhog-{unique}.c"));
     let partial = dir.join(format!("memhog-{unique}.tmp"));
@@ -242,11 +244,11 @@ pub fn memhog() -> Result<PathBuf> {
     let _ = std::fs::remove_file(&source);
     if !output.status.success() {
         let _ = std::fs::remove_file(&partial);
-        return Err(err!(
+        bail!(
             "gcc -static failed for memhog ({}): {}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
-        ));
+        );
     }
     std::fs::rename(&partial, &binary).context("renaming memhog")?;
     Ok(binary)
@@ -272,11 +274,9 @@ fn busybox_applets() -> Result<Vec<String>> {
     let output = Command::new(BUSYBOX)
         .arg("--list")
         .output()
-        .context(format_args!(
-            "running {BUSYBOX} --list (install Debian busybox-static)"
-        ))?;
+        .with_context(|| format!("running {BUSYBOX} --list (install Debian busybox-static)"))?;
     if !output.status.success() {
-        return Err(err!("{BUSYBOX} --list failed: {}", output.status));
+        bail!("{BUSYBOX} --list failed: {}", output.status);
     }
     Ok(String::from_utf8_lossy(&output.stdout)
         .lines()

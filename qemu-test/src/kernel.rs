@@ -14,9 +14,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::artifacts;
-use crate::err;
-use crate::Context;
 use crate::Result;
+use anyhow::anyhow;
+use anyhow::bail;
+use anyhow::Context;
 
 /// How much longer than on the test kernel things may take on a debug
 /// kernel (KASAN, lockdep or kmemleak) unless `VBRS_TIME_FACTOR` says.
@@ -43,8 +44,8 @@ impl KernelConfig {
     /// Reads `<build>/.config`.
     pub fn read(build: &Path) -> Result<Self> {
         let path = build.join(".config");
-        let text =
-            std::fs::read_to_string(&path).context(format_args!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         Ok(Self::parse(&text))
     }
 
@@ -98,9 +99,7 @@ impl GuestKernel {
             Ok(value) if !value.is_empty() => match value.parse::<u32>() {
                 Ok(factor) if factor >= 1 => factor,
                 _ => {
-                    return Err(err!(
-                        "VBRS_TIME_FACTOR={value}: expected a whole number >= 1"
-                    ))
+                    bail!("VBRS_TIME_FACTOR={value}: expected a whole number >= 1")
                 }
             },
             _ if config.is_debug() => DEBUG_TIME_FACTOR,
@@ -115,11 +114,12 @@ impl GuestKernel {
 
 /// The kernel the VMs of this process boot, found once.
 pub fn guest_kernel() -> Result<&'static GuestKernel> {
-    static KERNEL: OnceLock<std::result::Result<GuestKernel, crate::Error>> = OnceLock::new();
+    // An error is kept as its message: `anyhow::Error` is not `Clone`.
+    static KERNEL: OnceLock<std::result::Result<GuestKernel, String>> = OnceLock::new();
     KERNEL
-        .get_or_init(GuestKernel::detect)
+        .get_or_init(|| GuestKernel::detect().map_err(|e| format!("{e:#}")))
         .as_ref()
-        .map_err(Clone::clone)
+        .map_err(|message| anyhow!("{message}"))
 }
 
 /// A timeout for the guest kernel under test: `timeout` times its

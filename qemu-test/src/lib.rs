@@ -23,58 +23,9 @@ pub use qemu::Vm;
 pub use qemu::VmConfig;
 pub use qmp::Qmp;
 
-/// Errors of the VM bench, as one human-readable message.
-///
-/// The tests turn every error into a panic, so a message that says what went
-/// wrong and where to look is all an error needs to carry.
-///
-/// `Debug` prints the bare message, so a test returning `Result` shows it
-/// readably when it fails.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Error(pub String);
-
-impl std::fmt::Debug for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl From<std::io::Error> for Error {
-    fn from(err: std::io::Error) -> Self {
-        Error(err.to_string())
-    }
-}
-
-/// Result type of the VM bench.
-pub type Result<T> = std::result::Result<T, Error>;
-
-/// Builds an [`Error`] from a format string, like `format!`.
-#[macro_export]
-macro_rules! err {
-    ($($arg:tt)*) => {
-        $crate::Error(format!($($arg)*))
-    };
-}
-
-/// Adds context to the error of a `Result`.
-pub trait Context<T> {
-    /// Prefixes the error message with `what: `.
-    fn context(self, what: impl std::fmt::Display) -> Result<T>;
-}
-
-impl<T, E: std::fmt::Display> Context<T> for std::result::Result<T, E> {
-    fn context(self, what: impl std::fmt::Display) -> Result<T> {
-        self.map_err(|err| Error(format!("{what}: {err}")))
-    }
-}
+/// Result type of the VM bench: every error is an [`anyhow::Error`] whose
+/// message (with its context, `{:#}`) says what went wrong and where to look.
+pub use anyhow::Result;
 
 /// One mebibyte in bytes.
 pub const MIB: u64 = 1024 * 1024;

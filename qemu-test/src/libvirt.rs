@@ -26,7 +26,6 @@ use std::time::Instant;
 
 use crate::artifacts;
 use crate::console::last_lines;
-use crate::err;
 use crate::initramfs;
 use crate::qemu::unique_number;
 use crate::serial::find_bytes;
@@ -35,8 +34,10 @@ use crate::shell_command::meminfo_field;
 use crate::shell_command::output_if_ok;
 use crate::shell_command::ShellCommand;
 use crate::shell_command::MEMINFO;
-use crate::Context;
 use crate::Result;
+use anyhow::anyhow;
+use anyhow::bail;
+use anyhow::Context;
 
 /// The libvirt connection the tests use.
 pub const CONNECT_URI: &str = "qemu:///system";
@@ -58,7 +59,7 @@ pub fn virsh(args: &[&str]) -> Result<String> {
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
-        Err(err!(
+        Err(anyhow!(
             "virsh {} failed ({}): {}",
             args.join(" "),
             output.status,
@@ -173,14 +174,14 @@ impl Domain {
         );
         let log_dir = crate::target_dir().join("vm-logs").join(&name);
         std::fs::create_dir_all(&log_dir)
-            .context(format_args!("creating {}", log_dir.display()))?;
+            .with_context(|| format!("creating {}", log_dir.display()))?;
         // libvirt's QEMU user must reach the files and sockets.
         let run_dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&run_dir)
-            .context(format_args!("creating {}", run_dir.display()))?;
+            .with_context(|| format!("creating {}", run_dir.display()))?;
         let readable = |path: &Path, mode: u32| -> Result<()> {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                .context(format_args!("chmod {}", path.display()))
+                .with_context(|| format!("chmod {}", path.display()))
         };
         readable(&run_dir, 0o755)?;
         std::fs::copy(artifacts::bzimage()?, run_dir.join("bzImage")).context("copying bzImage")?;
@@ -194,7 +195,7 @@ impl Domain {
         let listen = |socket: &str| -> Result<UnixListener> {
             let path = run_dir.join(socket);
             let listener =
-                UnixListener::bind(&path).context(format_args!("binding {}", path.display()))?;
+                UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
             readable(&path, 0o777)?;
             listener
                 .set_nonblocking(true)
@@ -219,10 +220,10 @@ impl Domain {
                         return Ok(stream);
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(err!("accepting QEMU's {what} connection: {e}")),
+                    Err(e) => bail!("accepting QEMU's {what} connection: {e}"),
                 }
                 if Instant::now() >= deadline {
-                    return Err(err!("QEMU did not connect its {what} socket"));
+                    bail!("QEMU did not connect its {what} socket");
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -240,7 +241,7 @@ impl Domain {
         };
         let open_log = |file: &str| -> Result<File> {
             let path = log_dir.join(file);
-            File::create(&path).context(format_args!("creating {}", path.display()))
+            File::create(&path).with_context(|| format!("creating {}", path.display()))
         };
         let console = Serial::spawn(console_stream, open_log("console.log")?, "console")
             .context("starting the console reader")?;
@@ -302,7 +303,7 @@ impl Domain {
         self.dommemstat()?
             .into_iter()
             .find_map(|(name, value)| (name == "actual").then_some(value))
-            .ok_or_else(|| err!("virsh dommemstat has no actual"))
+            .ok_or_else(|| anyhow!("virsh dommemstat has no actual"))
     }
 
     /// `virsh setmem --live`, then waits until `actual` is `kib`.
@@ -315,9 +316,7 @@ impl Domain {
                 return Ok(start.elapsed());
             }
             if start.elapsed() > timeout {
-                return Err(err!(
-                    "virsh setmem {kib}: actual still {actual} KiB after {timeout:?}"
-                ));
+                bail!("virsh setmem {kib}: actual still {actual} KiB after {timeout:?}");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -389,8 +388,8 @@ impl Domain {
     }
 
     /// An error for `what` with the tails of the logs.
-    fn failure(&mut self, what: &str) -> crate::Error {
-        err!(
+    fn failure(&mut self, what: &str) -> anyhow::Error {
+        anyhow!(
             "{what}; domain {}; logs in {}\n--- kernel log (tail) ---\n{}\n--- shell (tail) ---\n{}",
             self.name,
             self.log_dir.display(),

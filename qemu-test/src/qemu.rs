@@ -30,7 +30,6 @@ use crate::artifacts;
 use crate::console::check_clean_console;
 use crate::console::last_lines;
 use crate::console::ConsoleRules;
-use crate::err;
 use crate::initramfs;
 use crate::kernel::guest_kernel;
 use crate::kernel::scaled;
@@ -42,8 +41,10 @@ use crate::shell_command::meminfo_field;
 use crate::shell_command::output_if_ok;
 use crate::shell_command::ShellCommand;
 use crate::shell_command::MEMINFO;
-use crate::Context;
 use crate::Result;
+use anyhow::anyhow;
+use anyhow::bail;
+use anyhow::Context;
 
 /// Time a guest may take from QEMU start to the init ready marker (on the
 /// test kernel: every timeout here goes through [`scaled`]).
@@ -96,7 +97,7 @@ impl Accel {
             Some("kvm") => return Ok(Accel::Kvm),
             Some("tcg") => return Ok(Accel::Tcg),
             Some("") | None => {}
-            Some(other) => return Err(err!("VBRS_ACCEL={other}: expected kvm or tcg")),
+            Some(other) => bail!("VBRS_ACCEL={other}: expected kvm or tcg"),
         }
         let cpu_flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let has_vt = cpu_flags
@@ -270,9 +271,9 @@ impl Vm {
     /// stderr. Any other boot failure fails at once.
     pub fn boot(config: VmConfig) -> Result<Vm> {
         match Self::boot_once(config.clone()) {
-            Err(err) if is_boot_flake(&err.to_string()) => {
+            Err(err) if is_boot_flake(&format!("{err:#}")) => {
                 eprintln!(
-                    "[vm {}] boot failed before any module was loaded; retrying once:\n{err}",
+                    "[vm {}] boot failed before any module was loaded; retrying once:\n{err:#}",
                     config.name
                 );
                 Self::boot_once(config)
@@ -304,7 +305,7 @@ impl Vm {
         let run_dir =
             std::env::temp_dir().join(format!("vbrs-{}-{}", std::process::id(), unique_number()));
         std::fs::create_dir_all(&run_dir)
-            .context(format_args!("creating {}", run_dir.display()))?;
+            .with_context(|| format!("creating {}", run_dir.display()))?;
         // From here on, an early return kills QEMU and removes the run dir.
         let mut starting = Starting {
             child: None,
@@ -318,7 +319,7 @@ impl Vm {
         let listen = |name: &str| -> Result<(PathBuf, UnixListener)> {
             let path = run_dir.join(format!("{name}.sock"));
             let listener =
-                UnixListener::bind(&path).context(format_args!("binding {}", path.display()))?;
+                UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
             listener
                 .set_nonblocking(true)
                 .context("making a listener non-blocking")?;
@@ -389,7 +390,7 @@ impl Vm {
 
         let qemu_log_path = log_dir.join("qemu.log");
         let mut qemu_log = File::create(&qemu_log_path)
-            .context(format_args!("creating {}", qemu_log_path.display()))?;
+            .with_context(|| format!("creating {}", qemu_log_path.display()))?;
         let _ = writeln!(qemu_log, "# {command:?}");
         let stdout = qemu_log.try_clone().context("cloning qemu.log")?;
         let child = command
@@ -397,7 +398,7 @@ impl Vm {
             .stdout(stdout)
             .stderr(qemu_log)
             .spawn()
-            .context(format_args!("starting {qemu} (is QEMU installed?)"))?;
+            .with_context(|| format!("starting {qemu} (is QEMU installed?)"))?;
         starting.child = Some(child);
 
         let connect_deadline = Instant::now() + CONNECT_TIMEOUT;
@@ -407,7 +408,7 @@ impl Vm {
 
         let open_log = |name: &str| -> Result<File> {
             let path = log_dir.join(name);
-            File::create(&path).context(format_args!("creating {}", path.display()))
+            File::create(&path).with_context(|| format!("creating {}", path.display()))
         };
         let console = Serial::spawn(console_stream, open_log("console.log")?, "console")
             .context("starting the console reader")?;
@@ -417,8 +418,8 @@ impl Vm {
         let shell = Serial::spawn(shell_stream, open_log("shell.log")?, "shell")
             .context("starting the shell reader")?;
         let qmp = Qmp::handshake(qmp_stream, Some(open_log("qmp.log")?)).map_err(|e| {
-            err!(
-                "{e}; logs in {}\n{}",
+            anyhow!(
+                "{e:#}; logs in {}\n{}",
                 log_dir.display(),
                 read_tail(&qemu_log_path)
             )
@@ -531,7 +532,7 @@ impl Vm {
     /// Loads our driver, `virtio_balloon_rs.ko`.
     pub fn insmod_rs(&mut self) -> Result<()> {
         if !self.config.rs_module {
-            return Err(err!("this VM was booted without the Rust module"));
+            bail!("this VM was booted without the Rust module");
         }
         self.insmod(initramfs::RS_MODULE_PATH, "")
     }
@@ -539,7 +540,7 @@ impl Vm {
     /// Loads the in-tree C driver, `virtio_balloon.ko`.
     pub fn insmod_c(&mut self) -> Result<()> {
         if !self.config.c_module {
-            return Err(err!("this VM was booted without the C module"));
+            bail!("this VM was booted without the C module");
         }
         self.insmod(initramfs::C_MODULE_PATH, "")
     }
@@ -554,7 +555,7 @@ impl Vm {
         let text = self.sh_ok("cat /proc/sys/kernel/tainted")?;
         text.trim()
             .parse()
-            .map_err(|_| err!("bad /proc/sys/kernel/tainted: {text:?}"))
+            .map_err(|_| anyhow!("bad /proc/sys/kernel/tainted: {text:?}"))
     }
 
     /// Checks the kernel log so far with `rules` and the taint mask (only
@@ -570,15 +571,15 @@ impl Vm {
                 "echo scan > {KMEMLEAK} && echo scan > {KMEMLEAK} && cat {KMEMLEAK}"
             ))?;
             if !leaks.trim().is_empty() {
-                return Err(err!("kmemleak reports leaks:\n{}", last_lines(&leaks, 80)));
+                bail!("kmemleak reports leaks:\n{}", last_lines(&leaks, 80));
             }
         }
         let tainted = self.tainted()?;
-        rules.check(&self.console_log()).map_err(crate::Error)?;
+        rules
+            .check(&self.console_log())
+            .map_err(anyhow::Error::msg)?;
         if tainted & !ALLOWED_TAINT != 0 {
-            return Err(err!(
-                "kernel taint mask {tainted:#x} has more than out-of-tree/unsigned module"
-            ));
+            bail!("kernel taint mask {tainted:#x} has more than out-of-tree/unsigned module");
         }
         Ok(())
     }
@@ -632,7 +633,7 @@ impl Vm {
     /// guest's memory costs the host.
     pub fn qemu_rss_kib(&self) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        parse_meminfo(&status, "VmRSS").ok_or_else(|| err!("no VmRSS in /proc/<qemu>/status"))
+        parse_meminfo(&status, "VmRSS").ok_or_else(|| anyhow!("no VmRSS in /proc/<qemu>/status"))
     }
 
     /// Time from [`Vm::boot`] to the ready marker.
@@ -688,13 +689,13 @@ impl Vm {
                         "QEMU did not exit within {shutdown_timeout:?} of poweroff -f"
                     )))
                 }
-                Err(e) => return Err(err!("waiting for QEMU: {e}")),
+                Err(e) => bail!("waiting for QEMU: {e}"),
             }
         }
     }
 
     /// Builds an error for `what` with the state of the VM and its logs.
-    fn failure(&mut self, what: &str) -> crate::Error {
+    fn failure(&mut self, what: &str) -> anyhow::Error {
         // A closed port means QEMU is exiting: give it a moment to be reaped
         // so the message can say how it ended.
         let patience = if self.shell.is_closed() || self.console.is_closed() {
@@ -714,7 +715,7 @@ impl Vm {
                 _ => break "QEMU is running".to_string(),
             }
         };
-        err!(
+        anyhow!(
             "{what}; {exited}; logs in {}\n--- kernel log (tail) ---\n{}\n--- shell (tail) ---\n{}\n--- qemu ---\n{}",
             self.log_dir.display(),
             last_lines(&self.console.text(), 25),
@@ -786,7 +787,7 @@ impl Starting {
                     return Ok(stream);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) => return Err(err!("accepting QEMU's {what} connection: {e}")),
+                Err(e) => bail!("accepting QEMU's {what} connection: {e}"),
             }
             let exited = match self.child.as_mut().map(Child::try_wait) {
                 Some(Ok(Some(status))) => Some(status.to_string()),
@@ -795,16 +796,16 @@ impl Starting {
                 None => Some("not started".into()),
             };
             if let Some(status) = exited {
-                return Err(err!(
+                bail!(
                     "QEMU exited before connecting its {what} socket ({status}):\n{}",
                     read_tail(&self.log_dir.join("qemu.log"))
-                ));
+                );
             }
             if Instant::now() >= deadline {
-                return Err(err!(
+                bail!(
                     "QEMU did not connect its {what} socket in {CONNECT_TIMEOUT:?}; logs in {}",
                     self.log_dir.display()
-                ));
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -814,7 +815,7 @@ impl Starting {
         let child = self
             .child
             .take()
-            .ok_or_else(|| err!("QEMU was not started"))?;
+            .ok_or_else(|| anyhow!("QEMU was not started"))?;
         self.done = true;
         Ok(child)
     }
@@ -879,7 +880,7 @@ fn make_log_dir(name: &str) -> Result<PathBuf> {
         std::process::id(),
         unique_number()
     ));
-    std::fs::create_dir_all(&dir).context(format_args!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }
 

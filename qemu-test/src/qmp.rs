@@ -18,9 +18,10 @@ use std::time::Instant;
 use serde_json::json;
 use serde_json::Value;
 
-use crate::err;
-use crate::Context;
 use crate::Result;
+use anyhow::anyhow;
+use anyhow::bail;
+use anyhow::Context;
 
 /// How long one QMP command may take before the client gives up.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -67,7 +68,7 @@ impl Qmp {
             match UnixStream::connect(path) {
                 Ok(stream) => return Self::handshake(stream, transcript),
                 Err(e) if Instant::now() >= deadline => {
-                    return Err(err!("connecting to QMP at {}: {e}", path.display()))
+                    bail!("connecting to QMP at {}: {e}", path.display())
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
@@ -89,7 +90,7 @@ impl Qmp {
         let deadline = Instant::now() + crate::scaled(COMMAND_TIMEOUT);
         let greeting = qmp.read_message(deadline)?;
         if greeting.get("QMP").is_none() {
-            return Err(err!("QMP greeting expected, got {greeting}"));
+            bail!("QMP greeting expected, got {greeting}");
         }
         qmp.execute("qmp_capabilities", None)?;
         Ok(qmp)
@@ -98,7 +99,7 @@ impl Qmp {
     /// Runs a command and returns its `return` value.
     ///
     /// Events read while waiting are kept (see [`Qmp::events`]); a QMP error
-    /// reply becomes an [`crate::Error`] with its class and description.
+    /// reply becomes an error with its class and description.
     pub fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value> {
         let id = self.next_id;
         self.next_id += 1;
@@ -110,7 +111,7 @@ impl Qmp {
         self.log("->", &line);
         self.writer
             .write_all(format!("{line}\n").as_bytes())
-            .context(format_args!("sending QMP {command}"))?;
+            .with_context(|| format!("sending QMP {command}"))?;
         let deadline = Instant::now() + crate::scaled(COMMAND_TIMEOUT);
         loop {
             let message = self.read_message(deadline)?;
@@ -124,13 +125,13 @@ impl Qmp {
                 return Ok(value.clone());
             }
             if let Some(error) = message.get("error") {
-                return Err(err!(
+                bail!(
                     "QMP {command} failed: {}: {}",
                     error["class"].as_str().unwrap_or("?"),
                     error["desc"].as_str().unwrap_or("?")
-                ));
+                );
             }
-            return Err(err!("QMP {command}: unexpected reply {message}"));
+            bail!("QMP {command}: unexpected reply {message}");
         }
     }
 
@@ -146,7 +147,7 @@ impl Qmp {
         let reply = self.execute("query-balloon", None)?;
         reply["actual"]
             .as_u64()
-            .ok_or_else(|| err!("query-balloon: no actual in {reply}"))
+            .ok_or_else(|| anyhow!("query-balloon: no actual in {reply}"))
     }
 
     /// Sets a QOM property (`qom-set`).
@@ -195,11 +196,11 @@ impl Qmp {
                 return Ok(start.elapsed());
             }
             if Instant::now() >= deadline {
-                return Err(err!(
+                bail!(
                     "balloon actual did not reach {target} bytes ({} MiB) in {timeout:?}: last actual {actual} bytes ({} MiB)",
                     target / crate::MIB,
                     actual / crate::MIB
-                ));
+                );
             }
             std::thread::sleep(POLL_INTERVAL);
         }
@@ -220,7 +221,7 @@ impl Qmp {
         loop {
             let now = Instant::now();
             if now >= deadline {
-                return Err(err!("QMP: no reply before the timeout"));
+                bail!("QMP: no reply before the timeout");
             }
             let wait = (deadline - now).max(Duration::from_millis(1));
             self.reader
@@ -228,14 +229,14 @@ impl Qmp {
                 .set_read_timeout(Some(wait))
                 .context("setting the QMP read timeout")?;
             match self.reader.read_until(b'\n', &mut self.pending) {
-                Ok(0) => return Err(err!("QMP: connection closed by QEMU")),
+                Ok(0) => bail!("QMP: connection closed by QEMU"),
                 Ok(_) if self.pending.ends_with(b"\n") => {}
                 Ok(_) => continue,
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     continue
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(err!("QMP: reading: {e}")),
+                Err(e) => bail!("QMP: reading: {e}"),
             }
             let line = String::from_utf8_lossy(&self.pending).trim().to_string();
             self.pending.clear();
@@ -244,7 +245,7 @@ impl Qmp {
             }
             self.log("<-", &line);
             let message: Value =
-                serde_json::from_str(&line).context(format_args!("QMP: bad JSON {line:?}"))?;
+                serde_json::from_str(&line).with_context(|| format!("QMP: bad JSON {line:?}"))?;
             if let Some(name) = message.get("event").and_then(Value::as_str) {
                 self.events.push(Event {
                     at: self.started.elapsed(),

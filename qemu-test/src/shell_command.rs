@@ -4,9 +4,9 @@
 //! command, and how its output and exit status are found in what the shell
 //! printed. [`crate::Vm`] and [`crate::libvirt::Domain`] both speak it.
 
-use crate::err;
 use crate::serial::find_bytes;
 use crate::Result;
+use anyhow::anyhow;
 
 /// One command for the test shell, with its begin and end markers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +55,7 @@ impl ShellCommand {
     pub fn exit_code(&self, text: &str) -> Result<i32> {
         text.trim()
             .parse()
-            .map_err(|_| err!("guest command `{}`: bad exit status {text:?}", self.command))
+            .map_err(|_| anyhow!("guest command `{}`: bad exit status {text:?}", self.command))
     }
 }
 
@@ -69,7 +69,7 @@ pub fn output_if_ok(command: &str, (code, output): (i32, String)) -> Result<Stri
     if code == 0 {
         Ok(output)
     } else {
-        Err(crate::err!(
+        Err(anyhow!(
             "guest command `{command}` exited with {code}; output:\n{output}"
         ))
     }
@@ -78,7 +78,7 @@ pub fn output_if_ok(command: &str, (code, output): (i32, String)) -> Result<Stri
 /// Field `field` (in kB) of a `/proc/meminfo` text.
 pub fn meminfo_field(meminfo: &str, field: &str) -> Result<u64> {
     crate::qemu::parse_meminfo(meminfo, field)
-        .ok_or_else(|| crate::err!("/proc/meminfo has no {field}:\n{meminfo}"))
+        .ok_or_else(|| anyhow!("/proc/meminfo has no {field}:\n{meminfo}"))
 }
 
 #[cfg(test)]
@@ -91,7 +91,7 @@ mod tests {
         let printed = b"old @@BEGIN_7@@\nnoise\n@@BEGIN_7@@\nhello\n@@DONE_7 3\nnext";
         let (output, code, next) = command.find(printed, 10).expect("found");
         assert_eq!(output, "hello\n");
-        assert_eq!(command.exit_code(&code), Ok(3));
+        assert_eq!(command.exit_code(&code).expect("a number"), 3);
         assert_eq!(&printed[next..], b"next");
         assert!(command.find(b"@@BEGIN_7@@\nhalf", 0).is_none());
         assert!(!String::from_utf8_lossy(command.script()).contains("@@BEGIN_7@@"));

@@ -9,9 +9,9 @@
 
 mod common;
 
+use anyhow::ensure;
 use common::actual_mib;
 use common::balloon_to_mib;
-use common::ensure;
 use common::expect_memtotal;
 use common::vmstat;
 use common::Driver;
@@ -29,15 +29,17 @@ fn c_driver_inflates_and_deflates() -> Result<()> {
     let mut vm = Vm::boot(VmConfig::new("c_driver").rs_module(false))?;
     eprintln!("booted in {:?}", vm.boot_time());
 
-    ensure(actual_mib(&mut vm)? == GUEST_MIB, || {
-        "without a driver, actual must be the whole guest".into()
-    })?;
+    ensure!(
+        actual_mib(&mut vm)? == GUEST_MIB,
+        "without a driver, actual must be the whole guest"
+    );
     let memtotal = vm.meminfo("MemTotal")?;
     Driver::C.insmod(&mut vm)?;
     let lsmod = vm.sh_ok("lsmod")?;
-    ensure(lsmod.contains("virtio_balloon"), || {
-        format!("lsmod does not list virtio_balloon:\n{lsmod}")
-    })?;
+    ensure!(
+        lsmod.contains("virtio_balloon"),
+        "lsmod does not list virtio_balloon:\n{lsmod}"
+    );
     expect_memtotal(&mut vm, memtotal)?;
 
     let inflate = balloon_to_mib(&mut vm, 1024)?;
@@ -46,21 +48,21 @@ fn c_driver_inflates_and_deflates() -> Result<()> {
     // MemTotal drops by exactly the ballooned size.
     expect_memtotal(&mut vm, memtotal - GIB_KB)?;
     let balloon_kb = vm.meminfo("Balloon")?;
-    ensure(balloon_kb == GIB_KB, || {
-        format!("meminfo Balloon: {balloon_kb} kB, expected {GIB_KB} kB")
-    })?;
+    ensure!(
+        balloon_kb == GIB_KB,
+        "meminfo Balloon: {balloon_kb} kB, expected {GIB_KB} kB"
+    );
     let inflated_pages = vmstat(&mut vm, "balloon_inflate")?;
-    ensure(inflated_pages == GIB_KB / 4, || {
-        format!(
-            "vmstat balloon_inflate is {inflated_pages}, expected {}",
-            GIB_KB / 4
-        )
-    })?;
+    ensure!(
+        inflated_pages == GIB_KB / 4,
+        "vmstat balloon_inflate is {inflated_pages}, expected {}",
+        GIB_KB / 4
+    );
 
     let deflate = balloon_to_mib(&mut vm, GUEST_MIB)?;
     eprintln!("deflate 1024 -> 2048 MiB took {deflate:?}");
     expect_memtotal(&mut vm, memtotal)?;
-    ensure(vm.meminfo("Balloon")? == 0, || "balloon not empty".into())?;
+    ensure!(vm.meminfo("Balloon")? == 0, "balloon not empty");
 
     // Unloading the driver with pages in the balloon gives them back.
     balloon_to_mib(&mut vm, 1536)?;
@@ -68,9 +70,10 @@ fn c_driver_inflates_and_deflates() -> Result<()> {
     vm.rmmod(Driver::C.module_name())?;
     expect_memtotal(&mut vm, memtotal)?;
     let actual = actual_mib(&mut vm)?;
-    ensure(actual == GUEST_MIB, || {
-        format!("after rmmod actual is {actual} MiB, expected {GUEST_MIB}")
-    })?;
+    ensure!(
+        actual == GUEST_MIB,
+        "after rmmod actual is {actual} MiB, expected {GUEST_MIB}"
+    );
 
     vm.check_clean()?;
     vm.shutdown()

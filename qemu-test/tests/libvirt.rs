@@ -13,22 +13,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use std::time::Instant;
 
-use qemu_test::err;
+use anyhow::anyhow;
+use anyhow::ensure;
 use qemu_test::libvirt::Domain;
 use qemu_test::libvirt::DomainConfig;
-use qemu_test::Error;
 use qemu_test::Result;
 
 /// Time one balloon change may take under TCG.
 const BALLOON_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn ensure(condition: bool, what: impl FnOnce() -> String) -> Result<()> {
-    if condition {
-        Ok(())
-    } else {
-        Err(Error(what()))
-    }
-}
 
 /// Starts a domain and loads our module in it.
 fn start(name: &str) -> Result<(Domain, u64)> {
@@ -47,10 +39,11 @@ fn start_with(config: DomainConfig) -> Result<(Domain, u64)> {
 fn finish(mut domain: Domain, memtotal: u64) -> Result<()> {
     domain.sh_ok("rmmod virtio_balloon_rs")?;
     let now = domain.meminfo("MemTotal")?;
-    ensure(now == memtotal, || {
-        format!("MemTotal {now} kB after rmmod, {memtotal} kB at boot")
-    })?;
-    qemu_test::check_clean_console(&domain.console_log()).map_err(Error)?;
+    ensure!(
+        now == memtotal,
+        "MemTotal {now} kB after rmmod, {memtotal} kB at boot"
+    );
+    qemu_test::check_clean_console(&domain.console_log()).map_err(anyhow::Error::msg)?;
     domain.shutdown()
 }
 
@@ -72,23 +65,27 @@ fn setmem_live_sets_memtotal_exactly_and_info_balloon_agrees() -> Result<()> {
         eprintln!("setmem {mib} MiB: {took:?}");
         let now = domain.meminfo("MemTotal")?;
         let expected = memtotal - (2048 - mib) * 1024;
-        ensure(now == expected, || {
-            format!("setmem {mib} MiB: MemTotal {now} kB, expected {expected} kB")
-        })?;
+        ensure!(
+            now == expected,
+            "setmem {mib} MiB: MemTotal {now} kB, expected {expected} kB"
+        );
         let ballooned = domain.meminfo("Balloon")?;
-        ensure(ballooned == (2048 - mib) * 1024, || {
-            format!("setmem {mib} MiB: Balloon: {ballooned} kB")
-        })?;
+        ensure!(
+            ballooned == (2048 - mib) * 1024,
+            "setmem {mib} MiB: Balloon: {ballooned} kB"
+        );
         let info = domain.hmp("info balloon")?;
-        ensure(info.trim() == format!("balloon: actual={mib}"), || {
-            format!("info balloon after setmem {mib} MiB: {info:?}")
-        })?;
+        ensure!(
+            info.trim() == format!("balloon: actual={mib}"),
+            "info balloon after setmem {mib} MiB: {info:?}"
+        );
     }
     domain.setmem_and_wait(2048 * 1024, BALLOON_TIMEOUT)?;
     let now = domain.meminfo("MemTotal")?;
-    ensure(now == memtotal, || {
-        format!("MemTotal {now} kB back at 2 GiB, {memtotal} kB at boot")
-    })?;
+    ensure!(
+        now == memtotal,
+        "MemTotal {now} kB back at 2 GiB, {memtotal} kB at boot"
+    );
     finish(domain, memtotal)
 }
 
@@ -104,17 +101,19 @@ fn dommemstat_fills_every_field_and_matches_the_guest() -> Result<()> {
         if stats.get("last_update").is_some_and(|&t| t > 0) {
             break stats;
         }
-        ensure(start.elapsed() < Duration::from_secs(30), || {
-            format!("no guest stats after 30 s: {stats:?}")
-        })?;
+        ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "no guest stats after 30 s: {stats:?}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     };
     std::thread::sleep(Duration::from_secs(5));
     let stats: BTreeMap<String, u64> = domain.dommemstat()?.into_iter().collect();
     eprintln!("dommemstat: {stats:?}");
-    ensure(stats["last_update"] > first["last_update"], || {
-        format!("last_update did not move: {first:?} then {stats:?}")
-    })?;
+    ensure!(
+        stats["last_update"] > first["last_update"],
+        "last_update did not move: {first:?} then {stats:?}"
+    );
     // Every field libvirt knows and this guest can report.
     let fields = [
         "actual",
@@ -132,18 +131,21 @@ fn dommemstat_fills_every_field_and_matches_the_guest() -> Result<()> {
         "rss",
     ];
     for field in fields {
-        ensure(stats.contains_key(field), || {
-            format!("virsh dommemstat has no {field}: {stats:?}")
-        })?;
+        ensure!(
+            stats.contains_key(field),
+            "virsh dommemstat has no {field}: {stats:?}"
+        );
     }
-    ensure(stats["actual"] == 1536 * 1024, || {
-        format!("actual {} KiB", stats["actual"])
-    })?;
+    ensure!(
+        stats["actual"] == 1536 * 1024,
+        "actual {} KiB",
+        stats["actual"]
+    );
     let meminfo = domain.sh_ok("cat /proc/meminfo")?;
     let vmstat = domain.sh_ok("cat /proc/vmstat")?;
     let guest = |field: &str| -> Result<u64> {
         qemu_test::qemu::parse_meminfo(&meminfo, field)
-            .ok_or_else(|| err!("/proc/meminfo has no {field}"))
+            .ok_or_else(|| anyhow!("/proc/meminfo has no {field}"))
     };
     let counter = |name: &str| -> Result<u64> {
         vmstat
@@ -152,7 +154,7 @@ fn dommemstat_fills_every_field_and_matches_the_guest() -> Result<()> {
                 let (key, value) = line.split_once(' ')?;
                 (key == name).then(|| value.trim().parse().ok())?
             })
-            .ok_or_else(|| err!("/proc/vmstat has no {name}"))
+            .ok_or_else(|| anyhow!("/proc/vmstat has no {name}"))
     };
     for (field, guest_kib) in [
         ("available", guest("MemTotal")?),
@@ -160,12 +162,11 @@ fn dommemstat_fills_every_field_and_matches_the_guest() -> Result<()> {
         ("usable", guest("MemAvailable")?),
         ("disk_caches", guest("Cached")?),
     ] {
-        ensure(agree(stats[field], guest_kib), || {
-            format!(
-                "dommemstat {field} {} KiB, the guest says {guest_kib} kB",
-                stats[field]
-            )
-        })?;
+        ensure!(
+            agree(stats[field], guest_kib),
+            "dommemstat {field} {} KiB, the guest says {guest_kib} kB",
+            stats[field]
+        );
     }
     // Event counters: what the guest counted up to now, at least what the
     // host saw (the host's copy is up to one stats period old).
@@ -178,15 +179,14 @@ fn dommemstat_fills_every_field_and_matches_the_guest() -> Result<()> {
         ("hugetlb_pgfail", "htlb_buddy_alloc_fail"),
     ] {
         let guest_count = counter(name)?;
-        ensure(stats[field] <= guest_count, || {
-            format!(
-                "dommemstat {field} {} above the guest's {name} {guest_count}",
-                stats[field]
-            )
-        })?;
+        ensure!(
+            stats[field] <= guest_count,
+            "dommemstat {field} {} above the guest's {name} {guest_count}",
+            stats[field]
+        );
     }
-    ensure(stats["minor_fault"] > 0, || "minor_fault is 0".into())?;
-    ensure(stats["rss"] > 0, || "rss is 0".into())?;
+    ensure!(stats["minor_fault"] > 0, "minor_fault is 0");
+    ensure!(stats["rss"] > 0, "rss is 0");
     domain.setmem_and_wait(2048 * 1024, BALLOON_TIMEOUT)?;
     finish(domain, memtotal)
 }
@@ -201,9 +201,10 @@ fn setmem_far_below_what_the_guest_can_give_leaves_it_alive() -> Result<()> {
     let mut still_since = Instant::now();
     let start = Instant::now();
     while still_since.elapsed() < Duration::from_secs(5) {
-        ensure(start.elapsed() < BALLOON_TIMEOUT, || {
-            format!("actual still moving after {BALLOON_TIMEOUT:?} (last {last} KiB)")
-        })?;
+        ensure!(
+            start.elapsed() < BALLOON_TIMEOUT,
+            "actual still moving after {BALLOON_TIMEOUT:?} (last {last} KiB)"
+        );
         std::thread::sleep(Duration::from_millis(250));
         let actual = domain.actual_kib()?;
         if actual != last {
@@ -212,16 +213,15 @@ fn setmem_far_below_what_the_guest_can_give_leaves_it_alive() -> Result<()> {
         }
     }
     eprintln!("setmem 16 MiB: actual settled at {last} KiB");
-    ensure(last > 16384 && last < 2048 * 1024, || {
-        format!("actual {last} KiB: expected the guest to give memory but keep a floor")
-    })?;
+    ensure!(
+        last > 16384 && last < 2048 * 1024,
+        "actual {last} KiB: expected the guest to give memory but keep a floor"
+    );
     // The guest answers and can still run a program.
     domain.sh_ok("echo alive")?;
     domain.sh_ok("memhog 4 0")?;
     let info = domain.hmp("info balloon")?;
-    ensure(info.contains("actual="), || {
-        format!("info balloon: {info:?}")
-    })?;
+    ensure!(info.contains("actual="), "info balloon: {info:?}");
     domain.setmem_and_wait(2048 * 1024, BALLOON_TIMEOUT)?;
     finish(domain, memtotal)
 }
@@ -233,28 +233,32 @@ fn autodeflate_gives_memory_back_under_guest_pressure() -> Result<()> {
     domain.setmem_and_wait(1024 * 1024, BALLOON_TIMEOUT)?;
     // With autodeflate the ballooned pages may come back: MemTotal keeps them.
     let now = domain.meminfo("MemTotal")?;
-    ensure(now == memtotal, || {
-        format!("MemTotal {now} kB with autodeflate, {memtotal} kB at boot")
-    })?;
+    ensure!(
+        now == memtotal,
+        "MemTotal {now} kB with autodeflate, {memtotal} kB at boot"
+    );
     let ballooned = domain.meminfo("Balloon")?;
-    ensure(ballooned == 1024 * 1024, || {
-        format!("Balloon: {ballooned} kB after setmem 1 GiB")
-    })?;
+    ensure!(
+        ballooned == 1024 * 1024,
+        "Balloon: {ballooned} kB after setmem 1 GiB"
+    );
     let want = domain.meminfo("MemAvailable")? / 1024 + 300;
     let (code, output) = domain.run(&format!("memhog {want} 0"), Duration::from_secs(300))?;
     eprintln!("memhog {want}: {code}, {}", output.trim());
-    ensure(
+    ensure!(
         code == 0 && output.contains(&format!("got {want} MiB")),
-        || format!("memhog {want} MiB did not complete: {code}: {output}"),
-    )?;
+        "memhog {want} MiB did not complete: {code}: {output}"
+    );
     let vmstat = domain.sh_ok("cat /proc/vmstat")?;
-    ensure(vmstat.lines().any(|line| line == "oom_kill 0"), || {
-        "an OOM kill while the balloon had pages".into()
-    })?;
+    ensure!(
+        vmstat.lines().any(|line| line == "oom_kill 0"),
+        "an OOM kill while the balloon had pages"
+    );
     let actual = domain.actual_kib()?;
-    ensure(actual >= (1024 + 250) * 1024, || {
-        format!("the balloon did not give memory back: actual {actual} KiB")
-    })?;
+    ensure!(
+        actual >= (1024 + 250) * 1024,
+        "the balloon did not give memory back: actual {actual} KiB"
+    );
     domain.setmem_and_wait(2048 * 1024, BALLOON_TIMEOUT)?;
     finish(domain, memtotal)
 }

@@ -12,11 +12,12 @@ mod common;
 use std::time::Duration;
 use std::time::Instant;
 
+use anyhow::anyhow;
+use anyhow::ensure;
 use balloon_logic::features::{Features, DRIVER_FEATURE_BITS};
 use common::actual_mib;
 use common::balloon_to_mib;
 use common::bound_device;
-use common::ensure;
 use common::expect_exact_target;
 use common::expect_memtotal;
 use common::negotiated_features;
@@ -25,7 +26,6 @@ use common::unload_and_power_off;
 use common::vmstat;
 use common::Driver;
 use common::GUEST_MIB;
-use qemu_test::err;
 use qemu_test::scaled;
 use qemu_test::Result;
 use qemu_test::Vm;
@@ -50,43 +50,41 @@ fn module_binds_negotiates_and_unloads_cleanly() -> Result<()> {
     RS.insmod(&mut vm)?;
     let dev = bound_device(&mut vm)?;
     let dmesg = vm.dmesg()?;
-    ensure(
+    ensure!(
         dmesg.contains(&format!("virtio_balloon_rs {dev}: bound: features")),
-        || format!("no 'bound' line in dmesg:\n{dmesg}"),
-    )?;
+        "no 'bound' line in dmesg:\n{dmesg}"
+    );
     let device_id = vm.sh_ok(&format!("cat /sys/bus/virtio/devices/{dev}/device"))?;
-    ensure(device_id.trim() == "0x0005", || {
-        format!("bound to device id {device_id}")
-    })?;
+    ensure!(
+        device_id.trim() == "0x0005",
+        "bound to device id {device_id}"
+    );
 
     let negotiated = negotiated_features(&mut vm)?;
     let device_bits = negotiated & ((1 << 24) - 1);
     let asked = DRIVER_FEATURE_BITS
         .iter()
         .fold(0u64, |acc, bit| acc | 1 << bit);
-    ensure(device_bits & !asked == 0, || {
-        format!("device-specific bits {device_bits:#x} include some the driver did not ask for ({asked:#x})")
-    })?;
-    ensure(negotiated & Features::VERSION_1.bits() != 0, || {
-        format!("VERSION_1 not negotiated: {negotiated:#x}")
-    })?;
-    ensure(negotiated & Features::ACCESS_PLATFORM.bits() == 0, || {
-        format!("ACCESS_PLATFORM must be cleared: {negotiated:#x}")
-    })?;
+    ensure!(device_bits & !asked == 0, "device-specific bits {device_bits:#x} include some the driver did not ask for ({asked:#x})");
+    ensure!(
+        negotiated & Features::VERSION_1.bits() != 0,
+        "VERSION_1 not negotiated: {negotiated:#x}"
+    );
+    ensure!(
+        negotiated & Features::ACCESS_PLATFORM.bits() == 0,
+        "ACCESS_PLATFORM must be cleared: {negotiated:#x}"
+    );
     let lsmod = vm.sh_ok("lsmod")?;
-    ensure(lsmod.contains("virtio_balloon_rs"), || {
-        format!("lsmod: {lsmod}")
-    })?;
+    ensure!(lsmod.contains("virtio_balloon_rs"), "lsmod: {lsmod}");
 
     vm.rmmod("virtio_balloon_rs")?;
     let drivers = vm.sh_ok("ls /sys/bus/virtio/drivers/")?;
-    ensure(!drivers.contains("virtio_balloon_rs"), || {
-        format!("driver still registered after rmmod: {drivers}")
-    })?;
+    ensure!(
+        !drivers.contains("virtio_balloon_rs"),
+        "driver still registered after rmmod: {drivers}"
+    );
     let lsmod = vm.sh_ok("lsmod")?;
-    ensure(!lsmod.contains("virtio_balloon_rs"), || {
-        format!("lsmod: {lsmod}")
-    })?;
+    ensure!(!lsmod.contains("virtio_balloon_rs"), "lsmod: {lsmod}");
     // The module can come back.
     RS.insmod(&mut vm)?;
     bound_device(&mut vm)?;
@@ -106,9 +104,10 @@ fn follows_each_target_exactly() -> Result<()> {
     let inflated = vmstat(&mut vm, "balloon_inflate")?;
     let deflated = vmstat(&mut vm, "balloon_deflate")?;
     // 512 + 512 + 512 MiB in, 1536 MiB out, in 4 KiB pages.
-    ensure(inflated == 1536 * 256 && deflated == 1536 * 256, || {
-        format!("vmstat balloon_inflate {inflated}, balloon_deflate {deflated}")
-    })?;
+    ensure!(
+        inflated == 1536 * 256 && deflated == 1536 * 256,
+        "vmstat balloon_inflate {inflated}, balloon_deflate {deflated}"
+    );
     unload_and_power_off(vm, None)
 }
 
@@ -121,18 +120,18 @@ fn rmmod_while_inflated_gives_everything_back() -> Result<()> {
     expect_memtotal(&mut vm, memtotal - 1024 * 1024)?;
     vm.rmmod("virtio_balloon_rs")?;
     expect_memtotal(&mut vm, memtotal)?;
-    ensure(balloon_kb(&mut vm)? == 0, || {
-        "Balloon: not 0 after rmmod".into()
-    })?;
+    ensure!(balloon_kb(&mut vm)? == 0, "Balloon: not 0 after rmmod");
     let actual = actual_mib(&mut vm)?;
-    ensure(actual == GUEST_MIB, || {
-        format!("actual {actual} MiB after rmmod, expected {GUEST_MIB}")
-    })?;
+    ensure!(
+        actual == GUEST_MIB,
+        "actual {actual} MiB after rmmod, expected {GUEST_MIB}"
+    );
     let inflated = vmstat(&mut vm, "balloon_inflate")?;
     let deflated = vmstat(&mut vm, "balloon_deflate")?;
-    ensure(inflated == deflated && inflated == 1024 * 256, || {
-        format!("pages lost: inflated {inflated}, deflated {deflated}")
-    })?;
+    ensure!(
+        inflated == deflated && inflated == 1024 * 256,
+        "pages lost: inflated {inflated}, deflated {deflated}"
+    );
     vm.check_clean()?;
     vm.shutdown()
 }
@@ -143,9 +142,10 @@ fn target_set_before_insmod_is_reached() -> Result<()> {
     let memtotal = vm.meminfo("MemTotal")?;
     vm.qmp().balloon(1024 * MIB)?;
     std::thread::sleep(Duration::from_millis(500));
-    ensure(actual_mib(&mut vm)? == GUEST_MIB, || {
-        "without a driver nothing may be ballooned".into()
-    })?;
+    ensure!(
+        actual_mib(&mut vm)? == GUEST_MIB,
+        "without a driver nothing may be ballooned"
+    );
     RS.insmod(&mut vm)?;
     vm.qmp()
         .wait_actual(1024 * MIB, common::balloon_timeout())?;
@@ -168,9 +168,7 @@ fn rapidly_changing_targets_settle_on_the_last() -> Result<()> {
     vm.qmp()
         .wait_actual(1200 * MIB, common::balloon_timeout())?;
     std::thread::sleep(Duration::from_millis(500));
-    ensure(actual_mib(&mut vm)? == 1200, || {
-        "did not stay at 1200 MiB".into()
-    })?;
+    ensure!(actual_mib(&mut vm)? == 1200, "did not stay at 1200 MiB");
     expect_memtotal(&mut vm, memtotal - 848 * 1024)?;
     unload_and_power_off(vm, Some(memtotal))
 }
@@ -190,7 +188,7 @@ fn wait_settled(vm: &mut Vm, quiet: Duration, timeout: Duration) -> Result<u64> 
             return Ok(last);
         }
     }
-    Err(err!(
+    Err(anyhow!(
         "actual still moving after {timeout:?} (last {last} MiB)"
     ))
 }
@@ -212,33 +210,29 @@ fn impossible_target_settles_without_oom_and_recovers() -> Result<()> {
     // kernel...) is not in MemTotal and cannot be ballooned: "most" is of
     // the rest.
     let unmanaged_mib = GUEST_MIB - memtotal / 1024;
-    ensure(settled > 10 && settled < unmanaged_mib + 512, || {
-        format!(
-            "settled at {settled} MiB ({unmanaged_mib} MiB unmanaged): expected to give most memory but keep a reserve"
-        )
-    })?;
+    ensure!(settled > 10 && settled < unmanaged_mib + 512, "settled at {settled} MiB ({unmanaged_mib} MiB unmanaged): expected to give most memory but keep a reserve");
     // The guest is alive and not starved.
     // The reserve is 16 MiB of MemAvailable when the balloon stops; allow
     // for what the shell and the kernel used since.
     let available = vm.meminfo("MemAvailable")?;
-    ensure(available >= 8 * 1024, || {
-        format!("MemAvailable {available} kB: the balloon ate into the reserve")
-    })?;
+    ensure!(
+        available >= 8 * 1024,
+        "MemAvailable {available} kB: the balloon ate into the reserve"
+    );
     // Userspace can still allocate and run.
     let hog = vm.sh_ok("memhog 4 0")?;
     eprintln!("memhog 4: {}", hog.trim());
-    ensure(vmstat(&mut vm, "oom_kill")? == 0, || {
-        "an OOM kill happened".into()
-    })?;
+    ensure!(vmstat(&mut vm, "oom_kill")? == 0, "an OOM kill happened");
     let dmesg = vm.dmesg()?;
-    ensure(
+    ensure!(
         !dmesg.contains("invoked oom-killer") && !dmesg.contains("Out of memory"),
-        || format!("OOM in dmesg:\n{dmesg}"),
-    )?;
+        "OOM in dmesg:\n{dmesg}"
+    );
     let puff = dmesg.matches("out of puff").count();
-    ensure((1..=12).contains(&puff), || {
-        format!("expected a few rate-limited back-off lines, got {puff}")
-    })?;
+    ensure!(
+        (1..=12).contains(&puff),
+        "expected a few rate-limited back-off lines, got {puff}"
+    );
     // It keeps honouring new targets.
     balloon_to_mib(&mut vm, 1024)?;
     expect_memtotal(&mut vm, memtotal - 1024 * 1024)?;
@@ -258,7 +252,7 @@ fn compaction_migrates_balloon_pages_and_keeps_actual() -> Result<()> {
     // put them.
     for (round, target) in [1898u64, 1748, 1598, 1448].into_iter().enumerate() {
         let got = start_hog(&mut vm, 200, 600, &format!("/tmp/hog{round}.log"))?;
-        ensure(got == 200, || format!("memhog got {got} of 200 MiB"))?;
+        ensure!(got == 200, "memhog got {got} of 200 MiB");
         balloon_to_mib(&mut vm, target)?;
     }
     vm.sh_ok("killall memhog; while pidof memhog > /dev/null; do sleep 0.1; done")?;
@@ -269,16 +263,16 @@ fn compaction_migrates_balloon_pages_and_keeps_actual() -> Result<()> {
     )?;
     let after = vmstat(&mut vm, "balloon_migrate")?;
     eprintln!("balloon_migrate {before} -> {after}");
-    ensure(after > before, || {
-        format!("compaction migrated no balloon page ({before} -> {after})")
-    })?;
-    ensure(actual_mib(&mut vm)? == 1448, || {
-        "actual moved during compaction".into()
-    })?;
+    ensure!(
+        after > before,
+        "compaction migrated no balloon page ({before} -> {after})"
+    );
+    ensure!(
+        actual_mib(&mut vm)? == 1448,
+        "actual moved during compaction"
+    );
     expect_memtotal(&mut vm, memtotal - 600 * 1024)?;
-    ensure(balloon_kb(&mut vm)? == 600 * 1024, || {
-        "Balloon: changed".into()
-    })?;
+    ensure!(balloon_kb(&mut vm)? == 600 * 1024, "Balloon: changed");
     unload_and_power_off(vm, Some(memtotal))
 }
 
@@ -299,26 +293,24 @@ fn rmmod_during_inflation_and_config_changes_is_clean() -> Result<()> {
         }
         let start = Instant::now();
         while vm.sh_ok("lsmod")?.contains("virtio_balloon_rs") {
-            ensure(start.elapsed() < scaled(Duration::from_secs(60)), || {
-                "rmmod did not finish".into()
-            })?;
+            ensure!(
+                start.elapsed() < scaled(Duration::from_secs(60)),
+                "rmmod did not finish"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         let log = vm.sh_ok("cat /tmp/rmmod.log")?;
-        ensure(log.trim().is_empty(), || format!("rmmod said: {log}"))?;
+        ensure!(log.trim().is_empty(), "rmmod said: {log}");
         expect_memtotal(&mut vm, memtotal)?;
-        ensure(balloon_kb(&mut vm)? == 0, || {
-            "pages left in the balloon".into()
-        })?;
-        ensure(actual_mib(&mut vm)? == GUEST_MIB, || {
-            "actual not back to RAM".into()
-        })?;
+        ensure!(balloon_kb(&mut vm)? == 0, "pages left in the balloon");
+        ensure!(actual_mib(&mut vm)? == GUEST_MIB, "actual not back to RAM");
     }
     let inflated = vmstat(&mut vm, "balloon_inflate")?;
     let deflated = vmstat(&mut vm, "balloon_deflate")?;
-    ensure(inflated == deflated, || {
-        format!("pages lost: inflated {inflated}, deflated {deflated}")
-    })?;
+    ensure!(
+        inflated == deflated,
+        "pages lost: inflated {inflated}, deflated {deflated}"
+    );
     vm.check_clean()?;
     vm.shutdown()
 }
@@ -348,9 +340,10 @@ fn legacy_device_follows_targets() -> Result<()> {
     let memtotal = vm.meminfo("MemTotal")?;
     RS.insmod(&mut vm)?;
     let negotiated = negotiated_features(&mut vm)?;
-    ensure(negotiated & Features::VERSION_1.bits() == 0, || {
-        format!("VERSION_1 negotiated on a legacy device: {negotiated:#x}")
-    })?;
+    ensure!(
+        negotiated & Features::VERSION_1.bits() == 0,
+        "VERSION_1 negotiated on a legacy device: {negotiated:#x}"
+    );
     for target in [1536u64, 1024, 2048] {
         balloon_to_mib(&mut vm, target)?;
         expect_memtotal(&mut vm, memtotal - (GUEST_MIB - target) * 1024)?;

@@ -9,11 +9,13 @@ mod common;
 use std::time::Duration;
 use std::time::Instant;
 
+use anyhow::anyhow;
+use anyhow::bail;
+use anyhow::ensure;
 use common::actual_mib;
 use common::balloon_timeout;
 use common::balloon_to_mib;
 use common::bound_device;
-use common::ensure;
 use common::expect_memtotal;
 use common::guest_stats;
 use common::last_update;
@@ -24,7 +26,6 @@ use common::unload_and_power_off;
 use common::vmstat;
 use common::GUEST_MIB;
 use qemu_test::console::ConsoleRules;
-use qemu_test::err;
 use qemu_test::qmp::BALLOON_QOM_PATH;
 use qemu_test::scaled;
 use qemu_test::Result;
@@ -47,7 +48,7 @@ fn debugfs(vm: &mut Vm, file: &str) -> Result<u64> {
     let text = vm.sh_ok(&format!("cat {DEBUGFS}/{dev}/{file}"))?;
     text.trim()
         .parse()
-        .map_err(|_| err!("debugfs {file}: not a number: {text:?}"))
+        .map_err(|_| anyhow!("debugfs {file}: not a number: {text:?}"))
 }
 
 /// Whether `a` and `b` (bytes) agree within 10 % or 150 MiB.
@@ -59,17 +60,19 @@ fn close(a: u64, b: u64) -> bool {
 #[test]
 fn stats_reach_the_host_and_follow_the_guest() -> Result<()> {
     let mut vm = boot(VmConfig::new("stats"))?;
-    ensure(negotiated_features(&mut vm)? & 1 << 1 != 0, || {
-        "STATS_VQ not negotiated".into()
-    })?;
+    ensure!(
+        negotiated_features(&mut vm)? & 1 << 1 != 0,
+        "STATS_VQ not negotiated"
+    );
     vm.qmp()
         .qom_set(BALLOON_QOM_PATH, "guest-stats-polling-interval", json!(2))?;
     let start = Instant::now();
     let mut stats = guest_stats(&mut vm)?;
     while last_update(&stats) == 0 {
-        ensure(start.elapsed() < scaled(Duration::from_secs(5)), || {
-            format!("no guest-stats in time: {stats}")
-        })?;
+        ensure!(
+            start.elapsed() < scaled(Duration::from_secs(5)),
+            "no guest-stats in time: {stats}"
+        );
         std::thread::sleep(Duration::from_millis(100));
         stats = guest_stats(&mut vm)?;
     }
@@ -82,18 +85,13 @@ fn stats_reach_the_host_and_follow_the_guest() -> Result<()> {
     let cached = vm.meminfo("Cached")? * 1024;
     let mem_total = vm.meminfo("MemTotal")? * 1024;
     let mem_available = vm.meminfo("MemAvailable")? * 1024;
-    ensure(close(free, mem_free), || {
-        format!("free {free} vs MemFree {mem_free}")
-    })?;
-    ensure(close(caches, cached), || {
-        format!("caches {caches} vs Cached {cached}")
-    })?;
-    ensure(total == mem_total, || {
-        format!("total {total} vs MemTotal {mem_total}")
-    })?;
-    ensure(close(available, mem_available), || {
-        format!("available {available} vs MemAvailable {mem_available}")
-    })?;
+    ensure!(close(free, mem_free), "free {free} vs MemFree {mem_free}");
+    ensure!(close(caches, cached), "caches {caches} vs Cached {cached}");
+    ensure!(total == mem_total, "total {total} vs MemTotal {mem_total}");
+    ensure!(
+        close(available, mem_available),
+        "available {available} vs MemAvailable {mem_available}"
+    );
     // Counters the C driver sends are there too.
     for name in [
         "stat-minor-faults",
@@ -103,9 +101,10 @@ fn stats_reach_the_host_and_follow_the_guest() -> Result<()> {
     ] {
         stat(&stats, name)?;
     }
-    ensure(stat(&stats, "stat-minor-faults")? > 0, || {
-        "no minor faults counted".into()
-    })?;
+    ensure!(
+        stat(&stats, "stat-minor-faults")? > 0,
+        "no minor faults counted"
+    );
 
     // The figures follow the guest: inflating takes free memory away.
     balloon_to_mib(&mut vm, 1024)?;
@@ -120,14 +119,16 @@ fn stats_reach_the_host_and_follow_the_guest() -> Result<()> {
         if last_update(&stats) > before + 1 {
             break;
         }
-        ensure(start.elapsed() < scaled(Duration::from_secs(8)), || {
-            format!("last-update did not advance: {stats}")
-        })?;
+        ensure!(
+            start.elapsed() < scaled(Duration::from_secs(8)),
+            "last-update did not advance: {stats}"
+        );
     }
     let free_after = stat(&stats, "stat-free-memory")?;
-    ensure(free_after + 800 * MIB < free, || {
-        format!("free memory {free} -> {free_after} after inflating 1 GiB")
-    })?;
+    ensure!(
+        free_after + 800 * MIB < free,
+        "free memory {free} -> {free_after} after inflating 1 GiB"
+    );
 
     // Polling off: nothing new is pushed.
     vm.qmp()
@@ -136,12 +137,14 @@ fn stats_reach_the_host_and_follow_the_guest() -> Result<()> {
     let frozen = last_update(&guest_stats(&mut vm)?);
     std::thread::sleep(Duration::from_secs(5));
     let later = last_update(&guest_stats(&mut vm)?);
-    ensure(later == frozen, || {
-        format!("stats still updated with polling off: {frozen} -> {later}")
-    })?;
-    ensure(debugfs(&mut vm, "stats_updates")? >= 2, || {
-        "debugfs stats_updates".into()
-    })?;
+    ensure!(
+        later == frozen,
+        "stats still updated with polling off: {frozen} -> {later}"
+    );
+    ensure!(
+        debugfs(&mut vm, "stats_updates")? >= 2,
+        "debugfs stats_updates"
+    );
     unload_and_power_off(vm, None)
 }
 
@@ -151,18 +154,19 @@ fn debugfs_view_matches_the_host() -> Result<()> {
     let dev = bound_device(&mut vm)?;
     let status = vm.sh_ok(&format!("cat {DEBUGFS}/{dev}/status"))?;
     eprintln!("{status}");
-    ensure(
+    ensure!(
         status.contains("actual:") && status.contains("STATS_VQ"),
-        || format!("status: {status}"),
-    )?;
+        "status: {status}"
+    );
     let features = vm.sh_ok(&format!("cat {DEBUGFS}/{dev}/features"))?;
     // debugfs shows the balloon bits and VERSION_1; sysfs adds the ring
     // transport bits (event index, ring reset) the virtio core keeps.
     let balloon_bits = ((1 << 6) - 1) | (1 << 32) | (1 << 33);
     let sysfs = negotiated_features(&mut vm)? & balloon_bits;
-    ensure(features.starts_with(&format!("{sysfs:#x} ")), || {
-        format!("debugfs features {features:?}, sysfs {sysfs:#x}")
-    })?;
+    ensure!(
+        features.starts_with(&format!("{sysfs:#x} ")),
+        "debugfs features {features:?}, sysfs {sysfs:#x}"
+    );
     for (target_mib, inflated_mib, deflated_mib) in [
         (1024u64, 1024u64, 0u64),
         (1536, 1024, 512),
@@ -171,36 +175,32 @@ fn debugfs_view_matches_the_host() -> Result<()> {
         balloon_to_mib(&mut vm, target_mib)?;
         let host_actual = vm.qmp().query_balloon()?;
         let balloon_pages = (GUEST_MIB * MIB - host_actual) / 4096;
-        ensure(debugfs(&mut vm, "actual_pages")? == balloon_pages, || {
-            format!("debugfs actual_pages vs host {balloon_pages}")
-        })?;
-        ensure(
+        ensure!(
+            debugfs(&mut vm, "actual_pages")? == balloon_pages,
+            "debugfs actual_pages vs host {balloon_pages}"
+        );
+        ensure!(
             debugfs(&mut vm, "target_pages")? == (GUEST_MIB - target_mib) * 256,
-            || "debugfs target_pages".into(),
-        )?;
-        ensure(
+            "debugfs target_pages"
+        );
+        ensure!(
             debugfs(&mut vm, "inflated_pages")? == inflated_mib * 256,
-            || "debugfs inflated_pages".into(),
-        )?;
-        ensure(
+            "debugfs inflated_pages"
+        );
+        ensure!(
             debugfs(&mut vm, "deflated_pages")? == deflated_mib * 256,
-            || "debugfs deflated_pages".into(),
-        )?;
+            "debugfs deflated_pages"
+        );
     }
-    ensure(debugfs(&mut vm, "alloc_failures")? == 0, || {
-        "alloc failures".into()
-    })?;
-    ensure(debugfs(&mut vm, "backoff_ms")? == 0, || {
-        "backing off".into()
-    })?;
-    ensure(debugfs(&mut vm, "host_stalled")? == 0, || {
-        "host stalled".into()
-    })?;
+    ensure!(debugfs(&mut vm, "alloc_failures")? == 0, "alloc failures");
+    ensure!(debugfs(&mut vm, "backoff_ms")? == 0, "backing off");
+    ensure!(debugfs(&mut vm, "host_stalled")? == 0, "host stalled");
     vm.rmmod("virtio_balloon_rs")?;
     let left = vm.sh_ok(&format!("ls {DEBUGFS} 2>/dev/null | wc -l"))?;
-    ensure(left.trim() == "0", || {
-        format!("debugfs entries left after rmmod: {left}")
-    })?;
+    ensure!(
+        left.trim() == "0",
+        "debugfs entries left after rmmod: {left}"
+    );
     vm.check_clean()?;
     vm.shutdown()
 }
@@ -213,9 +213,10 @@ fn hog(vm: &mut Vm, mib: u64) -> Result<(i32, String)> {
 #[test]
 fn deflate_on_oom_gives_pages_back_instead_of_killing() -> Result<()> {
     let mut vm = boot(VmConfig::new("deflate_on_oom").balloon_options("deflate-on-oom=on"))?;
-    ensure(negotiated_features(&mut vm)? & 1 << 2 != 0, || {
-        "DEFLATE_ON_OOM not negotiated".into()
-    })?;
+    ensure!(
+        negotiated_features(&mut vm)? & 1 << 2 != 0,
+        "DEFLATE_ON_OOM not negotiated"
+    );
     let memtotal = vm.meminfo("MemTotal")?;
     balloon_to_mib(&mut vm, 1024)?;
     // The pages may come back at any time: they stay in MemTotal.
@@ -224,25 +225,30 @@ fn deflate_on_oom_gives_pages_back_instead_of_killing() -> Result<()> {
     let want = available_mib + 300;
     let (rc, out) = hog(&mut vm, want)?;
     eprintln!("memhog {want}: rc {rc}, {}", out.trim());
-    ensure(rc == 0 && out.contains(&format!("got {want} MiB")), || {
-        format!("memhog {want} MiB did not complete: rc {rc}, {out}")
-    })?;
-    ensure(vmstat(&mut vm, "oom_kill")? == 0, || {
-        "OOM kill while the balloon had pages".into()
-    })?;
+    ensure!(
+        rc == 0 && out.contains(&format!("got {want} MiB")),
+        "memhog {want} MiB did not complete: rc {rc}, {out}"
+    );
+    ensure!(
+        vmstat(&mut vm, "oom_kill")? == 0,
+        "OOM kill while the balloon had pages"
+    );
     let actual = actual_mib(&mut vm)?;
-    ensure(actual >= 1024 + 250, || {
-        format!("balloon did not shrink: actual {actual} MiB")
-    })?;
+    ensure!(
+        actual >= 1024 + 250,
+        "balloon did not shrink: actual {actual} MiB"
+    );
     let oom_deflated = debugfs(&mut vm, "oom_deflated_pages")?;
-    ensure(oom_deflated >= 250 * 256, || {
-        format!("oom_deflated_pages {oom_deflated}")
-    })?;
+    ensure!(
+        oom_deflated >= 250 * 256,
+        "oom_deflated_pages {oom_deflated}"
+    );
     // The balloon stays down until the host asks again.
     std::thread::sleep(Duration::from_secs(2));
-    ensure(actual_mib(&mut vm)? == actual, || {
-        "re-inflated without a new target".into()
-    })?;
+    ensure!(
+        actual_mib(&mut vm)? == actual,
+        "re-inflated without a new target"
+    );
     balloon_to_mib(&mut vm, 1536)?;
     unload_and_power_off(vm, Some(memtotal))
 }
@@ -250,20 +256,20 @@ fn deflate_on_oom_gives_pages_back_instead_of_killing() -> Result<()> {
 #[test]
 fn without_deflate_on_oom_the_balloon_holds() -> Result<()> {
     let mut vm = boot(VmConfig::new("no_deflate_on_oom"))?;
-    ensure(negotiated_features(&mut vm)? & 1 << 2 == 0, || {
-        "DEFLATE_ON_OOM negotiated".into()
-    })?;
+    ensure!(
+        negotiated_features(&mut vm)? & 1 << 2 == 0,
+        "DEFLATE_ON_OOM negotiated"
+    );
     balloon_to_mib(&mut vm, 1024)?;
     let available_mib = vm.meminfo("MemAvailable")? / 1024;
     let (rc, out) = hog(&mut vm, available_mib + 300)?;
     eprintln!("memhog: rc {rc}, {}", out.trim());
-    ensure(rc != 0, || "memhog got more than the guest had".into())?;
-    ensure(vmstat(&mut vm, "oom_kill")? >= 1, || {
-        "expected the OOM killer".into()
-    })?;
-    ensure(actual_mib(&mut vm)? == 1024, || {
-        "balloon shrank without deflate-on-oom".into()
-    })?;
+    ensure!(rc != 0, "memhog got more than the guest had");
+    ensure!(vmstat(&mut vm, "oom_kill")? >= 1, "expected the OOM killer");
+    ensure!(
+        actual_mib(&mut vm)? == 1024,
+        "balloon shrank without deflate-on-oom"
+    );
     vm.rmmod("virtio_balloon_rs")?;
     vm.check_console(ConsoleRules::allowing_oom_kills())?;
     vm.shutdown()
@@ -281,22 +287,22 @@ fn free_page_reporting_returns_memory_to_the_host() -> Result<()> {
             .qemu_args(["-machine", "mem-merge=off"])
             .balloon_options("free-page-reporting=on"),
     )?;
-    ensure(negotiated_features(&mut vm)? & 1 << 5 != 0, || {
-        "REPORTING not negotiated".into()
-    })?;
+    ensure!(
+        negotiated_features(&mut vm)? & 1 << 5 != 0,
+        "REPORTING not negotiated"
+    );
     let before = vm.qemu_rss_kib()?;
     // Measure while the hog holds its memory: once it exits, reporting
     // starts giving that memory back.
     let got = start_hog(&mut vm, HOG_MIB, 3600, "/tmp/hog.log")?;
-    ensure(got == HOG_MIB, || {
-        format!("memhog got {got} of {HOG_MIB} MiB")
-    })?;
+    ensure!(got == HOG_MIB, "memhog got {got} of {HOG_MIB} MiB");
     let held = vm.qemu_rss_kib()?;
     eprintln!("QEMU RSS {before} KiB before the hog, {held} KiB while it holds {HOG_MIB} MiB");
     // Every page the hog wrote is backed by the host.
-    ensure(held >= HOG_MIB * 1024, || {
-        format!("guest memory not touched: RSS {held} KiB while the hog holds {HOG_MIB} MiB")
-    })?;
+    ensure!(
+        held >= HOG_MIB * 1024,
+        "guest memory not touched: RSS {held} KiB while the hog holds {HOG_MIB} MiB"
+    );
     vm.sh_ok("killall memhog; while pidof memhog > /dev/null; do sleep 0.1; done")?;
     // The hog's memory is free in the guest now: reporting must give at
     // least half of what the hog added to the host's RSS back.
@@ -306,9 +312,10 @@ fn free_page_reporting_returns_memory_to_the_host() -> Result<()> {
     let start = Instant::now();
     let mut rss = held;
     while held.saturating_sub(rss) < want {
-        ensure(start.elapsed() < timeout, || {
-            format!("QEMU RSS only fell from {held} to {rss} KiB in {timeout:?}; the hog added {added} KiB")
-        })?;
+        ensure!(
+            start.elapsed() < timeout,
+            "QEMU RSS only fell from {held} to {rss} KiB in {timeout:?}; the hog added {added} KiB"
+        );
         std::thread::sleep(Duration::from_secs(1));
         rss = vm.qemu_rss_kib()?;
     }
@@ -316,9 +323,10 @@ fn free_page_reporting_returns_memory_to_the_host() -> Result<()> {
         "RSS fell {held} -> {rss} KiB in {:?} (the hog added {added} KiB)",
         start.elapsed()
     );
-    ensure(debugfs(&mut vm, "free_page_reports")? > 0, || {
-        "no reports counted".into()
-    })?;
+    ensure!(
+        debugfs(&mut vm, "free_page_reports")? > 0,
+        "no reports counted"
+    );
     unload_and_power_off(vm, None)
 }
 
@@ -327,9 +335,10 @@ fn page_poison_follows_the_guest_and_gates_reporting() -> Result<()> {
     // Without poisoning or init_on_free the bit is withdrawn; reporting stays.
     let mut vm = boot(VmConfig::new("no_poison").balloon_options("free-page-reporting=on"))?;
     let bits = negotiated_features(&mut vm)?;
-    ensure(bits & 1 << 4 == 0 && bits & 1 << 5 != 0, || {
-        format!("features {bits:#x}")
-    })?;
+    ensure!(
+        bits & 1 << 4 == 0 && bits & 1 << 5 != 0,
+        "features {bits:#x}"
+    );
     vm.rmmod("virtio_balloon_rs")?;
     vm.check_clean()?;
     vm.shutdown()?;
@@ -340,9 +349,10 @@ fn page_poison_follows_the_guest_and_gates_reporting() -> Result<()> {
             .balloon_options("free-page-reporting=on"),
     )?;
     let bits = negotiated_features(&mut vm)?;
-    ensure(bits & 1 << 4 != 0 && bits & 1 << 5 != 0, || {
-        format!("features {bits:#x}")
-    })?;
+    ensure!(
+        bits & 1 << 4 != 0 && bits & 1 << 5 != 0,
+        "features {bits:#x}"
+    );
     balloon_to_mib(&mut vm, 1536)?;
     vm.rmmod("virtio_balloon_rs")?;
     vm.check_clean()?;
@@ -354,9 +364,10 @@ fn page_poison_follows_the_guest_and_gates_reporting() -> Result<()> {
             .balloon_options("free-page-reporting=on,page-poison=off"),
     )?;
     let bits = negotiated_features(&mut vm)?;
-    ensure(bits & 1 << 4 == 0 && bits & 1 << 5 == 0, || {
-        format!("features {bits:#x}")
-    })?;
+    ensure!(
+        bits & 1 << 4 == 0 && bits & 1 << 5 == 0,
+        "features {bits:#x}"
+    );
     unload_and_power_off(vm, None)
 }
 
@@ -367,31 +378,34 @@ fn adjustments_hold_the_devices_wakeup_source() -> Result<()> {
     let power = format!("/sys/bus/virtio/devices/{dev}/power");
     // Like the C driver, the device is wakeup capable; user space enables it.
     let wakeup = vm.sh_ok(&format!("cat {power}/wakeup"))?;
-    ensure(wakeup.trim() == "disabled", || {
-        format!("{power}/wakeup: {wakeup:?} (not wakeup capable?)")
-    })?;
+    ensure!(
+        wakeup.trim() == "disabled",
+        "{power}/wakeup: {wakeup:?} (not wakeup capable?)"
+    );
     vm.sh_ok(&format!("echo enabled > {power}/wakeup"))?;
     let active_count = |vm: &mut Vm| -> Result<u64> {
         let text = vm.sh_ok(&format!("cat {power}/wakeup_active_count"))?;
         text.trim()
             .parse()
-            .map_err(|_| err!("wakeup_active_count: {text:?}"))
+            .map_err(|_| anyhow!("wakeup_active_count: {text:?}"))
     };
     let before = active_count(&mut vm)?;
     balloon_to_mib(&mut vm, 1536)?;
     balloon_to_mib(&mut vm, GUEST_MIB)?;
     let after = active_count(&mut vm)?;
-    ensure(after > before, || {
-        format!("the wakeup source was never activated ({before} -> {after})")
-    })?;
+    ensure!(
+        after > before,
+        "the wakeup source was never activated ({before} -> {after})"
+    );
     // Held only while adjusting: released once the work sees the target
     // reached (just after `actual` got there).
     let active = vm.sh_ok(&format!(
         "for i in $(seq 50); do [ $(cat {power}/wakeup_active) = 0 ] && break; sleep 0.1; done; cat {power}/wakeup_active"
     ))?;
-    ensure(active.trim() == "0", || {
-        format!("wakeup source still active 5 s after the adjustment: {active:?}")
-    })?;
+    ensure!(
+        active.trim() == "0",
+        "wakeup source still active 5 s after the adjustment: {active:?}"
+    );
     unload_and_power_off(vm, None)
 }
 
@@ -410,12 +424,14 @@ fn suspend_and_resume_keep_the_target() -> Result<()> {
     vm.qmp().wait_actual(1024 * MIB, balloon_timeout())?;
     expect_memtotal(&mut vm, memtotal - 1024 * 1024)?;
     let dmesg = vm.dmesg()?;
-    ensure(dmesg.matches("bound: features").count() == 2, || {
-        format!("expected a restore after the freeze:\n{dmesg}")
-    })?;
-    ensure(dmesg.contains("balloon empty"), || {
-        "freeze did not empty the balloon".into()
-    })?;
+    ensure!(
+        dmesg.matches("bound: features").count() == 2,
+        "expected a restore after the freeze:\n{dmesg}"
+    );
+    ensure!(
+        dmesg.contains("balloon empty"),
+        "freeze did not empty the balloon"
+    );
     unload_and_power_off(vm, Some(memtotal))
 }
 
@@ -426,14 +442,15 @@ fn free_page_hints_during_migration() -> Result<()> {
             .qemu_args(["-object", "iothread,id=io0"])
             .balloon_options("free-page-hint=on,iothread=io0"),
     )?;
-    ensure(negotiated_features(&mut vm)? & 1 << 3 != 0, || {
-        "FREE_PAGE_HINT not negotiated".into()
-    })?;
+    ensure!(
+        negotiated_features(&mut vm)? & 1 << 3 != 0,
+        "FREE_PAGE_HINT not negotiated"
+    );
     // Dirty most of the guest's memory and free it again, and cap the
     // bandwidth, so the migration takes seconds (zero pages cost a
     // migration almost nothing).
     let (rc, out) = hog(&mut vm, 1500)?;
-    ensure(rc == 0, || format!("memhog: {out}"))?;
+    ensure!(rc == 0, "memhog: {out}");
     let free_before = vm.meminfo("MemFree")?;
     vm.qmp().execute(
         "migrate-set-parameters",
@@ -446,12 +463,13 @@ fn free_page_hints_during_migration() -> Result<()> {
         let info = vm.qmp().execute("query-migrate", None)?;
         match info["status"].as_str() {
             Some("completed") => break,
-            Some("failed") | Some("cancelled") => return Err(err!("migration failed: {info}")),
+            Some("failed") | Some("cancelled") => bail!("migration failed: {info}"),
             _ => {}
         }
-        ensure(start.elapsed() < scaled(Duration::from_secs(180)), || {
-            format!("migration not done in time: {info}")
-        })?;
+        ensure!(
+            start.elapsed() < scaled(Duration::from_secs(180)),
+            "migration not done in time: {info}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     eprintln!("migration completed in {:?}", start.elapsed());
@@ -464,21 +482,21 @@ fn free_page_hints_during_migration() -> Result<()> {
     let rounds = debugfs(&mut vm, "hint_rounds")?;
     let hinted = debugfs(&mut vm, "hinted_blocks")?;
     eprintln!("{rounds} hint rounds, {hinted} blocks of 4 MiB hinted");
-    ensure(rounds >= 1, || {
-        "the driver never started a hint round".into()
-    })?;
+    ensure!(rounds >= 1, "the driver never started a hint round");
     // The host says done at the end of the migration: the blocks come back.
     let start = Instant::now();
     while debugfs(&mut vm, "hint_blocks_held")? > 0 {
-        ensure(start.elapsed() < scaled(Duration::from_secs(30)), || {
-            "hinted blocks never came back".into()
-        })?;
+        ensure!(
+            start.elapsed() < scaled(Duration::from_secs(30)),
+            "hinted blocks never came back"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let free_after = vm.meminfo("MemFree")?;
-    ensure(free_after + 64 * 1024 > free_before, || {
-        format!("MemFree {free_before} kB before, {free_after} kB after the hints")
-    })?;
+    ensure!(
+        free_after + 64 * 1024 > free_before,
+        "MemFree {free_before} kB before, {free_after} kB after the hints"
+    );
     // The balloon itself still works.
     balloon_to_mib(&mut vm, 1536)?;
     unload_and_power_off(vm, None)

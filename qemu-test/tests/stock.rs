@@ -14,14 +14,14 @@ mod common;
 use std::time::Duration;
 use std::time::Instant;
 
+use anyhow::anyhow;
+use anyhow::ensure;
 use common::balloon_to_mib;
 use common::bound_device;
-use common::ensure;
 use common::expect_memtotal;
 use common::unload_and_power_off;
 use common::Driver;
 use qemu_test::artifacts;
-use qemu_test::err;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;
@@ -48,30 +48,31 @@ fn boot(config: VmConfig) -> Result<Vm> {
 #[ignore = "needs the stock Debian kernel: make test-stock"]
 fn debians_kernel_loads_the_module_built_for_it() -> Result<()> {
     let module = artifacts::rs_module()?;
-    let bytes = std::fs::read(&module).map_err(|e| err!("reading {}: {e}", module.display()))?;
+    let bytes = std::fs::read(&module).map_err(|e| anyhow!("reading {}: {e}", module.display()))?;
     let release = module_release(&bytes)
-        .ok_or_else(|| err!("{} has no vermagic ({STOCK_ONLY})", module.display()))?;
+        .ok_or_else(|| anyhow!("{} has no vermagic ({STOCK_ONLY})", module.display()))?;
     let mut vm = boot(VmConfig::new("stock_loads"))?;
     let running = vm.sh_ok("uname -r")?;
-    ensure(running.trim() == release, || {
-        format!(
-            "the guest runs {:?}, the module is for {release:?} ({STOCK_ONLY})",
-            running.trim()
-        )
-    })?;
+    ensure!(
+        running.trim() == release,
+        "the guest runs {:?}, the module is for {release:?} ({STOCK_ONLY})",
+        running.trim()
+    );
     // Debian's own driver is a module and is not in the initramfs: nothing
     // is bound to the balloon before ours.
     let modules = vm.sh_ok("cat /proc/modules")?;
-    ensure(modules.trim().is_empty(), || {
-        format!("modules loaded before insmod: {modules}")
-    })?;
+    ensure!(
+        modules.trim().is_empty(),
+        "modules loaded before insmod: {modules}"
+    );
     let memtotal = vm.meminfo("MemTotal")?;
     Driver::Rs.insmod(&mut vm)?;
     let dev = bound_device(&mut vm)?;
     let dmesg = vm.dmesg()?;
-    ensure(dmesg.contains(&format!("{dev}: bound: features")), || {
-        format!("no bind line for {dev}:\n{dmesg}")
-    })?;
+    ensure!(
+        dmesg.contains(&format!("{dev}: bound: features")),
+        "no bind line for {dev}:\n{dmesg}"
+    );
     balloon_to_mib(&mut vm, 1024)?;
     expect_memtotal(&mut vm, memtotal - 1024 * 1024)?;
     unload_and_power_off(vm, Some(memtotal))
@@ -87,9 +88,10 @@ fn suspend_to_ram_and_wakeup_keep_the_target() -> Result<()> {
     Driver::Rs.insmod(&mut vm)?;
     balloon_to_mib(&mut vm, 1024)?;
     let sleep_states = vm.sh_ok("cat /sys/power/mem_sleep")?;
-    ensure(sleep_states.contains("deep"), || {
-        format!("no S3 in /sys/power/mem_sleep: {sleep_states:?}")
-    })?;
+    ensure!(
+        sleep_states.contains("deep"),
+        "no S3 in /sys/power/mem_sleep: {sleep_states:?}"
+    );
     // The shell would block in the write until the wakeup: run it behind.
     vm.sh_ok(
         "echo deep >/sys/power/mem_sleep; \
@@ -101,9 +103,10 @@ fn suspend_to_ram_and_wakeup_keep_the_target() -> Result<()> {
         if status["status"] == "suspended" {
             break;
         }
-        ensure(start.elapsed() < Duration::from_secs(120), || {
-            format!("the guest did not suspend: {status}")
-        })?;
+        ensure!(
+            start.elapsed() < Duration::from_secs(120),
+            "the guest did not suspend: {status}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     vm.qmp().execute("system_wakeup", None)?;
@@ -113,21 +116,25 @@ fn suspend_to_ram_and_wakeup_keep_the_target() -> Result<()> {
         "while [ ! -f /tmp/suspend.rc ]; do sleep 0.2; done; cat /tmp/suspend.rc",
         Duration::from_secs(120),
     )?;
-    ensure(rc.0 == 0 && rc.1.trim() == "0", || {
-        format!("echo mem >/sys/power/state: {rc:?}")
-    })?;
+    ensure!(
+        rc.0 == 0 && rc.1.trim() == "0",
+        "echo mem >/sys/power/state: {rc:?}"
+    );
     vm.qmp().wait_actual(1024 * MIB, common::BALLOON_TIMEOUT)?;
     expect_memtotal(&mut vm, memtotal - 1024 * 1024)?;
     let dmesg = vm.dmesg()?;
-    ensure(dmesg.contains("PM: suspend exit"), || {
-        format!("the guest did not go through a suspend:\n{dmesg}")
-    })?;
-    ensure(dmesg.matches("bound: features").count() == 2, || {
-        format!("expected a restore after the suspend:\n{dmesg}")
-    })?;
-    ensure(dmesg.contains("balloon empty"), || {
-        "suspend did not empty the balloon".into()
-    })?;
+    ensure!(
+        dmesg.contains("PM: suspend exit"),
+        "the guest did not go through a suspend:\n{dmesg}"
+    );
+    ensure!(
+        dmesg.matches("bound: features").count() == 2,
+        "expected a restore after the suspend:\n{dmesg}"
+    );
+    ensure!(
+        dmesg.contains("balloon empty"),
+        "suspend did not empty the balloon"
+    );
     vm.rmmod(Driver::Rs.module_name())?;
     expect_memtotal(&mut vm, memtotal)?;
     vm.check_clean()?;

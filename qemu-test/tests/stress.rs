@@ -16,8 +16,10 @@ mod common;
 use std::time::Duration;
 use std::time::Instant;
 
+use anyhow::anyhow;
+use anyhow::ensure;
+use anyhow::Context;
 use common::bound_device;
-use common::ensure;
 use common::expect_exact_target;
 use common::expect_memtotal;
 use common::guest_stats;
@@ -28,7 +30,6 @@ use common::unload_and_power_off_with;
 use common::vmstat;
 use common::GUEST_MIB;
 use qemu_test::console::ConsoleRules;
-use qemu_test::err;
 use qemu_test::kernel::guest_kernel;
 use qemu_test::qmp::BALLOON_QOM_PATH;
 use qemu_test::scaled;
@@ -50,7 +51,7 @@ fn rounds(quick: u64, full: u64) -> Result<u64> {
     match std::env::var("VBRS_STRESS").as_deref() {
         Err(_) | Ok("") | Ok("quick") => Ok(quick),
         Ok("full") => Ok(full),
-        Ok(other) => Err(err!("VBRS_STRESS={other}: expected quick or full")),
+        Ok(other) => Err(anyhow!("VBRS_STRESS={other}: expected quick or full")),
     }
 }
 
@@ -60,7 +61,7 @@ fn rng(test: &str) -> Result<fastrand::Rng> {
     let seed = match std::env::var("VBRS_SEED") {
         Ok(text) if !text.is_empty() => text
             .parse()
-            .map_err(|_| err!("VBRS_SEED={text}: expected a number"))?,
+            .map_err(|_| anyhow!("VBRS_SEED={text}: expected a number"))?,
         _ => std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -87,20 +88,25 @@ fn boot(config: VmConfig) -> Result<(Vm, u64)> {
 fn expect_empty_balloon(vm: &mut Vm, memtotal: u64) -> Result<()> {
     expect_memtotal(vm, memtotal)?;
     let balloon = vm.meminfo("Balloon")?;
-    ensure(balloon == 0, || format!("Balloon: {balloon} kB left"))?;
+    ensure!(balloon == 0, "Balloon: {balloon} kB left");
     let actual = vm.qmp().query_balloon()?;
-    ensure(actual == GUEST_MIB * MIB, || {
-        format!("actual {} MiB, expected the whole guest", actual / MIB)
-    })
+    ensure!(
+        actual == GUEST_MIB * MIB,
+        "actual {} MiB, expected the whole guest",
+        actual / MIB
+    );
+    Ok(())
 }
 
 /// Checks that every page ever inflated was deflated (vmstat).
 fn expect_no_lost_page(vm: &mut Vm) -> Result<()> {
     let inflated = vmstat(vm, "balloon_inflate")?;
     let deflated = vmstat(vm, "balloon_deflate")?;
-    ensure(inflated == deflated, || {
-        format!("pages lost: inflated {inflated}, deflated {deflated}")
-    })
+    ensure!(
+        inflated == deflated,
+        "pages lost: inflated {inflated}, deflated {deflated}"
+    );
+    Ok(())
 }
 
 #[test]
@@ -143,9 +149,10 @@ fn random_targets_under_a_workload_end_exact() -> Result<()> {
             if log.contains(done) {
                 break;
             }
-            ensure(start.elapsed() < timeout, || {
-                format!("workload {name} did not complete a round in {timeout:?}: {log}")
-            })?;
+            ensure!(
+                start.elapsed() < timeout,
+                "workload {name} did not complete a round in {timeout:?}: {log}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -173,9 +180,10 @@ fn random_targets_under_a_workload_end_exact() -> Result<()> {
     expect_exact_target(&mut vm, memtotal, last)?;
     // Stats kept coming under the workload, and the next ones show the
     // guest's new size.
-    ensure(workload_update > first_update, || {
-        format!("guest-stats not updated during the workload ({first_update} -> {workload_update})")
-    })?;
+    ensure!(
+        workload_update > first_update,
+        "guest-stats not updated during the workload ({first_update} -> {workload_update})"
+    );
     let settled = last_update(&guest_stats(&mut vm)?);
     let timeout = scaled(Duration::from_secs(10));
     let start = Instant::now();
@@ -184,16 +192,18 @@ fn random_targets_under_a_workload_end_exact() -> Result<()> {
         if last_update(&stats) > settled {
             break stats;
         }
-        ensure(start.elapsed() < timeout, || {
-            format!("no guest-stats in {timeout:?} after the last target: {stats}")
-        })?;
+        ensure!(
+            start.elapsed() < timeout,
+            "no guest-stats in {timeout:?} after the last target: {stats}"
+        );
         std::thread::sleep(Duration::from_millis(250));
     };
     let total = stat(&stats, "stat-total-memory")?;
     let expected = (memtotal - (GUEST_MIB - last) * 1024) * 1024;
-    ensure(total == expected, || {
-        format!("stat-total-memory {total}, MemTotal says {expected}")
-    })?;
+    ensure!(
+        total == expected,
+        "stat-total-memory {total}, MemTotal says {expected}"
+    );
     unload_and_power_off_with(vm, Some(memtotal), ConsoleRules::allowing_oom_kills())
 }
 
@@ -209,8 +219,8 @@ fn insmod_rmmod_cycles_while_inflating_lose_no_page() -> Result<()> {
         pause(&mut rng, 300);
         let inflating = vm.qmp().query_balloon()? / MIB;
         vm.rmmod(MODULE)?;
-        expect_empty_balloon(&mut vm, memtotal).map_err(|e| {
-            err!("cycle {cycle} (target {target} MiB, actual {inflating} MiB at rmmod): {e}")
+        expect_empty_balloon(&mut vm, memtotal).with_context(|| {
+            format!("cycle {cycle} (target {target} MiB, actual {inflating} MiB at rmmod)")
         })?;
     }
     expect_no_lost_page(&mut vm)?;
@@ -229,7 +239,7 @@ fn module_range(vm: &mut Vm, module: &str) -> Result<(u64, u64)> {
         .find_map(|f| u64::from_str_radix(f.strip_prefix("0x")?, 16).ok());
     match (base, size) {
         (Some(base), Some(size)) if base != 0 => Ok((base, base + size)),
-        _ => Err(err!(
+        _ => Err(anyhow!(
             "no address range for {module} in /proc/modules: {line:?}"
         )),
     }
@@ -240,7 +250,7 @@ fn fail_attr(vm: &mut Vm, file: &str) -> Result<i64> {
     let text = vm.sh_ok(&format!("cat {FAIL_PAGE_ALLOC}/{file}"))?;
     text.trim()
         .parse()
-        .map_err(|_| err!("{FAIL_PAGE_ALLOC}/{file}: not a number: {text:?}"))
+        .map_err(|_| anyhow!("{FAIL_PAGE_ALLOC}/{file}: not a number: {text:?}"))
 }
 
 #[test]
@@ -249,12 +259,12 @@ fn page_allocation_failures_during_inflation_lose_no_page() -> Result<()> {
     /// Failures allowed before the injection stops by itself.
     const BUDGET: i64 = 100_000;
     let kernel = guest_kernel()?;
-    ensure(kernel.config.has_fail_page_alloc(), || {
+    ensure!(
+        kernel.config.has_fail_page_alloc(),
         "this kernel has no fail_page_alloc with a stack filter \
          (FAIL_PAGE_ALLOC, FAULT_INJECTION_DEBUG_FS, FAULT_INJECTION_STACKTRACE_FILTER): \
          run this test with `make test-debug`"
-            .into()
-    })?;
+    );
     let mut rng = rng("fail_page_alloc")?;
     let (mut vm, memtotal) = boot(VmConfig::new("stress_fail_page_alloc"))?;
     vm.insmod_rs()?;
@@ -276,9 +286,10 @@ fn page_allocation_failures_during_inflation_lose_no_page() -> Result<()> {
     let injected = BUDGET - fail_attr(&mut vm, "times")?;
     vm.sh_ok(&format!("echo 0 > {FAIL_PAGE_ALLOC}/probability"))?;
     eprintln!("{injected} page allocations of the module failed");
-    ensure(injected > 0, || {
-        "no allocation of the module failed: the injection missed the driver".into()
-    })?;
+    ensure!(
+        injected > 0,
+        "no allocation of the module failed: the injection missed the driver"
+    );
     // With allocations working again, the driver reaches a new target.
     let last = rng.u64(512..=1536);
     vm.qmp().balloon(last * MIB)?;
@@ -318,20 +329,17 @@ fn suspend_resume_cycles_while_inflating_keep_the_target() -> Result<()> {
             "echo freeze > /sys/power/state",
             scaled(Duration::from_secs(120)),
         )?;
-        ensure(rc == 0, || {
-            format!("cycle {cycle}: freeze failed ({rc}): {out}")
-        })?;
+        ensure!(rc == 0, "cycle {cycle}: freeze failed ({rc}): {out}");
         expect_exact_target(&mut vm, memtotal, target)
-            .map_err(|e| err!("after freeze/restore {cycle} (target {target} MiB): {e}"))?;
+            .with_context(|| format!("after freeze/restore {cycle} (target {target} MiB)"))?;
     }
     let dmesg = vm.dmesg()?;
     let binds = dmesg.matches("bound: features").count() as u64;
-    ensure(binds == cycles + 1, || {
-        format!(
-            "expected {} binds (insmod and each restore), got {binds}",
-            cycles + 1
-        )
-    })?;
+    ensure!(
+        binds == cycles + 1,
+        "expected {} binds (insmod and each restore), got {binds}",
+        cycles + 1
+    );
     unload_and_power_off(vm, Some(memtotal))
 }
 
@@ -358,26 +366,28 @@ fn hot_unplug_while_inflating_gives_every_page_back() -> Result<()> {
         if deleted && !pci.to_string().contains("\"balloon0\"") {
             break;
         }
-        ensure(start.elapsed() < timeout, || {
-            format!("no DEVICE_DELETED for balloon0 in {timeout:?}; query-pci: {pci}")
-        })?;
+        ensure!(
+            start.elapsed() < timeout,
+            "no DEVICE_DELETED for balloon0 in {timeout:?}; query-pci: {pci}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     eprintln!("unplugged in {:?}", start.elapsed());
     // The guest is alive, the driver let the device go and gave every page back.
     vm.sh_ok("echo alive")?;
     let dmesg = vm.dmesg()?;
-    ensure(
+    ensure!(
         dmesg.contains(&format!("{MODULE} {dev}: balloon empty")),
-        || format!("the driver did not log the unbind of {dev}:\n{dmesg}"),
-    )?;
+        "the driver did not log the unbind of {dev}:\n{dmesg}"
+    );
     let bound = vm.sh_ok(&format!("ls /sys/bus/virtio/drivers/{MODULE}/"))?;
-    ensure(!bound.contains("virtio"), || {
-        format!("a device is still bound: {bound}")
-    })?;
+    ensure!(
+        !bound.contains("virtio"),
+        "a device is still bound: {bound}"
+    );
     expect_memtotal(&mut vm, memtotal)?;
     let balloon = vm.meminfo("Balloon")?;
-    ensure(balloon == 0, || format!("Balloon: {balloon} kB left"))?;
+    ensure!(balloon == 0, "Balloon: {balloon} kB left");
     expect_no_lost_page(&mut vm)?;
     unload_and_power_off(vm, Some(memtotal))
 }
@@ -394,13 +404,14 @@ fn stop_and_cont_mid_inflation_reach_the_target() -> Result<()> {
         pause(&mut rng, 300);
         vm.qmp().execute("stop", None)?;
         let status = vm.qmp().execute("query-status", None)?;
-        ensure(status["running"] == false, || {
-            format!("cycle {cycle}: still running after stop: {status}")
-        })?;
+        ensure!(
+            status["running"] == false,
+            "cycle {cycle}: still running after stop: {status}"
+        );
         std::thread::sleep(Duration::from_millis(rng.u64(500..=3000)));
         vm.qmp().execute("cont", None)?;
         expect_exact_target(&mut vm, memtotal, target)
-            .map_err(|e| err!("after stop/cont {cycle} (target {target} MiB): {e}"))?;
+            .with_context(|| format!("after stop/cont {cycle} (target {target} MiB)"))?;
     }
     unload_and_power_off(vm, Some(memtotal))
 }

@@ -11,7 +11,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use qemu_test::err;
+use anyhow::anyhow;
+use anyhow::bail;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;
@@ -107,29 +108,31 @@ fn parse_args() -> Result<Args> {
     while let Some(arg) = iter.next() {
         match arg.as_str() {
             "--rounds" => {
-                let value = iter.next().ok_or_else(|| err!("--rounds needs a number"))?;
+                let value = iter
+                    .next()
+                    .ok_or_else(|| anyhow!("--rounds needs a number"))?;
                 args.rounds = value
                     .parse()
                     .ok()
                     .filter(|&n| n > 0)
-                    .ok_or_else(|| err!("--rounds: {value:?} is not a positive number"))?;
+                    .ok_or_else(|| anyhow!("--rounds: {value:?} is not a positive number"))?;
             }
             "--driver" => {
                 let value = iter
                     .next()
-                    .ok_or_else(|| err!("--driver needs c, rs or both"))?;
+                    .ok_or_else(|| anyhow!("--driver needs c, rs or both"))?;
                 args.drivers = match value.as_str() {
                     "c" => vec![Driver::C],
                     "rs" => vec![Driver::Rs],
                     "both" => vec![Driver::C, Driver::Rs],
-                    other => return Err(err!("--driver: {other:?} is not c, rs or both")),
+                    other => bail!("--driver: {other:?} is not c, rs or both"),
                 };
             }
             "-h" | "--help" => {
                 println!("usage: bench [--rounds N] [--driver c|rs|both]");
                 std::process::exit(0);
             }
-            other => return Err(err!("unknown argument {other:?} (try --help)")),
+            other => bail!("unknown argument {other:?} (try --help)"),
         }
     }
     Ok(args)
@@ -237,7 +240,7 @@ fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(args) => args,
         Err(e) => {
-            eprintln!("bench: {e}");
+            eprintln!("bench: {e:#}");
             return ExitCode::from(2);
         }
     };
@@ -247,7 +250,7 @@ fn main() -> ExitCode {
         match run_driver(driver, args.rounds) {
             Ok(result) => results.push(result),
             Err(e) => {
-                eprintln!("bench: driver {} failed: {e}", driver.label());
+                eprintln!("bench: driver {} failed: {e:#}", driver.label());
                 failed = true;
             }
         }

@@ -8,7 +8,7 @@
 use std::time::Duration;
 use std::time::Instant;
 
-use qemu_test::err;
+use anyhow::bail;
 use qemu_test::qmp::BALLOON_QOM_PATH;
 use qemu_test::Result;
 use qemu_test::Vm;
@@ -21,7 +21,7 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn main() {
     if let Err(err) = run() {
-        eprintln!("demo failed: {err}");
+        eprintln!("demo failed: {err:#}");
         std::process::exit(1);
     }
 }
@@ -76,7 +76,7 @@ fn run() -> Result<()> {
                 break;
             }
             if step.elapsed() > STEP_TIMEOUT {
-                return Err(err!("target {target} MiB not reached in {STEP_TIMEOUT:?}"));
+                bail!("target {target} MiB not reached in {STEP_TIMEOUT:?}");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -95,7 +95,7 @@ fn run() -> Result<()> {
             break stats;
         }
         if start_stats.elapsed() > Duration::from_secs(10) {
-            return Err(err!("no guest-stats within 10 s: {stats}"));
+            bail!("no guest-stats within 10 s: {stats}");
         }
         std::thread::sleep(Duration::from_millis(200));
     };
@@ -126,7 +126,7 @@ fn run() -> Result<()> {
         println!("   dmesg: {}", line.trim());
     }
     if after != memtotal || actual != GUEST_MIB {
-        return Err(err!("memory did not all come back"));
+        bail!("memory did not all come back");
     }
     vm.check_clean()?;
     println!("== everything came back; console clean");

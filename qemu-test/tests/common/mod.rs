@@ -11,8 +11,9 @@
 
 use std::time::Duration;
 
+use anyhow::anyhow;
+use anyhow::ensure;
 use qemu_test::console::ConsoleRules;
-use qemu_test::err;
 use qemu_test::qmp::BALLOON_QOM_PATH;
 use qemu_test::scaled;
 use qemu_test::Result;
@@ -75,7 +76,7 @@ pub fn expect_memtotal(vm: &mut Vm, expected_kb: u64) -> Result<()> {
     if memtotal == expected_kb {
         Ok(())
     } else {
-        Err(err!(
+        Err(anyhow!(
             "MemTotal is {memtotal} kB, expected {expected_kb} kB (off by {} kB)",
             memtotal as i64 - expected_kb as i64
         ))
@@ -91,15 +92,18 @@ pub fn expect_exact_target(vm: &mut Vm, memtotal_kb: u64, target_mib: u64) -> Re
     // Settled, not just passing through.
     std::thread::sleep(Duration::from_millis(300));
     let actual = vm.qmp().query_balloon()?;
-    ensure(actual == target_mib * MIB, || {
-        format!("actual {actual} bytes, target {} bytes", target_mib * MIB)
-    })?;
+    ensure!(
+        actual == target_mib * MIB,
+        "actual {actual} bytes, target {} bytes",
+        target_mib * MIB
+    );
     let ballooned_kb = (GUEST_MIB - target_mib) * 1024;
     expect_memtotal(vm, memtotal_kb - ballooned_kb)?;
     let balloon = vm.meminfo("Balloon")?;
-    ensure(balloon == ballooned_kb, || {
-        format!("meminfo Balloon: {balloon} kB, expected {ballooned_kb} kB")
-    })?;
+    ensure!(
+        balloon == ballooned_kb,
+        "meminfo Balloon: {balloon} kB, expected {ballooned_kb} kB"
+    );
     Ok(took)
 }
 
@@ -111,16 +115,7 @@ pub fn vmstat(vm: &mut Vm, counter: &str) -> Result<u64> {
             let (name, value) = line.split_once(' ')?;
             (name == counter).then(|| value.trim().parse().ok())?
         })
-        .ok_or_else(|| err!("/proc/vmstat has no {counter}"))
-}
-
-/// Fails with `what` unless `condition` holds.
-pub fn ensure(condition: bool, what: impl FnOnce() -> String) -> Result<()> {
-    if condition {
-        Ok(())
-    } else {
-        Err(qemu_test::Error(what()))
-    }
+        .ok_or_else(|| anyhow!("/proc/vmstat has no {counter}"))
 }
 
 /// The `virtioN` name of the balloon device bound to our driver.
@@ -130,7 +125,7 @@ pub fn bound_device(vm: &mut Vm) -> Result<String> {
         .split_whitespace()
         .find(|name| name.starts_with("virtio"))
         .map(str::to_string)
-        .ok_or_else(|| err!("no device bound to virtio_balloon_rs: {listing:?}"))
+        .ok_or_else(|| anyhow!("no device bound to virtio_balloon_rs: {listing:?}"))
 }
 
 /// The feature bits negotiated with the bound device, from sysfs (a string
@@ -183,7 +178,7 @@ pub fn last_update(stats: &Value) -> u64 {
 pub fn stat(stats: &Value, name: &str) -> Result<u64> {
     stats["stats"][name]
         .as_u64()
-        .ok_or_else(|| err!("guest-stats has no {name}: {stats}"))
+        .ok_or_else(|| anyhow!("guest-stats has no {name}: {stats}"))
 }
 
 /// Starts `memhog <mib> <hold_secs>` in the background (output in `log`)
@@ -202,9 +197,10 @@ pub fn start_hog(vm: &mut Vm, mib: u64, hold_secs: u64, log: &str) -> Result<u64
         {
             return Ok(got);
         }
-        ensure(start.elapsed() < timeout, || {
-            format!("memhog {mib} did not get its memory in {timeout:?}: {out:?}")
-        })?;
+        ensure!(
+            start.elapsed() < timeout,
+            "memhog {mib} did not get its memory in {timeout:?}: {out:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
