@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Builds the guest's initramfs: a gzip'd `newc` cpio archive written here.
+//! Builds the guest's initramfs: a gzip'd `newc` cpio archive (the `cpio`
+//! and `flate2` crates).
 //!
 //! The archive holds a static busybox with a link for each of its applets,
 //! an `/init` script, the driver modules under `/lib/modules/`, the
@@ -8,16 +9,21 @@
 //! extra files a test asks for.
 
 use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::BufWriter;
+use std::io::ErrorKind;
 use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
-use std::process::Stdio;
 
 use crate::Result;
-use anyhow::anyhow;
 use anyhow::bail;
 use anyhow::Context;
+use cpio::newc::ModeFileType;
+use cpio::NewcBuilder;
+use flate2::write::GzEncoder;
+use flate2::Compression;
 
 /// The line `/init` prints on the shell port when the shell is about to start.
 pub const READY_MARKER: &str = "@@VBRS_READY@@";
@@ -68,149 +74,111 @@ while true; do
 done
 "#;
 
-/// A `newc` (SVR4, no CRC) cpio archive being written in memory.
-#[derive(Debug, Default)]
-pub struct Cpio {
-    data: Vec<u8>,
-    next_inode: u32,
+/// A `newc` cpio archive being written to `out`: the [`cpio`] crate writes
+/// each entry (header, name, body, padding, trailer); this adds the missing
+/// parent directories and numbers the inodes.
+///
+/// Owner, group and modification time are 0, so the archive is reproducible.
+#[derive(Debug)]
+pub struct Cpio<W: Write> {
+    out: W,
+    last_inode: u32,
     dirs: BTreeSet<String>,
 }
 
-/// File-type bits of `st_mode`.
-const S_IFDIR: u32 = 0o040000;
-const S_IFREG: u32 = 0o100000;
-const S_IFLNK: u32 = 0o120000;
-const S_IFCHR: u32 = 0o020000;
-
-impl Cpio {
-    /// Starts an empty archive.
-    pub fn new() -> Self {
+impl<W: Write> Cpio<W> {
+    /// Starts an empty archive written to `out`.
+    pub fn new(out: W) -> Self {
         Self {
-            data: Vec::new(),
-            next_inode: 1,
+            out,
+            last_inode: 1,
             dirs: BTreeSet::new(),
         }
     }
 
     /// Adds a directory (mode 0755) and any missing parents.
-    pub fn dir(&mut self, path: &str) {
+    pub fn dir(&mut self, path: &str) -> std::io::Result<()> {
         let path = path.trim_matches('/');
         if path.is_empty() || self.dirs.contains(path) {
-            return;
+            return Ok(());
         }
         if let Some((parent, _)) = path.rsplit_once('/') {
-            self.dir(parent);
+            self.dir(parent)?;
         }
         self.dirs.insert(path.to_string());
-        self.entry(path, S_IFDIR | 0o755, 2, 0, &[]);
+        let entry = NewcBuilder::new(path)
+            .mode(0o755)
+            .set_mode_file_type(ModeFileType::Directory)
+            .nlink(2);
+        self.entry(entry, &[])
     }
 
     /// Adds a regular file with the given permission bits (e.g. `0o755`).
-    pub fn file(&mut self, path: &str, perm: u32, contents: &[u8]) {
-        let path = self.with_parent(path);
-        self.entry(&path, S_IFREG | (perm & 0o7777), 1, 0, contents);
+    pub fn file(&mut self, path: &str, perm: u32, contents: &[u8]) -> std::io::Result<()> {
+        let path = self.with_parent(path)?;
+        let entry = NewcBuilder::new(&path)
+            .mode(perm & 0o7777)
+            .set_mode_file_type(ModeFileType::Regular);
+        self.entry(entry, contents)
     }
 
     /// Adds a regular file copied from the host.
     pub fn file_from_host(&mut self, path: &str, perm: u32, host: &Path) -> Result<()> {
         let contents =
             std::fs::read(host).with_context(|| format!("reading {}", host.display()))?;
-        self.file(path, perm, &contents);
-        Ok(())
+        self.file(path, perm, &contents)
+            .with_context(|| format!("adding {} to the initramfs", host.display()))
     }
 
     /// Adds a symbolic link at `path` pointing to `target`.
-    pub fn symlink(&mut self, path: &str, target: &str) {
-        let path = self.with_parent(path);
-        self.entry(&path, S_IFLNK | 0o777, 1, 0, target.as_bytes());
+    pub fn symlink(&mut self, path: &str, target: &str) -> std::io::Result<()> {
+        let path = self.with_parent(path)?;
+        let entry = NewcBuilder::new(&path)
+            .mode(0o777)
+            .set_mode_file_type(ModeFileType::Symlink);
+        self.entry(entry, target.as_bytes())
     }
 
     /// Adds a character device node.
-    pub fn char_dev(&mut self, path: &str, perm: u32, major: u32, minor: u32) {
-        let path = self.with_parent(path);
-        let rdev = (major << 8) | minor;
-        self.entry(&path, S_IFCHR | (perm & 0o7777), 1, rdev, &[]);
+    pub fn char_dev(
+        &mut self,
+        path: &str,
+        perm: u32,
+        major: u32,
+        minor: u32,
+    ) -> std::io::Result<()> {
+        let path = self.with_parent(path)?;
+        let entry = NewcBuilder::new(&path)
+            .mode(perm & 0o7777)
+            .set_mode_file_type(ModeFileType::Char)
+            .rdev_major(major)
+            .rdev_minor(minor);
+        self.entry(entry, &[])
     }
 
-    /// Ends the archive with its trailer and returns its bytes.
-    pub fn finish(mut self) -> Vec<u8> {
-        self.entry("TRAILER!!!", 0, 1, 0, &[]);
-        self.data
+    /// Ends the archive with its trailer and returns the writer.
+    pub fn finish(self) -> std::io::Result<W> {
+        cpio::newc::trailer(self.out)
     }
 
     /// Creates the parent directories of `path`; returns it without leading `/`.
-    fn with_parent(&mut self, path: &str) -> String {
+    fn with_parent(&mut self, path: &str) -> std::io::Result<String> {
         let path = path.trim_start_matches('/');
         if let Some((parent, _)) = path.rsplit_once('/') {
-            self.dir(parent);
+            self.dir(parent)?;
         }
-        path.to_string()
+        Ok(path.to_string())
     }
 
-    /// Writes one header, name and body. `rdev` packs major << 8 | minor.
-    fn entry(&mut self, name: &str, mode: u32, nlink: u32, rdev: u32, body: &[u8]) {
-        let inode = if name == "TRAILER!!!" {
-            0
-        } else {
-            self.next_inode += 1;
-            self.next_inode
-        };
-        let fields = [
-            inode,
-            mode,
-            0, // uid
-            0, // gid
-            nlink,
-            0, // mtime: fixed, so the archive is reproducible
-            body.len() as u32,
-            0, // devmajor
-            0, // devminor
-            rdev >> 8,
-            rdev & 0xff,
-            name.len() as u32 + 1,
-            0, // check
-        ];
-        self.data.extend_from_slice(b"070701");
-        for field in fields {
-            self.data
-                .extend_from_slice(format!("{field:08X}").as_bytes());
-        }
-        self.data.extend_from_slice(name.as_bytes());
-        self.data.push(0);
-        self.pad();
-        self.data.extend_from_slice(body);
-        self.pad();
-    }
-
-    /// Pads the archive to a multiple of four bytes, as `newc` wants.
-    fn pad(&mut self) {
-        while self.data.len() % 4 != 0 {
-            self.data.push(0);
-        }
-    }
-}
-
-/// Compresses `data` with `gzip -9 -n` into the file `out`.
-pub fn gzip_to(data: &[u8], out: &Path) -> Result<()> {
-    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut child = Command::new("gzip")
-        .args(["-9", "-n", "-c"])
-        .stdin(Stdio::piped())
-        .stdout(file)
-        .spawn()
-        .context("running gzip")?;
-    // gzip writes straight into the file, so feeding all of stdin first cannot
-    // dead-lock on a full output pipe.
-    let write_result = match child.stdin.take() {
-        Some(mut stdin) => stdin.write_all(data),
-        None => Ok(()),
-    };
-    let status = child.wait().context("waiting for gzip")?;
-    write_result.context("feeding gzip")?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(anyhow!("gzip failed: {status}"))
+    /// Writes one entry with the next inode number.
+    fn entry(&mut self, entry: NewcBuilder, body: &[u8]) -> std::io::Result<()> {
+        let size = u32::try_from(body.len()).map_err(|_| {
+            std::io::Error::new(ErrorKind::InvalidInput, "file too large for a newc archive")
+        })?;
+        self.last_inode += 1;
+        let mut writer = entry.ino(self.last_inode).write(&mut self.out, size);
+        writer.write_all(body)?;
+        writer.finish().map(|_| ())
     }
 }
 
@@ -288,34 +256,44 @@ fn busybox_applets() -> Result<Vec<String>> {
 
 /// Builds the initramfs for `spec` and writes it, gzip'd, to `out`.
 pub fn build(spec: &InitramfsSpec, out: &Path) -> Result<()> {
-    let mut cpio = Cpio::new();
+    let file = File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut cpio = Cpio::new(GzEncoder::new(BufWriter::new(file), Compression::best()));
+    let writing = || format!("writing {}", out.display());
     for dir in ["bin", "dev", "proc", "sys", "tmp", "lib/modules", "root"] {
-        cpio.dir(dir);
+        cpio.dir(dir).with_context(writing)?;
     }
     // The kernel opens /dev/console for init before devtmpfs is mounted.
-    cpio.char_dev("dev/console", 0o600, 5, 1);
+    cpio.char_dev("dev/console", 0o600, 5, 1)
+        .with_context(writing)?;
     cpio.file_from_host("bin/busybox", 0o755, Path::new(BUSYBOX))?;
     for applet in busybox_applets()? {
-        cpio.symlink(&format!("bin/{applet}"), "busybox");
+        cpio.symlink(&format!("bin/{applet}"), "busybox")
+            .with_context(writing)?;
     }
-    cpio.file("init", 0o755, INIT_SCRIPT.as_bytes());
+    cpio.file("init", 0o755, INIT_SCRIPT.as_bytes())
+        .with_context(writing)?;
     cpio.file_from_host("bin/memhog", 0o755, &memhog()?)?;
     for (guest, host) in &spec.files {
         cpio.file_from_host(guest, 0o755, host)?;
     }
-    gzip_to(&cpio.finish(), out)
+    cpio.finish()
+        .and_then(GzEncoder::finish)
+        .and_then(|mut file| file.flush())
+        .with_context(writing)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::process::Stdio;
+
     use super::*;
 
     #[test]
     fn newc_headers_are_aligned_and_terminated() {
-        let mut cpio = Cpio::new();
-        cpio.file("a/b/c", 0o644, b"hello");
-        cpio.symlink("a/link", "b/c");
-        let data = cpio.finish();
+        let mut cpio = Cpio::new(Vec::new());
+        cpio.file("a/b/c", 0o644, b"hello").expect("file");
+        cpio.symlink("a/link", "b/c").expect("symlink");
+        let data = cpio.finish().expect("trailer");
         assert_eq!(data.len() % 4, 0);
         assert!(data.starts_with(b"070701"));
         // Parent directories come first.
@@ -327,16 +305,17 @@ mod tests {
         assert!(text.contains("TRAILER!!!\0"));
         // The file header says mode 0100644 and size 5.
         let header = &text[file - 110..file];
-        assert_eq!(&header[14..22], "000081A4");
+        assert_eq!(&header[14..22], "000081a4");
         assert_eq!(&header[54..62], "00000005");
     }
 
     #[test]
     fn host_cpio_reads_our_archive() {
-        let mut cpio = Cpio::new();
-        cpio.file("dir/file", 0o600, b"payload");
-        cpio.symlink("dir/link", "file");
-        let data = cpio.finish();
+        let mut cpio = Cpio::new(Vec::new());
+        cpio.file("dir/file", 0o600, b"payload").expect("file");
+        cpio.symlink("dir/link", "file").expect("symlink");
+        cpio.char_dev("dev/console", 0o600, 5, 1).expect("device");
+        let data = cpio.finish().expect("trailer");
         let mut child = match Command::new("cpio")
             .args(["-t", "-v", "--quiet"])
             .stdin(Stdio::piped())
@@ -358,5 +337,7 @@ mod tests {
         let listing = String::from_utf8_lossy(&output.stdout);
         assert!(listing.contains("dir/file"), "{listing}");
         assert!(listing.contains("dir/link -> file"), "{listing}");
+        assert!(listing.contains("crw-------"), "{listing}");
+        assert!(listing.contains("5,   1"), "{listing}");
     }
 }
