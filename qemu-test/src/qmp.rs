@@ -1,27 +1,35 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! A minimal QMP client: JSON lines over a Unix socket, with timeouts.
+//! The QMP connection to a test VM's QEMU: the `qapi` crate's synchronous
+//! client with its typed commands, plus timeouts, a transcript and the
+//! balloon helpers the tests use.
 //!
-//! It reads the greeting, negotiates `qmp_capabilities`, runs commands and
-//! keeps the asynchronous events (`BALLOON_CHANGE`, ...) it meets on the way.
-//! Every message in both directions goes to a transcript file.
+//! Every message in both directions goes to a transcript file; the
+//! asynchronous events (`BALLOON_CHANGE`, `DEVICE_DELETED`, ...) read while
+//! waiting for replies are kept.
 
 use std::fs::File;
 use std::io::BufRead;
 use std::io::BufReader;
 use std::io::ErrorKind;
+use std::io::Read;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
-use serde_json::json;
-use serde_json::Value;
-
-use crate::Result;
 use anyhow::anyhow;
 use anyhow::bail;
 use anyhow::Context;
+use qapi::qmp;
+use qapi::ExecuteError;
+use serde_json::Value;
+
+use crate::Result;
+
+pub use qapi::qmp::Event;
 
 /// How long one QMP command may take before the client gives up.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,139 +40,96 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// QOM path of the balloon device (`-device virtio-balloon-pci,id=balloon0`).
 pub const BALLOON_QOM_PATH: &str = "/machine/peripheral/balloon0";
 
-/// An asynchronous QMP event, with the time the client read it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    /// Time since the client was created.
-    pub at: Duration,
-    /// The event name, e.g. `BALLOON_CHANGE`.
-    pub name: String,
-    /// The whole event object.
-    pub json: Value,
-}
+/// The socket, as the `qapi` client reads and writes it.
+type Client = qapi::Qmp<qapi::Stream<BufReader<Logged>, Logged>>;
 
 /// A QMP connection in command mode.
-#[derive(Debug)]
 pub struct Qmp {
-    writer: UnixStream,
-    reader: BufReader<UnixStream>,
-    /// Bytes of a line whose end has not arrived yet.
-    pending: Vec<u8>,
-    transcript: Option<File>,
-    started: Instant,
-    next_id: u64,
+    client: Client,
+    timeout: Duration,
     events: Vec<Event>,
 }
 
+impl std::fmt::Debug for Qmp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Qmp")
+            .field("timeout", &self.timeout)
+            .field("events", &self.events.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Qmp {
-    /// Connects to a QMP server socket, retrying until `timeout`.
-    pub fn connect(
-        path: &std::path::Path,
-        timeout: Duration,
-        transcript: Option<File>,
-    ) -> Result<Self> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match UnixStream::connect(path) {
-                Ok(stream) => return Self::handshake(stream, transcript),
-                Err(e) if Instant::now() >= deadline => {
-                    bail!("connecting to QMP at {}: {e}", path.display())
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    }
-
-    /// Takes a connected stream, reads the greeting and leaves negotiation mode.
+    /// Takes a connected stream, reads the greeting and leaves negotiation
+    /// mode; every message is copied to `transcript`.
     pub fn handshake(stream: UnixStream, transcript: Option<File>) -> Result<Self> {
-        let writer = stream.try_clone().context("cloning the QMP socket")?;
-        let mut qmp = Self {
-            writer,
-            reader: BufReader::new(stream),
-            pending: Vec::new(),
-            transcript,
+        let timeout = crate::scaled(COMMAND_TIMEOUT);
+        // A read that waits longer fails: the client then reports a timeout.
+        stream
+            .set_read_timeout(Some(timeout))
+            .context("setting the QMP read timeout")?;
+        let transcript = Arc::new(Transcript {
+            file: Mutex::new(transcript),
             started: Instant::now(),
-            next_id: 1,
-            events: Vec::new(),
-        };
-        let deadline = Instant::now() + crate::scaled(COMMAND_TIMEOUT);
-        let greeting = qmp.read_message(deadline)?;
-        if greeting.get("QMP").is_none() {
-            bail!("QMP greeting expected, got {greeting}");
+        });
+        let reader = Logged::new(&stream, "<-", &transcript)?;
+        let writer = Logged::new(&stream, "->", &transcript)?;
+        let mut client = qapi::Qmp::new(qapi::Stream::new(BufReader::new(reader), writer));
+        // The client panics on a connection closed before the greeting.
+        let greeting = client.inner_mut().fill_buf();
+        if greeting.map_or(true, |bytes| bytes.is_empty()) {
+            bail!("QMP: QEMU closed the connection before its greeting");
         }
-        qmp.execute("qmp_capabilities", None)?;
-        Ok(qmp)
+        client
+            .handshake()
+            .map_err(|e| command_error("qmp_capabilities", timeout, e))?;
+        Ok(Self {
+            client,
+            timeout,
+            events: Vec::new(),
+        })
     }
 
-    /// Runs a command and returns its `return` value.
+    /// Runs a command (`qapi::qmp::query_status {}`, ...) and returns its
+    /// reply.
     ///
     /// Events read while waiting are kept (see [`Qmp::events`]); a QMP error
     /// reply becomes an error with its class and description.
-    pub fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut request = json!({ "execute": command, "id": id });
-        if let Some(arguments) = arguments {
-            request["arguments"] = arguments;
-        }
-        let line = request.to_string();
-        self.log("->", &line);
-        self.writer
-            .write_all(format!("{line}\n").as_bytes())
-            .with_context(|| format!("sending QMP {command}"))?;
-        let deadline = Instant::now() + crate::scaled(COMMAND_TIMEOUT);
-        loop {
-            let message = self.read_message(deadline)?;
-            if message.get("event").is_some() {
-                continue;
-            }
-            if message.get("id").and_then(Value::as_u64) != Some(id) {
-                continue;
-            }
-            if let Some(value) = message.get("return") {
-                return Ok(value.clone());
-            }
-            if let Some(error) = message.get("error") {
-                bail!(
-                    "QMP {command} failed: {}: {}",
-                    error["class"].as_str().unwrap_or("?"),
-                    error["desc"].as_str().unwrap_or("?")
-                );
-            }
-            bail!("QMP {command}: unexpected reply {message}");
-        }
+    pub fn execute<C: qapi::Command>(&mut self, command: &C) -> Result<C::Ok> {
+        let reply = self.client.execute(command);
+        self.events.extend(self.client.events());
+        reply.map_err(|e| command_error(C::NAME, self.timeout, e))
     }
 
     /// Asks for a guest size of `bytes` (QMP `balloon`: the wanted guest
     /// memory, not the balloon size).
     pub fn balloon(&mut self, bytes: u64) -> Result<()> {
-        self.execute("balloon", Some(json!({ "value": bytes })))
-            .map(|_| ())
+        let value = i64::try_from(bytes).context("balloon target")?;
+        self.execute(&qmp::balloon { value }).map(drop)
     }
 
     /// Returns `actual` from `query-balloon`: guest RAM minus the balloon, in bytes.
     pub fn query_balloon(&mut self) -> Result<u64> {
-        let reply = self.execute("query-balloon", None)?;
-        reply["actual"]
-            .as_u64()
-            .ok_or_else(|| anyhow!("query-balloon: no actual in {reply}"))
+        let reply = self.execute(&qmp::query_balloon {})?;
+        u64::try_from(reply.actual).with_context(|| format!("query-balloon: actual {reply:?}"))
     }
 
     /// Sets a QOM property (`qom-set`).
     pub fn qom_set(&mut self, path: &str, property: &str, value: Value) -> Result<()> {
-        self.execute(
-            "qom-set",
-            Some(json!({ "path": path, "property": property, "value": value })),
-        )
-        .map(|_| ())
+        self.execute(&qmp::qom_set {
+            path: path.to_string(),
+            property: property.to_string(),
+            value,
+        })
+        .map(drop)
     }
 
     /// Reads a QOM property (`qom-get`).
     pub fn qom_get(&mut self, path: &str, property: &str) -> Result<Value> {
-        self.execute(
-            "qom-get",
-            Some(json!({ "path": path, "property": property })),
-        )
+        self.execute(&qmp::qom_get {
+            path: path.to_string(),
+            property: property.to_string(),
+        })
     }
 
     /// Polls `query-balloon` every 20 ms until `actual` equals `target`
@@ -215,53 +180,87 @@ impl Qmp {
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
     }
+}
 
-    /// Reads one JSON message, recording it if it is an event.
-    fn read_message(&mut self, deadline: Instant) -> Result<Value> {
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                bail!("QMP: no reply before the timeout");
-            }
-            let wait = (deadline - now).max(Duration::from_millis(1));
-            self.reader
-                .get_ref()
-                .set_read_timeout(Some(wait))
-                .context("setting the QMP read timeout")?;
-            match self.reader.read_until(b'\n', &mut self.pending) {
-                Ok(0) => bail!("QMP: connection closed by QEMU"),
-                Ok(_) if self.pending.ends_with(b"\n") => {}
-                Ok(_) => continue,
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    continue
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => bail!("QMP: reading: {e}"),
-            }
-            let line = String::from_utf8_lossy(&self.pending).trim().to_string();
-            self.pending.clear();
-            if line.is_empty() {
-                continue;
-            }
-            self.log("<-", &line);
-            let message: Value =
-                serde_json::from_str(&line).with_context(|| format!("QMP: bad JSON {line:?}"))?;
-            if let Some(name) = message.get("event").and_then(Value::as_str) {
-                self.events.push(Event {
-                    at: self.started.elapsed(),
-                    name: name.to_string(),
-                    json: message.clone(),
-                });
-            }
-            return Ok(message);
+/// Says why `command` failed: QEMU's error class and description, no reply
+/// in time, or the connection.
+fn command_error(command: &str, timeout: Duration, error: ExecuteError) -> anyhow::Error {
+    match error {
+        ExecuteError::Qapi(e) => anyhow!("QMP {command} failed: {:?}: {}", e.class, e.desc),
+        ExecuteError::Io(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            anyhow!("QMP {command}: no reply within {timeout:?}")
         }
+        ExecuteError::Io(e) => anyhow!("QMP {command}: {e}"),
+    }
+}
+
+/// The transcript file and the time its lines count from.
+#[derive(Debug)]
+struct Transcript {
+    file: Mutex<Option<File>>,
+    started: Instant,
+}
+
+/// One direction of the QMP socket, copying each complete line to the
+/// transcript (the `qapi` client writes a command in many small pieces).
+#[derive(Debug)]
+struct Logged {
+    stream: UnixStream,
+    direction: &'static str,
+    line: Vec<u8>,
+    transcript: Arc<Transcript>,
+}
+
+impl Logged {
+    fn new(
+        stream: &UnixStream,
+        direction: &'static str,
+        transcript: &Arc<Transcript>,
+    ) -> Result<Self> {
+        Ok(Self {
+            stream: stream.try_clone().context("cloning the QMP socket")?,
+            direction,
+            line: Vec::new(),
+            transcript: Arc::clone(transcript),
+        })
     }
 
-    fn log(&mut self, direction: &str, line: &str) {
-        let at = self.started.elapsed().as_secs_f64();
-        if let Some(file) = self.transcript.as_mut() {
-            // The transcript is a debugging aid: losing a line is not an error.
-            let _ = writeln!(file, "[{at:10.3}] {direction} {line}");
+    /// Adds `bytes` to the current line; logs each line that ends.
+    fn note(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            if byte != b'\n' {
+                self.line.push(byte);
+                continue;
+            }
+            let at = self.transcript.started.elapsed().as_secs_f64();
+            let text = String::from_utf8_lossy(&self.line);
+            if let Ok(mut file) = self.transcript.file.lock() {
+                if let Some(file) = file.as_mut() {
+                    // The transcript is a debugging aid: losing a line is not an error.
+                    let _ = writeln!(file, "[{at:10.3}] {} {}", self.direction, text.trim());
+                }
+            }
+            self.line.clear();
         }
+    }
+}
+
+impl Read for Logged {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let count = self.stream.read(buf)?;
+        self.note(&buf[..count]);
+        Ok(count)
+    }
+}
+
+impl Write for Logged {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.note(buf);
+        self.stream.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
     }
 }

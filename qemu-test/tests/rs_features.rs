@@ -25,6 +25,8 @@ use common::stat;
 use common::unload_and_power_off;
 use common::vmstat;
 use common::GUEST_MIB;
+use qapi::qmp;
+use qapi::qmp::MigrationStatus;
 use qemu_test::console::ConsoleRules;
 use qemu_test::qmp::BALLOON_QOM_PATH;
 use qemu_test::scaled;
@@ -452,29 +454,36 @@ fn free_page_hints_during_migration() -> Result<()> {
     let (rc, out) = hog(&mut vm, 1500)?;
     ensure!(rc == 0, "memhog: {out}");
     let free_before = vm.meminfo("MemFree")?;
-    vm.qmp().execute(
-        "migrate-set-parameters",
-        Some(json!({ "max-bandwidth": 256 * MIB })),
-    )?;
     vm.qmp()
-        .execute("migrate", Some(json!({ "uri": "exec:cat > /dev/null" })))?;
+        .execute(&qmp::migrate_set_parameters(qmp::MigrateSetParameters {
+            max_bandwidth: Some(256 * MIB),
+            ..Default::default()
+        }))?;
+    vm.qmp().execute(&qmp::migrate {
+        uri: Some("exec:cat > /dev/null".into()),
+        channels: None,
+        detach: None,
+        resume: None,
+    })?;
     let start = Instant::now();
     loop {
-        let info = vm.qmp().execute("query-migrate", None)?;
-        match info["status"].as_str() {
-            Some("completed") => break,
-            Some("failed") | Some("cancelled") => bail!("migration failed: {info}"),
+        let info = vm.qmp().execute(&qmp::query_migrate {})?;
+        match info.status {
+            Some(MigrationStatus::completed) => break,
+            Some(MigrationStatus::failed | MigrationStatus::cancelled) => {
+                bail!("migration failed: {info:?}")
+            }
             _ => {}
         }
         ensure!(
             start.elapsed() < scaled(Duration::from_secs(180)),
-            "migration not done in time: {info}"
+            "migration not done in time: {info:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
     eprintln!("migration completed in {:?}", start.elapsed());
     // The source stays paused after a migration; run it again.
-    vm.qmp().execute("cont", None)?;
+    vm.qmp().execute(&qmp::cont {})?;
     vm.sh_ok("echo alive")?;
     // QEMU opens a hinting window after each dirty-bitmap sync and closes
     // it at the next one; how many blocks fit in depends on timing, but

@@ -21,6 +21,8 @@ use common::bound_device;
 use common::expect_memtotal;
 use common::unload_and_power_off;
 use common::Driver;
+use qapi::qmp;
+use qapi::qmp::RunState;
 use qemu_test::artifacts;
 use qemu_test::Result;
 use qemu_test::Vm;
@@ -99,17 +101,17 @@ fn suspend_to_ram_and_wakeup_keep_the_target() -> Result<()> {
     )?;
     let start = Instant::now();
     loop {
-        let status = vm.qmp().execute("query-status", None)?;
-        if status["status"] == "suspended" {
+        let status = vm.qmp().execute(&qmp::query_status {})?;
+        if status.status == RunState::suspended {
             break;
         }
         ensure!(
             start.elapsed() < Duration::from_secs(120),
-            "the guest did not suspend: {status}"
+            "the guest did not suspend: {status:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    vm.qmp().execute("system_wakeup", None)?;
+    vm.qmp().execute(&qmp::system_wakeup {})?;
     // Input sent while the serial port resumes is lost: wait for the end.
     vm.wait_console("PM: suspend exit", Duration::from_secs(120))?;
     let rc = vm.run(
@@ -141,7 +143,7 @@ fn suspend_to_ram_and_wakeup_keep_the_target() -> Result<()> {
     // After an S3 resume QEMU 10.0 did not power this guest off on the ACPI
     // S5 write ("reboot: Power down", then a WARN in do_exit 10 s later,
     // seen with the module already unloaded): the host ends it instead.
-    vm.qmp().execute("quit", None)?;
+    vm.qmp().execute(&qmp::quit {})?;
     vm.shutdown()
 }
 
