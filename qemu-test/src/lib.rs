@@ -9,6 +9,7 @@
 
 pub mod artifacts;
 pub mod console;
+pub mod driver;
 pub mod initramfs;
 pub mod kernel;
 pub mod libvirt;
@@ -18,6 +19,7 @@ pub mod serial;
 pub mod shell_command;
 
 pub use console::check_clean_console;
+pub use driver::Driver;
 pub use kernel::scaled;
 pub use qemu::Vm;
 pub use qemu::VmConfig;

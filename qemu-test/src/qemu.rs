@@ -30,6 +30,7 @@ use crate::artifacts;
 use crate::console::check_clean_console;
 use crate::console::last_lines;
 use crate::console::ConsoleRules;
+use crate::driver::Driver;
 use crate::initramfs;
 use crate::kernel::guest_kernel;
 use crate::kernel::scaled;
@@ -44,6 +45,7 @@ use crate::shell_command::MEMINFO;
 use crate::Result;
 use anyhow::anyhow;
 use anyhow::bail;
+use anyhow::ensure;
 use anyhow::Context;
 
 /// Time a guest may take from QEMU start to the init ready marker (on the
@@ -216,6 +218,12 @@ impl VmConfig {
     pub fn c_module(mut self, include: bool) -> Self {
         self.c_module = include;
         self
+    }
+
+    /// Puts only `driver`'s module in the initramfs.
+    pub fn only(self, driver: Driver) -> Self {
+        self.rs_module(driver == Driver::Rs)
+            .c_module(driver == Driver::C)
     }
 
     /// Adds a host file to the initramfs at `guest` (mode 0755).
@@ -529,20 +537,18 @@ impl Vm {
             .map(|_| ())
     }
 
-    /// Loads our driver, `virtio_balloon_rs.ko`.
-    pub fn insmod_rs(&mut self) -> Result<()> {
-        if !self.config.rs_module {
-            bail!("this VM was booted without the Rust module");
-        }
-        self.insmod(initramfs::RS_MODULE_PATH, "")
-    }
-
-    /// Loads the in-tree C driver, `virtio_balloon.ko`.
-    pub fn insmod_c(&mut self) -> Result<()> {
-        if !self.config.c_module {
-            bail!("this VM was booted without the C module");
-        }
-        self.insmod(initramfs::C_MODULE_PATH, "")
+    /// Loads `driver` from the initramfs; the VM must have been booted with it.
+    pub fn load(&mut self, driver: Driver) -> Result<()> {
+        let included = match driver {
+            Driver::C => self.config.c_module,
+            Driver::Rs => self.config.rs_module,
+        };
+        ensure!(
+            included,
+            "this VM was booted without {}.ko",
+            driver.module_name()
+        );
+        self.insmod(driver.guest_path(), "")
     }
 
     /// Unloads a module with `rmmod`.

@@ -14,8 +14,8 @@ use common::actual_mib;
 use common::balloon_to_mib;
 use common::expect_memtotal;
 use common::vmstat;
-use common::Driver;
 use common::GUEST_MIB;
+use qemu_test::Driver;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;
@@ -34,7 +34,7 @@ fn c_driver_inflates_and_deflates() -> Result<()> {
         "without a driver, actual must be the whole guest"
     );
     let memtotal = vm.meminfo("MemTotal")?;
-    Driver::C.insmod(&mut vm)?;
+    vm.load(Driver::C)?;
     let lsmod = vm.sh_ok("lsmod")?;
     ensure!(
         lsmod.contains("virtio_balloon"),

@@ -17,6 +17,7 @@ use anyhow::ensure;
 use balloon_logic::features::{Features, DRIVER_FEATURE_BITS};
 use common::actual_mib;
 use common::balloon_to_mib;
+use common::boot;
 use common::bound_device;
 use common::expect_exact_target;
 use common::expect_memtotal;
@@ -24,19 +25,15 @@ use common::negotiated_features;
 use common::start_hog;
 use common::unload_and_power_off;
 use common::vmstat;
-use common::Driver;
 use common::GUEST_MIB;
 use qemu_test::scaled;
+use qemu_test::Driver;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;
 use qemu_test::MIB;
 
 const RS: Driver = Driver::Rs;
-
-fn boot(name: &str) -> Result<Vm> {
-    Vm::boot(VmConfig::new(name).c_module(false))
-}
 
 /// `Balloon:` of /proc/meminfo in kB (`Vm::meminfo` folds the per-CPU
 /// vmstat deltas first, so it is exact).
@@ -46,8 +43,8 @@ fn balloon_kb(vm: &mut Vm) -> Result<u64> {
 
 #[test]
 fn module_binds_negotiates_and_unloads_cleanly() -> Result<()> {
-    let mut vm = boot("binds")?;
-    RS.insmod(&mut vm)?;
+    let mut vm = boot(VmConfig::new("binds"))?;
+    vm.load(RS)?;
     let dev = bound_device(&mut vm)?;
     let dmesg = vm.dmesg()?;
     ensure!(
@@ -86,16 +83,16 @@ fn module_binds_negotiates_and_unloads_cleanly() -> Result<()> {
     let lsmod = vm.sh_ok("lsmod")?;
     ensure!(!lsmod.contains("virtio_balloon_rs"), "lsmod: {lsmod}");
     // The module can come back.
-    RS.insmod(&mut vm)?;
+    vm.load(RS)?;
     bound_device(&mut vm)?;
     unload_and_power_off(vm, None)
 }
 
 #[test]
 fn follows_each_target_exactly() -> Result<()> {
-    let mut vm = boot("targets")?;
+    let mut vm = boot(VmConfig::new("targets"))?;
     let memtotal = vm.meminfo("MemTotal")?;
-    RS.insmod(&mut vm)?;
+    vm.load(RS)?;
     for target in [1536u64, 1024, 512, 2048] {
         vm.qmp().balloon(target * MIB)?;
         let took = expect_exact_target(&mut vm, memtotal, target)?;
@@ -113,9 +110,9 @@ fn follows_each_target_exactly() -> Result<()> {
 
 #[test]
 fn rmmod_while_inflated_gives_everything_back() -> Result<()> {
-    let mut vm = boot("rmmod_inflated")?;
+    let mut vm = boot(VmConfig::new("rmmod_inflated"))?;
     let memtotal = vm.meminfo("MemTotal")?;
-    RS.insmod(&mut vm)?;
+    vm.load(RS)?;
     balloon_to_mib(&mut vm, 1024)?;
     expect_memtotal(&mut vm, memtotal - 1024 * 1024)?;
     vm.rmmod("virtio_balloon_rs")?;
@@ -138,7 +135,7 @@ fn rmmod_while_inflated_gives_everything_back() -> Result<()> {
 
 #[test]
 fn target_set_before_insmod_is_reached() -> Result<()> {
-    let mut vm = boot("preset_target")?;
+    let mut vm = boot(VmConfig::new("preset_target"))?;
     let memtotal = vm.meminfo("MemTotal")?;
     vm.qmp().balloon(1024 * MIB)?;
     std::thread::sleep(Duration::from_millis(500));
@@ -146,7 +143,7 @@ fn target_set_before_insmod_is_reached() -> Result<()> {
         actual_mib(&mut vm)? == GUEST_MIB,
         "without a driver nothing may be ballooned"
     );
-    RS.insmod(&mut vm)?;
+    vm.load(RS)?;
     vm.qmp()
         .wait_actual(1024 * MIB, common::balloon_timeout())?;
     expect_memtotal(&mut vm, memtotal - 1024 * 1024)?;
@@ -155,9 +152,9 @@ fn target_set_before_insmod_is_reached() -> Result<()> {
 
 #[test]
 fn rapidly_changing_targets_settle_on_the_last() -> Result<()> {
-    let mut vm = boot("rapid_targets")?;
+    let mut vm = boot(VmConfig::new("rapid_targets"))?;
     let memtotal = vm.meminfo("MemTotal")?;
-    RS.insmod(&mut vm)?;
+    vm.load(RS)?;
     for (i, target) in [1900u64, 700, 1800, 900, 2048, 600, 1700, 1100, 1300, 1200]
         .iter()
         .enumerate()
@@ -195,9 +192,9 @@ fn wait_settled(vm: &mut Vm, quiet: Duration, timeout: Duration) -> Result<u64> 
 
 #[test]
 fn impossible_target_settles_without_oom_and_recovers() -> Result<()> {
-    let mut vm = boot("impossible_target")?;
+    let mut vm = boot(VmConfig::new("impossible_target"))?;
     let memtotal = vm.meminfo("MemTotal")?;
-    RS.insmod(&mut vm)?;
+    vm.load(RS)?;
     // The C driver panics the guest here ("System is deadlocked on memory").
     vm.qmp().balloon(10 * MIB)?;
     let settled = wait_settled(
@@ -243,9 +240,9 @@ fn impossible_target_settles_without_oom_and_recovers() -> Result<()> {
 
 #[test]
 fn compaction_migrates_balloon_pages_and_keeps_actual() -> Result<()> {
-    let mut vm = boot("compaction")?;
+    let mut vm = boot(VmConfig::new("compaction"))?;
     let memtotal = vm.meminfo("MemTotal")?;
-    RS.insmod(&mut vm)?;
+    vm.load(RS)?;
     // Compaction only moves balloon pages that sit below free memory.
     // Interleave: a hog, a slice of balloon, a hog, a slice... then free the
     // hogs, leaving holes between the balloon slices wherever the allocator
@@ -278,10 +275,10 @@ fn compaction_migrates_balloon_pages_and_keeps_actual() -> Result<()> {
 
 #[test]
 fn rmmod_during_inflation_and_config_changes_is_clean() -> Result<()> {
-    let mut vm = boot("rmmod_busy")?;
+    let mut vm = boot(VmConfig::new("rmmod_busy"))?;
     let memtotal = vm.meminfo("MemTotal")?;
     for round in 0..3 {
-        RS.insmod(&mut vm)?;
+        vm.load(RS)?;
         // Start a large inflation, unload while it runs, and keep changing
         // the target while the driver goes away.
         vm.qmp().balloon(512 * MIB)?;
@@ -317,8 +314,8 @@ fn rmmod_during_inflation_and_config_changes_is_clean() -> Result<()> {
 
 #[test]
 fn poweroff_with_the_balloon_inflated_is_clean() -> Result<()> {
-    let mut vm = boot("poweroff_inflated")?;
-    RS.insmod(&mut vm)?;
+    let mut vm = boot(VmConfig::new("poweroff_inflated"))?;
+    vm.load(RS)?;
     balloon_to_mib(&mut vm, 1024)?;
     // Keep the work busy while the system goes down.
     vm.qmp().balloon(512 * MIB)?;
@@ -332,13 +329,10 @@ fn poweroff_with_the_balloon_inflated_is_clean() -> Result<()> {
 fn legacy_device_follows_targets() -> Result<()> {
     // A transitional device in legacy mode: no VERSION_1, PFNs in guest
     // byte order, config space still little-endian.
-    let mut vm = Vm::boot(
-        VmConfig::new("legacy")
-            .c_module(false)
-            .balloon_options("disable-modern=on,disable-legacy=off"),
-    )?;
+    let mut vm =
+        boot(VmConfig::new("legacy").balloon_options("disable-modern=on,disable-legacy=off"))?;
     let memtotal = vm.meminfo("MemTotal")?;
-    RS.insmod(&mut vm)?;
+    vm.load(RS)?;
     let negotiated = negotiated_features(&mut vm)?;
     ensure!(
         negotiated & Features::VERSION_1.bits() == 0,

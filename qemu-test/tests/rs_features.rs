@@ -15,6 +15,7 @@ use anyhow::ensure;
 use common::actual_mib;
 use common::balloon_timeout;
 use common::balloon_to_mib;
+use common::boot_loaded;
 use common::bound_device;
 use common::expect_memtotal;
 use common::guest_stats;
@@ -38,12 +39,6 @@ use serde_json::json;
 
 const DEBUGFS: &str = "/sys/kernel/debug/virtio_balloon_rs";
 
-fn boot(config: VmConfig) -> Result<Vm> {
-    let mut vm = Vm::boot(config.c_module(false))?;
-    vm.insmod_rs()?;
-    Ok(vm)
-}
-
 /// A number from our debugfs directory.
 fn debugfs(vm: &mut Vm, file: &str) -> Result<u64> {
     let dev = bound_device(vm)?;
@@ -61,7 +56,7 @@ fn close(a: u64, b: u64) -> bool {
 
 #[test]
 fn stats_reach_the_host_and_follow_the_guest() -> Result<()> {
-    let mut vm = boot(VmConfig::new("stats"))?;
+    let mut vm = boot_loaded(VmConfig::new("stats"))?;
     ensure!(
         negotiated_features(&mut vm)? & 1 << 1 != 0,
         "STATS_VQ not negotiated"
@@ -152,7 +147,7 @@ fn stats_reach_the_host_and_follow_the_guest() -> Result<()> {
 
 #[test]
 fn debugfs_view_matches_the_host() -> Result<()> {
-    let mut vm = boot(VmConfig::new("debugfs"))?;
+    let mut vm = boot_loaded(VmConfig::new("debugfs"))?;
     let dev = bound_device(&mut vm)?;
     let status = vm.sh_ok(&format!("cat {DEBUGFS}/{dev}/status"))?;
     eprintln!("{status}");
@@ -214,7 +209,7 @@ fn hog(vm: &mut Vm, mib: u64) -> Result<(i32, String)> {
 
 #[test]
 fn deflate_on_oom_gives_pages_back_instead_of_killing() -> Result<()> {
-    let mut vm = boot(VmConfig::new("deflate_on_oom").balloon_options("deflate-on-oom=on"))?;
+    let mut vm = boot_loaded(VmConfig::new("deflate_on_oom").balloon_options("deflate-on-oom=on"))?;
     ensure!(
         negotiated_features(&mut vm)? & 1 << 2 != 0,
         "DEFLATE_ON_OOM not negotiated"
@@ -257,7 +252,7 @@ fn deflate_on_oom_gives_pages_back_instead_of_killing() -> Result<()> {
 
 #[test]
 fn without_deflate_on_oom_the_balloon_holds() -> Result<()> {
-    let mut vm = boot(VmConfig::new("no_deflate_on_oom"))?;
+    let mut vm = boot_loaded(VmConfig::new("no_deflate_on_oom"))?;
     ensure!(
         negotiated_features(&mut vm)? & 1 << 2 == 0,
         "DEFLATE_ON_OOM negotiated"
@@ -281,7 +276,7 @@ fn without_deflate_on_oom_the_balloon_holds() -> Result<()> {
 fn free_page_reporting_returns_memory_to_the_host() -> Result<()> {
     /// What the hog takes: half of the guest.
     const HOG_MIB: u64 = 2048;
-    let mut vm = boot(
+    let mut vm = boot_loaded(
         VmConfig::new("free_page_reporting")
             .memory_mib(4096)
             // A host running KSM would merge the hog's pages (each MiB holds
@@ -335,7 +330,7 @@ fn free_page_reporting_returns_memory_to_the_host() -> Result<()> {
 #[test]
 fn page_poison_follows_the_guest_and_gates_reporting() -> Result<()> {
     // Without poisoning or init_on_free the bit is withdrawn; reporting stays.
-    let mut vm = boot(VmConfig::new("no_poison").balloon_options("free-page-reporting=on"))?;
+    let mut vm = boot_loaded(VmConfig::new("no_poison").balloon_options("free-page-reporting=on"))?;
     let bits = negotiated_features(&mut vm)?;
     ensure!(
         bits & 1 << 4 == 0 && bits & 1 << 5 != 0,
@@ -345,7 +340,7 @@ fn page_poison_follows_the_guest_and_gates_reporting() -> Result<()> {
     vm.check_clean()?;
     vm.shutdown()?;
     // Zeroing freed pages: the host is told (poison value 0) and reporting stays.
-    let mut vm = boot(
+    let mut vm = boot_loaded(
         VmConfig::new("init_on_free")
             .cmdline("init_on_free=1")
             .balloon_options("free-page-reporting=on"),
@@ -360,7 +355,7 @@ fn page_poison_follows_the_guest_and_gates_reporting() -> Result<()> {
     vm.check_clean()?;
     vm.shutdown()?;
     // A device that cannot be told the poison value gets no free page reports.
-    let mut vm = boot(
+    let mut vm = boot_loaded(
         VmConfig::new("poison_off")
             .cmdline("init_on_free=1")
             .balloon_options("free-page-reporting=on,page-poison=off"),
@@ -375,7 +370,7 @@ fn page_poison_follows_the_guest_and_gates_reporting() -> Result<()> {
 
 #[test]
 fn adjustments_hold_the_devices_wakeup_source() -> Result<()> {
-    let mut vm = boot(VmConfig::new("wakeup"))?;
+    let mut vm = boot_loaded(VmConfig::new("wakeup"))?;
     let dev = bound_device(&mut vm)?;
     let power = format!("/sys/bus/virtio/devices/{dev}/power");
     // Like the C driver, the device is wakeup capable; user space enables it.
@@ -413,7 +408,7 @@ fn adjustments_hold_the_devices_wakeup_source() -> Result<()> {
 
 #[test]
 fn suspend_and_resume_keep_the_target() -> Result<()> {
-    let mut vm = boot(VmConfig::new("suspend"))?;
+    let mut vm = boot_loaded(VmConfig::new("suspend"))?;
     let memtotal = vm.meminfo("MemTotal")?;
     balloon_to_mib(&mut vm, 1024)?;
     // pm_test "devices": freeze tasks, run every device's freeze callback,
@@ -439,7 +434,7 @@ fn suspend_and_resume_keep_the_target() -> Result<()> {
 
 #[test]
 fn free_page_hints_during_migration() -> Result<()> {
-    let mut vm = boot(
+    let mut vm = boot_loaded(
         VmConfig::new("free_page_hint")
             .qemu_args(["-object", "iothread,id=io0"])
             .balloon_options("free-page-hint=on,iothread=io0"),

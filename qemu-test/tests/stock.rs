@@ -17,15 +17,15 @@ use std::time::Instant;
 use anyhow::anyhow;
 use anyhow::ensure;
 use common::balloon_to_mib;
+use common::boot;
 use common::bound_device;
 use common::expect_memtotal;
 use common::unload_and_power_off;
-use common::Driver;
 use qapi::qmp;
 use qapi::qmp::RunState;
 use qemu_test::artifacts;
+use qemu_test::Driver;
 use qemu_test::Result;
-use qemu_test::Vm;
 use qemu_test::VmConfig;
 use qemu_test::MIB;
 
@@ -39,11 +39,6 @@ fn module_release(module: &[u8]) -> Option<String> {
     let rest = &module[at..];
     let end = rest.iter().position(|&b| b == 0 || b == b' ')?;
     String::from_utf8(rest[..end].to_vec()).ok()
-}
-
-/// Boots the stock guest without any balloon driver loaded.
-fn boot(config: VmConfig) -> Result<Vm> {
-    Vm::boot(config.c_module(false))
 }
 
 #[test]
@@ -68,7 +63,7 @@ fn debians_kernel_loads_the_module_built_for_it() -> Result<()> {
         "modules loaded before insmod: {modules}"
     );
     let memtotal = vm.meminfo("MemTotal")?;
-    Driver::Rs.insmod(&mut vm)?;
+    vm.load(Driver::Rs)?;
     let dev = bound_device(&mut vm)?;
     let dmesg = vm.dmesg()?;
     ensure!(
@@ -87,7 +82,7 @@ fn suspend_to_ram_and_wakeup_keep_the_target() -> Result<()> {
     // (ACPI S3, which QEMU sees), and wake the guest with QMP system_wakeup.
     let mut vm = boot(VmConfig::new("stock_suspend"))?;
     let memtotal = vm.meminfo("MemTotal")?;
-    Driver::Rs.insmod(&mut vm)?;
+    vm.load(Driver::Rs)?;
     balloon_to_mib(&mut vm, 1024)?;
     let sleep_states = vm.sh_ok("cat /sys/power/mem_sleep")?;
     ensure!(

@@ -19,6 +19,7 @@ use std::time::Instant;
 use anyhow::anyhow;
 use anyhow::ensure;
 use anyhow::Context;
+use common::boot;
 use common::bound_device;
 use common::expect_exact_target;
 use common::expect_memtotal;
@@ -35,6 +36,7 @@ use qemu_test::kernel::guest_kernel;
 use qemu_test::qmp::Event;
 use qemu_test::qmp::BALLOON_QOM_PATH;
 use qemu_test::scaled;
+use qemu_test::Driver;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;
@@ -78,9 +80,9 @@ fn pause(rng: &mut fastrand::Rng, max_ms: u64) {
     std::thread::sleep(Duration::from_millis(rng.u64(0..=max_ms)));
 }
 
-/// Boots a guest with our module only; returns it and its boot `MemTotal`.
-fn boot(config: VmConfig) -> Result<(Vm, u64)> {
-    let mut vm = Vm::boot(config.c_module(false))?;
+/// [`boot`]s a guest; returns it and its boot `MemTotal`.
+fn boot_measured(config: VmConfig) -> Result<(Vm, u64)> {
+    let mut vm = boot(config)?;
     let memtotal = vm.meminfo("MemTotal")?;
     Ok((vm, memtotal))
 }
@@ -115,8 +117,8 @@ fn expect_no_lost_page(vm: &mut Vm) -> Result<()> {
 fn random_targets_under_a_workload_end_exact() -> Result<()> {
     let mut rng = rng("random_targets")?;
     let targets = rounds(30, 1000)?;
-    let (mut vm, memtotal) = boot(VmConfig::new("stress_targets"))?;
-    vm.insmod_rs()?;
+    let (mut vm, memtotal) = boot_measured(VmConfig::new("stress_targets"))?;
+    vm.load(Driver::Rs)?;
     vm.qmp()
         .qom_set(BALLOON_QOM_PATH, "guest-stats-polling-interval", json!(1))?;
     // The workload, not the test shell, is what the OOM killer may take
@@ -213,9 +215,9 @@ fn random_targets_under_a_workload_end_exact() -> Result<()> {
 fn insmod_rmmod_cycles_while_inflating_lose_no_page() -> Result<()> {
     let mut rng = rng("insmod_rmmod")?;
     let cycles = rounds(5, 100)?;
-    let (mut vm, memtotal) = boot(VmConfig::new("stress_reload"))?;
+    let (mut vm, memtotal) = boot_measured(VmConfig::new("stress_reload"))?;
     for cycle in 0..cycles {
-        vm.insmod_rs()?;
+        vm.load(Driver::Rs)?;
         let target = rng.u64(256..=1536);
         vm.qmp().balloon(target * MIB)?;
         pause(&mut rng, 300);
@@ -268,8 +270,8 @@ fn page_allocation_failures_during_inflation_lose_no_page() -> Result<()> {
          run this test with `make test-debug`"
     );
     let mut rng = rng("fail_page_alloc")?;
-    let (mut vm, memtotal) = boot(VmConfig::new("stress_fail_page_alloc"))?;
-    vm.insmod_rs()?;
+    let (mut vm, memtotal) = boot_measured(VmConfig::new("stress_fail_page_alloc"))?;
+    vm.load(Driver::Rs)?;
     let (start, end) = module_range(&mut vm, MODULE)?;
     // 10 % of the page allocations made from the module's code fail, of
     // every kind (sleeping, highmem, order 0), without a log line each.
@@ -315,8 +317,8 @@ fn page_allocation_failures_during_inflation_lose_no_page() -> Result<()> {
 fn suspend_resume_cycles_while_inflating_keep_the_target() -> Result<()> {
     let mut rng = rng("suspend")?;
     let cycles = rounds(3, 20)?;
-    let (mut vm, memtotal) = boot(VmConfig::new("stress_suspend"))?;
-    vm.insmod_rs()?;
+    let (mut vm, memtotal) = boot_measured(VmConfig::new("stress_suspend"))?;
+    vm.load(Driver::Rs)?;
     // pm_test "devices": freeze tasks, run every device's freeze callback,
     // wait pm_test_delay seconds, run the restore callbacks.
     vm.sh_ok(
@@ -348,8 +350,8 @@ fn suspend_resume_cycles_while_inflating_keep_the_target() -> Result<()> {
 #[test]
 fn hot_unplug_while_inflating_gives_every_page_back() -> Result<()> {
     let mut rng = rng("hot_unplug")?;
-    let (mut vm, memtotal) = boot(VmConfig::new("stress_unplug").balloon_on_root_port())?;
-    vm.insmod_rs()?;
+    let (mut vm, memtotal) = boot_measured(VmConfig::new("stress_unplug").balloon_on_root_port())?;
+    vm.load(Driver::Rs)?;
     let dev = bound_device(&mut vm)?;
     vm.qmp().balloon(512 * MIB)?;
     pause(&mut rng, 300);
@@ -402,8 +404,8 @@ fn hot_unplug_while_inflating_gives_every_page_back() -> Result<()> {
 fn stop_and_cont_mid_inflation_reach_the_target() -> Result<()> {
     let mut rng = rng("stop_cont")?;
     let cycles = rounds(3, 20)?;
-    let (mut vm, memtotal) = boot(VmConfig::new("stress_stop_cont"))?;
-    vm.insmod_rs()?;
+    let (mut vm, memtotal) = boot_measured(VmConfig::new("stress_stop_cont"))?;
+    vm.load(Driver::Rs)?;
     for cycle in 0..cycles {
         let target = rng.u64(512..=1792);
         vm.qmp().balloon(target * MIB)?;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use anyhow::bail;
+use qemu_test::Driver;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;
@@ -26,22 +27,6 @@ const SMALL_MIB: u64 = 1024;
 
 /// Time one inflate or deflate may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// A driver under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Driver {
-    C,
-    Rs,
-}
-
-impl Driver {
-    fn label(self) -> &'static str {
-        match self {
-            Driver::C => "c",
-            Driver::Rs => "rs",
-        }
-    }
-}
 
 /// One inflate + deflate round.
 #[derive(Debug, Clone, Copy)]
@@ -141,13 +126,9 @@ fn parse_args() -> Result<Args> {
 fn run_driver(driver: Driver, rounds: usize) -> Result<DriverResult> {
     let config = VmConfig::new(&format!("bench-{}", driver.label()))
         .memory_mib(GUEST_MIB)
-        .rs_module(driver == Driver::Rs)
-        .c_module(driver == Driver::C);
+        .only(driver);
     let mut vm = Vm::boot(config)?;
-    match driver {
-        Driver::C => vm.insmod_c()?,
-        Driver::Rs => vm.insmod_rs()?,
-    }
+    vm.load(driver)?;
     let memtotal_kb = vm.meminfo("MemTotal")?;
     println!(
         "\ndriver {}: booted in {:.1} s, MemTotal {memtotal_kb} kB after insmod",

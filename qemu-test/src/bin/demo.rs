@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::bail;
 use qemu_test::qmp::BALLOON_QOM_PATH;
+use qemu_test::Driver;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;
@@ -43,12 +44,12 @@ fn row(vm: &mut Vm, start: Instant, target: u64) -> Result<u64> {
 
 fn run() -> Result<()> {
     println!("== booting a {GUEST_MIB} MiB guest under QEMU (virtio-balloon-pci)");
-    let mut vm = Vm::boot(VmConfig::new("demo").memory_mib(GUEST_MIB).c_module(false))?;
+    let mut vm = Vm::boot(VmConfig::new("demo").memory_mib(GUEST_MIB).only(Driver::Rs))?;
     println!("   booted in {:.1} s", vm.boot_time().as_secs_f64());
     let memtotal = vm.meminfo("MemTotal")?;
 
     println!("== insmod virtio_balloon_rs.ko");
-    vm.insmod_rs()?;
+    vm.load(Driver::Rs)?;
     let dmesg = vm.dmesg()?;
     for line in dmesg.lines().filter(|l| l.contains("virtio_balloon_rs")) {
         println!("   dmesg: {}", line.trim());
@@ -116,7 +117,7 @@ fn run() -> Result<()> {
     println!("== inflate to 1024 MiB, then rmmod with the balloon full");
     vm.qmp().balloon_and_wait(1024 * MIB, STEP_TIMEOUT)?;
     row(&mut vm, start, 1024)?;
-    vm.rmmod("virtio_balloon_rs")?;
+    vm.rmmod(Driver::Rs.module_name())?;
     let after = vm.meminfo("MemTotal")?;
     let actual = vm.qmp().query_balloon()? / MIB;
     println!(

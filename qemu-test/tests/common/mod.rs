@@ -16,8 +16,10 @@ use anyhow::ensure;
 use qemu_test::console::ConsoleRules;
 use qemu_test::qmp::BALLOON_QOM_PATH;
 use qemu_test::scaled;
+use qemu_test::Driver;
 use qemu_test::Result;
 use qemu_test::Vm;
+use qemu_test::VmConfig;
 use qemu_test::MIB;
 use serde_json::Value;
 
@@ -33,31 +35,17 @@ pub fn balloon_timeout() -> Duration {
     scaled(BALLOON_TIMEOUT)
 }
 
-/// Which driver a test loads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Driver {
-    /// The in-tree C driver, `virtio_balloon.ko`.
-    C,
-    /// Our driver, `virtio_balloon_rs.ko`.
-    Rs,
+/// Boots a guest with our module in its initramfs (not loaded) and no C
+/// driver.
+pub fn boot(config: VmConfig) -> Result<Vm> {
+    Vm::boot(config.only(Driver::Rs))
 }
 
-impl Driver {
-    /// The module name as `lsmod` and `rmmod` know it.
-    pub fn module_name(self) -> &'static str {
-        match self {
-            Driver::C => "virtio_balloon",
-            Driver::Rs => "virtio_balloon_rs",
-        }
-    }
-
-    /// Loads this driver in `vm`.
-    pub fn insmod(self, vm: &mut Vm) -> Result<()> {
-        match self {
-            Driver::C => vm.insmod_c(),
-            Driver::Rs => vm.insmod_rs(),
-        }
-    }
+/// [`boot`], then loads our module.
+pub fn boot_loaded(config: VmConfig) -> Result<Vm> {
+    let mut vm = boot(config)?;
+    vm.load(Driver::Rs)?;
+    Ok(vm)
 }
 
 /// Asks for a guest size of `mib` MiB and waits until `actual` gets there.
