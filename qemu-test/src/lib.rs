@@ -13,6 +13,7 @@ pub mod driver;
 pub mod initramfs;
 pub mod kernel;
 pub mod libvirt;
+pub mod ports;
 pub mod qemu;
 pub mod qmp;
 pub mod serial;

@@ -12,12 +12,8 @@
 //! listens on. `libvirtd` must already run (`make test-libvirt` starts it);
 //! if `virsh` cannot reach it, [`Domain::start`] fails.
 
-use std::fs::File;
-use std::io::ErrorKind;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
@@ -27,12 +23,11 @@ use std::time::Instant;
 use crate::artifacts;
 use crate::console::last_lines;
 use crate::initramfs;
+use crate::ports;
+use crate::ports::GuestPorts;
 use crate::qemu::unique_number;
-use crate::serial::find_bytes;
-use crate::serial::Serial;
 use crate::shell_command::meminfo_field;
 use crate::shell_command::output_if_ok;
-use crate::shell_command::ShellCommand;
 use crate::shell_command::MEMINFO;
 use crate::Result;
 use anyhow::anyhow;
@@ -44,6 +39,9 @@ pub const CONNECT_URI: &str = "qemu:///system";
 
 /// Time a domain may take from `virsh create` to the init ready marker.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Time QEMU gets to connect its serial ports after `virsh create`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Time one guest shell command gets by default.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -118,11 +116,7 @@ impl DomainConfig {
 #[derive(Debug)]
 pub struct Domain {
     name: String,
-    console: Serial,
-    shell: Serial,
-    shell_input: UnixStream,
-    shell_cursor: usize,
-    next_command: u64,
+    ports: GuestPorts,
     log_dir: PathBuf,
     run_dir: PathBuf,
     destroyed: bool,
@@ -194,12 +188,8 @@ impl Domain {
 
         let listen = |socket: &str| -> Result<UnixListener> {
             let path = run_dir.join(socket);
-            let listener =
-                UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+            let listener = ports::listen(&path)?;
             readable(&path, 0o777)?;
-            listener
-                .set_nonblocking(true)
-                .context("making a listener non-blocking")?;
             Ok(listener)
         };
         let console_listener = listen("console.sock")?;
@@ -209,24 +199,10 @@ impl Domain {
         std::fs::write(&xml_path, &xml).context("writing domain.xml")?;
         virsh(&["create", &xml_path.to_string_lossy()])?;
         // From here on the domain exists: a failure destroys it on drop.
-        let accept = |listener: &UnixListener, what: &str| -> Result<UnixStream> {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        stream
-                            .set_nonblocking(false)
-                            .context("making a socket blocking")?;
-                        return Ok(stream);
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    Err(e) => bail!("accepting QEMU's {what} connection: {e}"),
-                }
-                if Instant::now() >= deadline {
-                    bail!("QEMU did not connect its {what} socket");
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let accept = |listener: &UnixListener, what: &str| {
+            // libvirt reports QEMU's exit itself: `virsh create` fails.
+            ports::accept(listener, what, deadline, || None)
         };
         let connected = accept(&console_listener, "console").and_then(|console| {
             let shell = accept(&shell_listener, "shell")?;
@@ -239,38 +215,15 @@ impl Domain {
                 return Err(e);
             }
         };
-        let open_log = |file: &str| -> Result<File> {
-            let path = log_dir.join(file);
-            File::create(&path).with_context(|| format!("creating {}", path.display()))
-        };
-        let console = Serial::spawn(console_stream, open_log("console.log")?, "console")
-            .context("starting the console reader")?;
-        let shell_input = shell_stream
-            .try_clone()
-            .context("cloning the shell socket")?;
-        let shell = Serial::spawn(shell_stream, open_log("shell.log")?, "shell")
-            .context("starting the shell reader")?;
         let mut domain = Domain {
             name,
-            console,
-            shell,
-            shell_input,
-            shell_cursor: 0,
-            next_command: 0,
+            ports: GuestPorts::start(console_stream, shell_stream, &log_dir)?,
             log_dir,
             run_dir,
             destroyed: false,
         };
-        let marker = format!("{}\n", initramfs::READY_MARKER);
-        let deadline = started + BOOT_TIMEOUT;
-        match domain
-            .shell
-            .wait_for(deadline, |data| find_bytes(data, marker.as_bytes(), 0))
-        {
-            Ok(at) => domain.shell_cursor = at + marker.len(),
-            Err(end) => {
-                return Err(domain.failure(&format!("no init ready marker ({end:?})")));
-            }
+        if let Err(end) = domain.ports.wait_ready(started + BOOT_TIMEOUT) {
+            return Err(domain.failure(&format!("no init ready marker ({end:?})")));
         }
         Ok(domain)
     }
@@ -325,28 +278,12 @@ impl Domain {
     /// Runs `command` in the guest shell; returns its exit code and output
     /// (the same marker protocol as [`crate::Vm::run`]).
     pub fn run(&mut self, command: &str, timeout: Duration) -> Result<(i32, String)> {
-        let id = self.next_command;
-        self.next_command += 1;
-        let marked = ShellCommand::new(id, command);
-        self.shell.log_note(&format!("\n$ {command}\n"));
-        self.shell_input
-            .write_all(marked.script())
-            .context("writing to the guest shell")?;
-        let from = self.shell_cursor;
-        let found = self
-            .shell
-            .wait_for(Instant::now() + timeout, |data| marked.find(data, from));
-        let (output, code, next) = match found {
-            Ok(found) => found,
-            Err(end) => {
-                return Err(self.failure(&format!(
-                    "guest command `{command}` did not finish in {timeout:?} ({end:?})"
-                )))
-            }
-        };
-        self.shell_cursor = next;
-        let code = marked.exit_code(&code)?;
-        Ok((code, output))
+        match self.ports.run(command, Instant::now() + timeout)? {
+            Ok(done) => Ok(done),
+            Err(end) => Err(self.failure(&format!(
+                "guest command `{command}` did not finish in {timeout:?} ({end:?})"
+            ))),
+        }
     }
 
     /// Runs `command`, fails unless it exits with 0, returns its output.
@@ -361,14 +298,14 @@ impl Domain {
 
     /// The kernel log (serial console) so far.
     pub fn console_log(&self) -> String {
-        self.console.text()
+        self.ports.console.text()
     }
 
     /// Powers the guest off and waits until libvirt no longer lists the
     /// domain; checks that the kernel log of the shutdown is clean.
     pub fn shutdown(mut self) -> Result<()> {
-        let console_start = self.console.len();
-        let _ = self.shell_input.write_all(b"poweroff -f\n");
+        let console_start = self.ports.console.len();
+        self.ports.power_off();
         let deadline = Instant::now() + Duration::from_secs(60);
         while virsh(&["domstate", &self.name]).is_ok() {
             if Instant::now() > deadline {
@@ -377,7 +314,7 @@ impl Domain {
             std::thread::sleep(Duration::from_millis(100));
         }
         self.destroyed = true;
-        let text = self.console.text();
+        let text = self.ports.console.text();
         if text.contains("Kernel panic") {
             return Err(self.failure("the guest kernel panicked"));
         }
@@ -393,8 +330,8 @@ impl Domain {
             "{what}; domain {}; logs in {}\n--- kernel log (tail) ---\n{}\n--- shell (tail) ---\n{}",
             self.name,
             self.log_dir.display(),
-            last_lines(&self.console.text(), 25),
-            last_lines(&self.shell.text(), 10),
+            last_lines(&self.ports.console.text(), 25),
+            last_lines(&self.ports.shell.text(), 10),
         )
     }
 }
@@ -407,7 +344,7 @@ impl Drop for Domain {
                 "=== domain {} did not shut down cleanly; logs in {} ===\n{}",
                 self.name,
                 self.log_dir.display(),
-                last_lines(&self.console.text(), 40)
+                last_lines(&self.ports.console.text(), 40)
             );
         }
         let _ = std::fs::remove_dir_all(&self.run_dir);

@@ -11,7 +11,6 @@
 //! [`Vm::shutdown`] prints where they are and the tail of the kernel log.
 
 use std::fs::File;
-use std::io::ErrorKind;
 use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::os::unix::net::UnixStream;
@@ -34,13 +33,13 @@ use crate::driver::Driver;
 use crate::initramfs;
 use crate::kernel::guest_kernel;
 use crate::kernel::scaled;
+use crate::ports;
+use crate::ports::GuestPorts;
 use crate::qmp::Qmp;
 use crate::serial::find_bytes;
-use crate::serial::Serial;
 use crate::serial::WaitEnd;
 use crate::shell_command::meminfo_field;
 use crate::shell_command::output_if_ok;
-use crate::shell_command::ShellCommand;
 use crate::shell_command::MEMINFO;
 use crate::Result;
 use anyhow::anyhow;
@@ -257,12 +256,7 @@ pub struct Vm {
     config: VmConfig,
     child: Child,
     qmp: Qmp,
-    console: Serial,
-    shell: Serial,
-    shell_input: UnixStream,
-    /// Where the next search for a shell marker starts.
-    shell_cursor: usize,
-    next_command: u64,
+    ports: GuestPorts,
     log_dir: PathBuf,
     run_dir: PathBuf,
     boot_time: Duration,
@@ -326,11 +320,7 @@ impl Vm {
 
         let listen = |name: &str| -> Result<(PathBuf, UnixListener)> {
             let path = run_dir.join(format!("{name}.sock"));
-            let listener =
-                UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-            listener
-                .set_nonblocking(true)
-                .context("making a listener non-blocking")?;
+            let listener = ports::listen(&path)?;
             Ok((path, listener))
         };
         let (console_path, console_listener) = listen("console")?;
@@ -414,18 +404,11 @@ impl Vm {
         let shell_stream = starting.accept(&shell_listener, "shell", connect_deadline)?;
         let qmp_stream = starting.accept(&qmp_listener, "qmp", connect_deadline)?;
 
-        let open_log = |name: &str| -> Result<File> {
-            let path = log_dir.join(name);
-            File::create(&path).with_context(|| format!("creating {}", path.display()))
-        };
-        let console = Serial::spawn(console_stream, open_log("console.log")?, "console")
-            .context("starting the console reader")?;
-        let shell_input = shell_stream
-            .try_clone()
-            .context("cloning the shell socket")?;
-        let shell = Serial::spawn(shell_stream, open_log("shell.log")?, "shell")
-            .context("starting the shell reader")?;
-        let qmp = Qmp::handshake(qmp_stream, Some(open_log("qmp.log")?)).map_err(|e| {
+        let ports = GuestPorts::start(console_stream, shell_stream, &log_dir)?;
+        let qmp_log = log_dir.join("qmp.log");
+        let qmp_log =
+            File::create(&qmp_log).with_context(|| format!("creating {}", qmp_log.display()))?;
+        let qmp = Qmp::handshake(qmp_stream, Some(qmp_log)).map_err(|e| {
             anyhow!(
                 "{e:#}; logs in {}\n{}",
                 log_dir.display(),
@@ -437,11 +420,7 @@ impl Vm {
             config,
             child,
             qmp,
-            console,
-            shell,
-            shell_input,
-            shell_cursor: 0,
-            next_command: 0,
+            ports,
             log_dir,
             run_dir,
             boot_time: Duration::ZERO,
@@ -449,12 +428,8 @@ impl Vm {
         };
         let boot_timeout = scaled(vm.config.boot_timeout);
         let deadline = started + boot_timeout;
-        let marker = format!("{}\n", initramfs::READY_MARKER);
-        match vm
-            .shell
-            .wait_for(deadline, |data| find_bytes(data, marker.as_bytes(), 0))
-        {
-            Ok(at) => vm.shell_cursor = at + marker.len(),
+        match vm.ports.wait_ready(deadline) {
+            Ok(()) => {}
             Err(end) => {
                 return Err(vm.failure(&format!(
                     "the guest did not reach the init ready marker ({})",
@@ -489,30 +464,13 @@ impl Vm {
     /// line limit). After a timeout the shell is still busy: treat the VM
     /// as broken.
     pub fn run(&mut self, command: &str, timeout: Duration) -> Result<(i32, String)> {
-        let id = self.next_command;
-        self.next_command += 1;
-        let marked = ShellCommand::new(id, command);
-        self.shell.log_note(&format!("\n$ {command}\n"));
-        self.shell_input
-            .write_all(marked.script())
-            .context("writing to the guest shell")?;
-        let from = self.shell_cursor;
-        let deadline = Instant::now() + timeout;
-        let found = self
-            .shell
-            .wait_for(deadline, |data| marked.find(data, from));
-        let (output, code_text, next_cursor) = match found {
-            Ok(found) => found,
-            Err(end) => {
-                return Err(self.failure(&format!(
-                    "guest command `{command}` did not finish ({})",
-                    describe(end, timeout)
-                )))
-            }
-        };
-        self.shell_cursor = next_cursor;
-        let code = marked.exit_code(&code_text)?;
-        Ok((code, output))
+        match self.ports.run(command, Instant::now() + timeout)? {
+            Ok(done) => Ok(done),
+            Err(end) => Err(self.failure(&format!(
+                "guest command `{command}` did not finish ({})",
+                describe(end, timeout)
+            ))),
+        }
     }
 
     /// Runs `command`, fails unless it exits with 0, returns its output.
@@ -599,6 +557,7 @@ impl Vm {
     pub fn wait_console(&mut self, text: &str, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         match self
+            .ports
             .console
             .wait_for(deadline, |data| find_bytes(data, text.as_bytes(), 0))
         {
@@ -612,12 +571,12 @@ impl Vm {
 
     /// The kernel log (serial console) so far.
     pub fn console_log(&self) -> String {
-        self.console.text()
+        self.ports.console.text()
     }
 
     /// Everything the guest shell printed so far.
     pub fn shell_log(&self) -> String {
-        self.shell.text()
+        self.ports.shell.text()
     }
 
     /// The QMP connection.
@@ -658,12 +617,11 @@ impl Vm {
     /// `VBRS_KEEP_LOGS` is set. If QEMU does not exit in time it is killed
     /// and this is an error.
     pub fn shutdown(mut self) -> Result<()> {
-        self.shell.log_note("\n$ poweroff -f\n");
         // What the kernel prints from here on (drivers' shutdown callbacks)
         // must be clean too.
-        let console_start = self.console.len();
+        let console_start = self.ports.console.len();
         // The shell may already be gone; waiting for QEMU says what happened.
-        let _ = self.shell_input.write_all(b"poweroff -f\n");
+        self.ports.power_off();
         let shutdown_timeout = scaled(SHUTDOWN_TIMEOUT);
         let deadline = Instant::now() + shutdown_timeout;
         loop {
@@ -671,12 +629,13 @@ impl Vm {
                 Ok(Some(status)) if status.success() => {
                     // QEMU also exits with 0 when a panic resets the guest.
                     let _ = self
+                        .ports
                         .console
                         .wait_for(Instant::now() + Duration::from_secs(2), |_| None::<()>);
-                    if self.console.text().contains("Kernel panic") {
+                    if self.ports.console.text().contains("Kernel panic") {
                         return Err(self.failure("the guest kernel panicked"));
                     }
-                    let text = self.console.text();
+                    let text = self.ports.console.text();
                     let at_shutdown = text.get(console_start..).unwrap_or("");
                     if let Err(problem) = check_clean_console(at_shutdown) {
                         return Err(self.failure(&format!("at shutdown: {problem}")));
@@ -704,14 +663,14 @@ impl Vm {
     fn failure(&mut self, what: &str) -> anyhow::Error {
         // A closed port means QEMU is exiting: give it a moment to be reaped
         // so the message can say how it ended.
-        let patience = if self.shell.is_closed() || self.console.is_closed() {
+        let patience = if self.ports.shell.is_closed() || self.ports.console.is_closed() {
             Duration::from_secs(2)
         } else {
             Duration::ZERO
         };
         let deadline = Instant::now() + patience;
         // Let the console reader catch up with the last words of the kernel.
-        let _ = self.console.wait_for(deadline, |_| None::<()>);
+        let _ = self.ports.console.wait_for(deadline, |_| None::<()>);
         let exited = loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => break format!("QEMU exited ({status})"),
@@ -724,8 +683,8 @@ impl Vm {
         anyhow!(
             "{what}; {exited}; logs in {}\n--- kernel log (tail) ---\n{}\n--- shell (tail) ---\n{}\n--- qemu ---\n{}",
             self.log_dir.display(),
-            last_lines(&self.console.text(), 25),
-            last_lines(&self.shell.text(), 10),
+            last_lines(&self.ports.console.text(), 25),
+            last_lines(&self.ports.shell.text(), 10),
             read_tail(&self.log_dir.join("qemu.log"))
         )
     }
@@ -761,7 +720,7 @@ impl Drop for Vm {
                 "=== VM {} did not shut down cleanly; logs in {} ===\n--- last {TAIL_LINES} kernel log lines ---\n{}\n--- end of kernel log ---",
                 self.config.name,
                 self.log_dir.display(),
-                last_lines(&self.console.text(), TAIL_LINES)
+                last_lines(&self.ports.console.text(), TAIL_LINES)
             );
         }
     }
@@ -784,37 +743,20 @@ impl Starting {
         what: &str,
         deadline: Instant,
     ) -> Result<UnixStream> {
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    stream
-                        .set_nonblocking(false)
-                        .context("making a socket blocking")?;
-                    return Ok(stream);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) => bail!("accepting QEMU's {what} connection: {e}"),
-            }
-            let exited = match self.child.as_mut().map(Child::try_wait) {
-                Some(Ok(Some(status))) => Some(status.to_string()),
-                Some(Ok(None)) => None,
-                Some(Err(e)) => Some(e.to_string()),
-                None => Some("not started".into()),
-            };
-            if let Some(status) = exited {
-                bail!(
-                    "QEMU exited before connecting its {what} socket ({status}):\n{}",
-                    read_tail(&self.log_dir.join("qemu.log"))
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "QEMU did not connect its {what} socket in {CONNECT_TIMEOUT:?}; logs in {}",
-                    self.log_dir.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let child = &mut self.child;
+        let exited = || match child.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(status))) => Some(status.to_string()),
+            Some(Ok(None)) => None,
+            Some(Err(e)) => Some(e.to_string()),
+            None => Some("not started".into()),
+        };
+        ports::accept(listener, what, deadline, exited).map_err(|e| {
+            anyhow!(
+                "{e:#}; logs in {}\n{}",
+                self.log_dir.display(),
+                read_tail(&self.log_dir.join("qemu.log"))
+            )
+        })
     }
 
     fn take_child(&mut self) -> Result<Child> {
