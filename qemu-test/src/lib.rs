@@ -8,6 +8,7 @@
 //! [`Vm`] is the entry point; [`artifacts`] finds the kernel and modules.
 
 pub mod artifacts;
+pub mod config;
 pub mod console;
 pub mod driver;
 pub mod initramfs;
@@ -19,11 +20,11 @@ pub mod qmp;
 pub mod serial;
 pub mod shell_command;
 
+pub use config::VmConfig;
 pub use console::check_clean_console;
 pub use driver::Driver;
 pub use kernel::scaled;
 pub use qemu::Vm;
-pub use qemu::VmConfig;
 pub use qmp::Qmp;
 
 /// Result type of the VM bench: every error is an [`anyhow::Error`] whose

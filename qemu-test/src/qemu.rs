@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Boots a test guest under QEMU and drives it: shell commands on a serial
-//! port, QMP on a socket, the kernel log on another serial port.
+//! Boots a test guest under QEMU (as [`VmConfig`] says) and drives it: shell
+//! commands on a serial port ([`crate::ports`]), QMP on a socket, the kernel
+//! log on another serial port; keeps the logs and checks the guest's health.
 //!
 //! The kernel console is `ttyS0` (`console.log`); the test shell runs on
 //! `ttyS1` (`shell.log`), so kernel messages never mix into command output.
@@ -26,6 +27,9 @@ use std::time::Instant;
 use std::time::SystemTime;
 
 use crate::artifacts;
+use crate::config::Accel;
+use crate::config::VmConfig;
+use crate::config::ROOT_PORT;
 use crate::console::check_clean_console;
 use crate::console::last_lines;
 use crate::console::ConsoleRules;
@@ -40,16 +44,13 @@ use crate::serial::find_bytes;
 use crate::serial::WaitEnd;
 use crate::shell_command::meminfo_field;
 use crate::shell_command::output_if_ok;
+use crate::shell_command::parse_meminfo;
 use crate::shell_command::MEMINFO;
 use crate::Result;
 use anyhow::anyhow;
 use anyhow::bail;
 use anyhow::ensure;
 use anyhow::Context;
-
-/// Time a guest may take from QEMU start to the init ready marker (on the
-/// test kernel: every timeout here goes through [`scaled`]).
-pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Time [`Vm::sh_ok`] and the other helpers give one shell command.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -59,9 +60,6 @@ pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Time QEMU gets to connect its chardevs after it starts.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The PCIe root port of [`VmConfig::balloon_on_root_port`].
-pub const ROOT_PORT: &str = "rp1";
 
 /// The kmemleak control file (debug kernels).
 const KMEMLEAK: &str = "/sys/kernel/debug/kmemleak";
@@ -76,178 +74,6 @@ const TAIL_LINES: usize = 60;
 pub fn unique_number() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-/// How QEMU runs the guest CPUs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    /// Hardware virtualisation (`-accel kvm -cpu host`).
-    Kvm,
-    /// Emulation (`-accel tcg -cpu max`).
-    Tcg,
-}
-
-impl Accel {
-    /// Chooses the accelerator: `VBRS_ACCEL=kvm|tcg` if set, else KVM only
-    /// when `/dev/kvm` exists and the CPU has `vmx` or `svm`, else TCG.
-    ///
-    /// The CPU-flag test matters: a nested `/dev/kvm` without those flags
-    /// (as on the build machines here) opens fine but cannot run a guest.
-    pub fn detect() -> Result<Self> {
-        match std::env::var("VBRS_ACCEL").ok().as_deref() {
-            Some("kvm") => return Ok(Accel::Kvm),
-            Some("tcg") => return Ok(Accel::Tcg),
-            Some("") | None => {}
-            Some(other) => bail!("VBRS_ACCEL={other}: expected kvm or tcg"),
-        }
-        let cpu_flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let has_vt = cpu_flags
-            .lines()
-            .filter(|line| line.starts_with("flags"))
-            .any(|line| line.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-        if has_vt && Path::new("/dev/kvm").exists() {
-            Ok(Accel::Kvm)
-        } else {
-            Ok(Accel::Tcg)
-        }
-    }
-
-    fn qemu_args(self) -> [&'static str; 4] {
-        match self {
-            Accel::Kvm => ["-accel", "kvm", "-cpu", "host"],
-            Accel::Tcg => ["-accel", "tcg", "-cpu", "max"],
-        }
-    }
-}
-
-/// What to boot: memory, CPUs, balloon options, modules, extra arguments.
-#[derive(Debug, Clone)]
-pub struct VmConfig {
-    /// Name of the VM, used in the log directory name.
-    pub name: String,
-    /// Guest RAM in MiB.
-    pub memory_mib: u64,
-    /// Number of vCPUs.
-    pub smp: u32,
-    /// Extra options of `-device virtio-balloon-pci,id=balloon0`, such as
-    /// `deflate-on-oom=on` (comma-separated, no leading comma).
-    pub balloon_options: String,
-    /// Extra kernel command line, appended to the defaults.
-    pub cmdline: String,
-    /// Extra QEMU arguments.
-    pub qemu_args: Vec<String>,
-    /// Put our module at [`initramfs::RS_MODULE_PATH`].
-    pub rs_module: bool,
-    /// Put the C driver at [`initramfs::C_MODULE_PATH`].
-    pub c_module: bool,
-    /// Extra files: (guest path, host path).
-    pub files: Vec<(String, PathBuf)>,
-    /// Accelerator; `None` means [`Accel::detect`].
-    pub accel: Option<Accel>,
-    /// Time allowed for the boot on the test kernel (see [`scaled`]).
-    pub boot_timeout: Duration,
-    /// Puts the balloon on its own PCIe root port (`rp1`), where QMP
-    /// `device_del` can hot-unplug it.
-    pub balloon_on_root_port: bool,
-}
-
-impl VmConfig {
-    /// A 2 GiB, 2-vCPU guest with both driver modules in its initramfs.
-    pub fn new(name: &str) -> Self {
-        Self {
-            name: name.to_string(),
-            memory_mib: 2048,
-            smp: 2,
-            balloon_options: String::new(),
-            cmdline: String::new(),
-            qemu_args: Vec::new(),
-            rs_module: true,
-            c_module: true,
-            files: Vec::new(),
-            accel: None,
-            boot_timeout: BOOT_TIMEOUT,
-            balloon_on_root_port: false,
-        }
-    }
-
-    /// Sets the guest RAM in MiB.
-    pub fn memory_mib(mut self, mib: u64) -> Self {
-        self.memory_mib = mib;
-        self
-    }
-
-    /// Sets the number of vCPUs.
-    pub fn smp(mut self, cpus: u32) -> Self {
-        self.smp = cpus;
-        self
-    }
-
-    /// Sets the extra balloon device options, e.g. `deflate-on-oom=on`.
-    pub fn balloon_options(mut self, options: &str) -> Self {
-        self.balloon_options = options.trim_start_matches(',').to_string();
-        self
-    }
-
-    /// Appends to the kernel command line.
-    pub fn cmdline(mut self, extra: &str) -> Self {
-        if !self.cmdline.is_empty() {
-            self.cmdline.push(' ');
-        }
-        self.cmdline.push_str(extra);
-        self
-    }
-
-    /// Appends QEMU arguments.
-    pub fn qemu_args<I, S>(mut self, args: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.qemu_args.extend(args.into_iter().map(Into::into));
-        self
-    }
-
-    /// Chooses whether our module is in the initramfs (default: yes).
-    pub fn rs_module(mut self, include: bool) -> Self {
-        self.rs_module = include;
-        self
-    }
-
-    /// Chooses whether the C driver is in the initramfs (default: yes).
-    pub fn c_module(mut self, include: bool) -> Self {
-        self.c_module = include;
-        self
-    }
-
-    /// Puts only `driver`'s module in the initramfs.
-    pub fn only(self, driver: Driver) -> Self {
-        self.rs_module(driver == Driver::Rs)
-            .c_module(driver == Driver::C)
-    }
-
-    /// Adds a host file to the initramfs at `guest` (mode 0755).
-    pub fn file(mut self, guest: &str, host: impl Into<PathBuf>) -> Self {
-        self.files.push((guest.to_string(), host.into()));
-        self
-    }
-
-    /// Forces an accelerator instead of [`Accel::detect`].
-    pub fn accel(mut self, accel: Accel) -> Self {
-        self.accel = Some(accel);
-        self
-    }
-
-    /// Sets the boot timeout (on the test kernel; see [`scaled`]).
-    pub fn boot_timeout(mut self, timeout: Duration) -> Self {
-        self.boot_timeout = timeout;
-        self
-    }
-
-    /// Puts the balloon on a hot-pluggable PCIe root port (`rp1`).
-    pub fn balloon_on_root_port(mut self) -> Self {
-        self.balloon_on_root_port = true;
-        self
-    }
 }
 
 /// A running test guest. Dropping it always kills QEMU.
@@ -799,17 +625,6 @@ fn read_tail(path: &Path) -> String {
     }
 }
 
-/// Finds `field` in `/proc/meminfo` text and returns its value in kB.
-pub fn parse_meminfo(meminfo: &str, field: &str) -> Option<u64> {
-    meminfo.lines().find_map(|line| {
-        let (name, rest) = line.split_once(':')?;
-        if name.trim() != field {
-            return None;
-        }
-        rest.split_whitespace().next()?.parse().ok()
-    })
-}
-
 /// Creates `<target>/vm-logs/<name>-<UTC timestamp>-<pid>-<n>/`.
 fn make_log_dir(name: &str) -> Result<PathBuf> {
     let safe_name: String = name
@@ -869,37 +684,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn meminfo_fields_parse() {
-        let text =
-            "MemTotal:        2052964 kB\nMemFree:         1990000 kB\nHugePages_Total:       0\n";
-        assert_eq!(parse_meminfo(text, "MemTotal"), Some(2_052_964));
-        assert_eq!(parse_meminfo(text, "MemFree"), Some(1_990_000));
-        assert_eq!(parse_meminfo(text, "HugePages_Total"), Some(0));
-        assert_eq!(parse_meminfo(text, "Mem"), None);
-    }
-
-    #[test]
     fn timestamps_are_utc_civil_dates() {
         let at = |secs| utc_timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
         assert_eq!(at(0), "19700101-000000");
         assert_eq!(at(951_782_400), "20000229-000000");
         assert_eq!(at(1_767_225_599), "20251231-235959");
-    }
-
-    #[test]
-    fn config_builder_sets_fields() {
-        let config = VmConfig::new("x")
-            .memory_mib(512)
-            .smp(1)
-            .balloon_options(",deflate-on-oom=on")
-            .cmdline("a=1")
-            .cmdline("b=2")
-            .qemu_args(["-s"])
-            .rs_module(false);
-        assert_eq!(config.memory_mib, 512);
-        assert_eq!(config.balloon_options, "deflate-on-oom=on");
-        assert_eq!(config.cmdline, "a=1 b=2");
-        assert_eq!(config.qemu_args, vec!["-s".to_string()]);
-        assert!(!config.rs_module && config.c_module);
     }
 }

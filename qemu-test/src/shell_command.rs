@@ -75,15 +75,35 @@ pub fn output_if_ok(command: &str, (code, output): (i32, String)) -> Result<Stri
     }
 }
 
+/// Finds `field` in `/proc/meminfo` text and returns its value in kB.
+pub fn parse_meminfo(meminfo: &str, field: &str) -> Option<u64> {
+    meminfo.lines().find_map(|line| {
+        let (name, rest) = line.split_once(':')?;
+        if name.trim() != field {
+            return None;
+        }
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
 /// Field `field` (in kB) of a `/proc/meminfo` text.
 pub fn meminfo_field(meminfo: &str, field: &str) -> Result<u64> {
-    crate::qemu::parse_meminfo(meminfo, field)
-        .ok_or_else(|| anyhow!("/proc/meminfo has no {field}:\n{meminfo}"))
+    parse_meminfo(meminfo, field).ok_or_else(|| anyhow!("/proc/meminfo has no {field}:\n{meminfo}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meminfo_fields_parse() {
+        let text =
+            "MemTotal:        2052964 kB\nMemFree:         1990000 kB\nHugePages_Total:       0\n";
+        assert_eq!(parse_meminfo(text, "MemTotal"), Some(2_052_964));
+        assert_eq!(parse_meminfo(text, "MemFree"), Some(1_990_000));
+        assert_eq!(parse_meminfo(text, "HugePages_Total"), Some(0));
+        assert_eq!(parse_meminfo(text, "Mem"), None);
+    }
 
     #[test]
     fn output_and_status_are_found_after_the_cursor() {

@@ -144,7 +144,7 @@ fn dommemstat_fills_every_field_and_matches_the_guest() -> Result<()> {
     let meminfo = domain.sh_ok("cat /proc/meminfo")?;
     let vmstat = domain.sh_ok("cat /proc/vmstat")?;
     let guest = |field: &str| -> Result<u64> {
-        qemu_test::qemu::parse_meminfo(&meminfo, field)
+        qemu_test::shell_command::parse_meminfo(&meminfo, field)
             .ok_or_else(|| anyhow!("/proc/meminfo has no {field}"))
     };
     let counter = |name: &str| -> Result<u64> {

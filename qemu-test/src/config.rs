@@ -1,0 +1,215 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! What a test VM is booted with: the accelerator and the [`VmConfig`]
+//! builder (memory, CPUs, balloon options, modules, extra arguments).
+
+use std::path::Path;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+
+use crate::driver::Driver;
+use crate::Result;
+
+/// Time a guest may take from QEMU start to the init ready marker (on the
+/// test kernel: every timeout here goes through [`crate::scaled`]).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The PCIe root port of [`VmConfig::balloon_on_root_port`].
+pub const ROOT_PORT: &str = "rp1";
+
+/// How QEMU runs the guest CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualisation (`-accel kvm -cpu host`).
+    Kvm,
+    /// Emulation (`-accel tcg -cpu max`).
+    Tcg,
+}
+
+impl Accel {
+    /// Chooses the accelerator: `VBRS_ACCEL=kvm|tcg` if set, else KVM only
+    /// when `/dev/kvm` exists and the CPU has `vmx` or `svm`, else TCG.
+    ///
+    /// The CPU-flag test matters: a nested `/dev/kvm` without those flags
+    /// (as on the build machines here) opens fine but cannot run a guest.
+    pub fn detect() -> Result<Self> {
+        match std::env::var("VBRS_ACCEL").ok().as_deref() {
+            Some("kvm") => return Ok(Accel::Kvm),
+            Some("tcg") => return Ok(Accel::Tcg),
+            Some("") | None => {}
+            Some(other) => bail!("VBRS_ACCEL={other}: expected kvm or tcg"),
+        }
+        let cpu_flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let has_vt = cpu_flags
+            .lines()
+            .filter(|line| line.starts_with("flags"))
+            .any(|line| line.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+        if has_vt && Path::new("/dev/kvm").exists() {
+            Ok(Accel::Kvm)
+        } else {
+            Ok(Accel::Tcg)
+        }
+    }
+
+    /// The QEMU arguments that select this accelerator.
+    pub fn qemu_args(self) -> [&'static str; 4] {
+        match self {
+            Accel::Kvm => ["-accel", "kvm", "-cpu", "host"],
+            Accel::Tcg => ["-accel", "tcg", "-cpu", "max"],
+        }
+    }
+}
+
+/// What to boot: memory, CPUs, balloon options, modules, extra arguments.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Name of the VM, used in the log directory name.
+    pub name: String,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// Number of vCPUs.
+    pub smp: u32,
+    /// Extra options of `-device virtio-balloon-pci,id=balloon0`, such as
+    /// `deflate-on-oom=on` (comma-separated, no leading comma).
+    pub balloon_options: String,
+    /// Extra kernel command line, appended to the defaults.
+    pub cmdline: String,
+    /// Extra QEMU arguments.
+    pub qemu_args: Vec<String>,
+    /// Put our module at [`crate::initramfs::RS_MODULE_PATH`].
+    pub rs_module: bool,
+    /// Put the C driver at [`crate::initramfs::C_MODULE_PATH`].
+    pub c_module: bool,
+    /// Extra files: (guest path, host path).
+    pub files: Vec<(String, PathBuf)>,
+    /// Accelerator; `None` means [`Accel::detect`].
+    pub accel: Option<Accel>,
+    /// Time allowed for the boot on the test kernel (see [`crate::scaled`]).
+    pub boot_timeout: Duration,
+    /// Puts the balloon on its own PCIe root port (`rp1`), where QMP
+    /// `device_del` can hot-unplug it.
+    pub balloon_on_root_port: bool,
+}
+
+impl VmConfig {
+    /// A 2 GiB, 2-vCPU guest with both driver modules in its initramfs.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            memory_mib: 2048,
+            smp: 2,
+            balloon_options: String::new(),
+            cmdline: String::new(),
+            qemu_args: Vec::new(),
+            rs_module: true,
+            c_module: true,
+            files: Vec::new(),
+            accel: None,
+            boot_timeout: BOOT_TIMEOUT,
+            balloon_on_root_port: false,
+        }
+    }
+
+    /// Sets the guest RAM in MiB.
+    pub fn memory_mib(mut self, mib: u64) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    /// Sets the number of vCPUs.
+    pub fn smp(mut self, cpus: u32) -> Self {
+        self.smp = cpus;
+        self
+    }
+
+    /// Sets the extra balloon device options, e.g. `deflate-on-oom=on`.
+    pub fn balloon_options(mut self, options: &str) -> Self {
+        self.balloon_options = options.trim_start_matches(',').to_string();
+        self
+    }
+
+    /// Appends to the kernel command line.
+    pub fn cmdline(mut self, extra: &str) -> Self {
+        if !self.cmdline.is_empty() {
+            self.cmdline.push(' ');
+        }
+        self.cmdline.push_str(extra);
+        self
+    }
+
+    /// Appends QEMU arguments.
+    pub fn qemu_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.qemu_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Chooses whether our module is in the initramfs (default: yes).
+    pub fn rs_module(mut self, include: bool) -> Self {
+        self.rs_module = include;
+        self
+    }
+
+    /// Chooses whether the C driver is in the initramfs (default: yes).
+    pub fn c_module(mut self, include: bool) -> Self {
+        self.c_module = include;
+        self
+    }
+
+    /// Puts only `driver`'s module in the initramfs.
+    pub fn only(self, driver: Driver) -> Self {
+        self.rs_module(driver == Driver::Rs)
+            .c_module(driver == Driver::C)
+    }
+
+    /// Adds a host file to the initramfs at `guest` (mode 0755).
+    pub fn file(mut self, guest: &str, host: impl Into<PathBuf>) -> Self {
+        self.files.push((guest.to_string(), host.into()));
+        self
+    }
+
+    /// Forces an accelerator instead of [`Accel::detect`].
+    pub fn accel(mut self, accel: Accel) -> Self {
+        self.accel = Some(accel);
+        self
+    }
+
+    /// Sets the boot timeout (on the test kernel; see [`crate::scaled`]).
+    pub fn boot_timeout(mut self, timeout: Duration) -> Self {
+        self.boot_timeout = timeout;
+        self
+    }
+
+    /// Puts the balloon on a hot-pluggable PCIe root port (`rp1`).
+    pub fn balloon_on_root_port(mut self) -> Self {
+        self.balloon_on_root_port = true;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_builder_sets_fields() {
+        let config = VmConfig::new("x")
+            .memory_mib(512)
+            .smp(1)
+            .balloon_options(",deflate-on-oom=on")
+            .cmdline("a=1")
+            .cmdline("b=2")
+            .qemu_args(["-s"])
+            .rs_module(false);
+        assert_eq!(config.memory_mib, 512);
+        assert_eq!(config.balloon_options, "deflate-on-oom=on");
+        assert_eq!(config.cmdline, "a=1 b=2");
+        assert_eq!(config.qemu_args, vec!["-s".to_string()]);
+        assert!(!config.rs_module && config.c_module);
+    }
+}
