@@ -7,19 +7,21 @@
 
 mod common;
 
+use anyhow::ensure;
 use common::balloon_to_mib;
-use common::ensure;
+use common::boot;
 use common::expect_memtotal;
 use common::unload_and_power_off;
 use common::GUEST_MIB;
-use qemu_test::initramfs::RS_MODULE_PATH;
+use qemu_test::Driver;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;
 
-fn boot(config: VmConfig, params: &str) -> Result<Vm> {
-    let mut vm = Vm::boot(config.c_module(false))?;
-    vm.insmod(RS_MODULE_PATH, params)?;
+/// [`boot`]s a guest and loads our module with `params`.
+fn boot_with_params(config: VmConfig, params: &str) -> Result<Vm> {
+    let mut vm = boot(config)?;
+    vm.insmod(Driver::Rs.guest_path(), params)?;
     Ok(vm)
 }
 
@@ -27,9 +29,10 @@ fn boot(config: VmConfig, params: &str) -> Result<Vm> {
 fn check_format(mut vm: Vm, announced: &str) -> Result<()> {
     let memtotal = vm.meminfo("MemTotal")?;
     let dmesg = vm.dmesg()?;
-    ensure(dmesg.contains(announced), || {
-        format!("expected {announced:?} in dmesg:\n{dmesg}")
-    })?;
+    ensure!(
+        dmesg.contains(announced),
+        "expected {announced:?} in dmesg:\n{dmesg}"
+    );
     balloon_to_mib(&mut vm, GUEST_MIB - 1024)?;
     expect_memtotal(&mut vm, memtotal - 1024 * 1024)?;
     balloon_to_mib(&mut vm, GUEST_MIB)?;
@@ -41,7 +44,7 @@ fn check_format(mut vm: Vm, announced: &str) -> Result<()> {
 fn auto_gives_a_transitional_qemu_device_full_buffers() -> Result<()> {
     // On pcie.0 the balloon is transitional: subsystem 0x1af4:0x0005,
     // QEMU's or kvmtool's, both of which read a large buffer whole.
-    let vm = boot(VmConfig::new("format_transitional"), "")?;
+    let vm = boot_with_params(VmConfig::new("format_transitional"), "")?;
     check_format(vm, "Full buffers of 4096 pages")
 }
 
@@ -49,7 +52,7 @@ fn auto_gives_a_transitional_qemu_device_full_buffers() -> Result<()> {
 fn auto_gives_a_modern_qemu_device_full_buffers() -> Result<()> {
     // Behind a PCIe root port it is modern-only: QEMU's own subsystem
     // 0x1af4:0x1100.
-    let vm = boot(
+    let vm = boot_with_params(
         VmConfig::new("format_modern").balloon_on_root_port(),
         "buffer_format=0",
     )?;
@@ -58,16 +61,17 @@ fn auto_gives_a_modern_qemu_device_full_buffers() -> Result<()> {
 
 #[test]
 fn compat_buffers_reach_every_target_and_give_every_page_back() -> Result<()> {
-    let vm = boot(VmConfig::new("format_compat"), "buffer_format=1")?;
+    let vm = boot_with_params(VmConfig::new("format_compat"), "buffer_format=1")?;
     check_format(vm, "Compat buffers of 256 pages")
 }
 
 #[test]
 fn an_unknown_buffer_format_is_reported_and_auto_is_used() -> Result<()> {
-    let mut vm = boot(VmConfig::new("format_unknown"), "buffer_format=7")?;
+    let mut vm = boot_with_params(VmConfig::new("format_unknown"), "buffer_format=7")?;
     let dmesg = vm.dmesg()?;
-    ensure(dmesg.contains("buffer_format=7 unknown"), || {
-        format!("no warning about buffer_format=7:\n{dmesg}")
-    })?;
+    ensure!(
+        dmesg.contains("buffer_format=7 unknown"),
+        "no warning about buffer_format=7:\n{dmesg}"
+    );
     check_format(vm, "Full buffers of 4096 pages")
 }
