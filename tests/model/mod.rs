@@ -719,15 +719,11 @@ impl Backend for Model {
             .for_each(|first| f(*first));
     }
     fn dequeue_blocks(&mut self, max: u64) -> u64 {
-        let mut taken = 0;
-        while taken < max {
-            let Some(first) = self.balloon_blocks.pop() else {
-                break;
-            };
-            self.staged_deflate_blocks.push(first);
-            taken += 1;
-        }
-        taken
+        move_up_to(
+            &mut self.balloon_blocks,
+            &mut self.staged_deflate_blocks,
+            max,
+        )
     }
     fn staged_deflate_blocks(&self, f: &mut dyn FnMut(u64)) {
         self.staged_deflate_blocks
@@ -735,15 +731,7 @@ impl Backend for Model {
             .for_each(|first| f(*first));
     }
     fn dequeue_pages(&mut self, max: u64) -> u64 {
-        let mut taken = 0;
-        while taken < max {
-            let Some(page) = self.balloon.pop() else {
-                break;
-            };
-            self.staged_deflate.push(page);
-            taken += 1;
-        }
-        taken
+        move_up_to(&mut self.balloon, &mut self.staged_deflate, max)
     }
     fn balloon_is_empty(&mut self) -> bool {
         self.balloon.is_empty() && self.isolated.is_empty() && self.balloon_blocks.is_empty()
@@ -837,4 +825,18 @@ impl Backend for Model {
         let page = self.held.pop().expect("released a page that was not held");
         self.free_checked(page);
     }
+}
+
+/// Moves up to `max` entries from the end of `from` to `to`; returns how
+/// many it moved.
+fn move_up_to(from: &mut Vec<u64>, to: &mut Vec<u64>, max: u64) -> u64 {
+    let mut moved = 0;
+    while moved < max {
+        let Some(entry) = from.pop() else {
+            break;
+        };
+        to.push(entry);
+        moved += 1;
+    }
+    moved
 }
