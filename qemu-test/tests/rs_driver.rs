@@ -26,6 +26,7 @@ use common::start_hog;
 use common::unload_and_power_off;
 use common::vmstat;
 use common::GUEST_MIB;
+use qemu_test::initramfs::RS_MODULE_PATH;
 use qemu_test::scaled;
 use qemu_test::Driver;
 use qemu_test::Result;
@@ -242,7 +243,9 @@ fn impossible_target_settles_without_oom_and_recovers() -> Result<()> {
 fn compaction_migrates_balloon_pages_and_keeps_actual() -> Result<()> {
     let mut vm = boot(VmConfig::new("compaction"))?;
     let memtotal = vm.meminfo("MemTotal")?;
-    vm.load(RS)?;
+    // Single 4 KiB balloon pages migrate; whole 2 MiB blocks (the `full`
+    // format) are unmovable, like vmw_balloon's: balloon single pages only.
+    vm.insmod(RS_MODULE_PATH, "buffer_format=1")?;
     // Compaction only moves balloon pages that sit below free memory.
     // Interleave: a hog, a slice of balloon, a hog, a slice... then free the
     // hogs, leaving holes between the balloon slices wherever the allocator

@@ -261,3 +261,13 @@ bool vbrs_virtio_on_platform(struct virtio_device *vdev)
 {
 	return vdev->dev.parent && dev_is_platform(vdev->dev.parent);
 }
+
+struct pglist_data *vbrs_page_pgdat(const struct page *page)
+{
+	return page_pgdat(page);
+}
+
+void vbrs_count_vm_events(int item, long delta)
+{
+	count_vm_events(item, delta);
+}

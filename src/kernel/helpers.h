@@ -21,6 +21,7 @@ struct list_head;
 struct page;
 struct balloon_dev_info;
 struct scatterlist;
+struct pglist_data;
 
 u64 vbrs_virtio_features(const struct virtio_device *vdev);
 void vbrs_virtio_clear_feature(struct virtio_device *vdev, unsigned int fbit);
@@ -69,5 +70,7 @@ void vbrs_virtio_relax(struct virtio_device *vdev);
 u8 vbrs_virtqueue_device_status(struct virtqueue *vq);
 bool vbrs_virtio_pci_subsystem(struct virtio_device *vdev, u16 *vendor, u16 *device);
 bool vbrs_virtio_on_platform(struct virtio_device *vdev);
+struct pglist_data *vbrs_page_pgdat(const struct page *page);
+void vbrs_count_vm_events(int item, long delta);
 
 #endif /* VBRS_HELPERS_H */

@@ -37,6 +37,8 @@ pub(super) struct EngineView {
     /// In balloon (4 KiB) pages.
     reserve_pages: u64,
     stalled: bool,
+    /// Whole 2 MiB blocks in the balloon.
+    blocks: u64,
 }
 
 /// Figures for the guest-side view in debugfs.
@@ -82,6 +84,7 @@ impl DebugView {
             backoff_ms: engine.backoff_ms(),
             reserve_pages: engine.reserve() * self.balloon_pages_per_page,
             stalled: engine.is_stalled(),
+            blocks: engine.blocks(),
         };
     }
 
@@ -115,6 +118,9 @@ engine_files! {
     backoff_ms => |e| e.backoff_ms;
     host_stalled => |e| u8::from(e.stalled);
     late_buffers => |e| e.counters.late_buffers;
+    balloon_blocks => |e| e.blocks;
+    blocks_inflated => |e| e.counters.blocks_inflated;
+    block_fallbacks => |e| e.counters.block_fallbacks;
 }
 
 /// The device's debugfs directory `name` under `root`, with its files.
@@ -149,6 +155,9 @@ fn create_files<'data>(view: &'data DebugView, dir: &ScopedDir<'data, '_>) {
     dir.read_only_file(c"hint_blocks_held", &view.hint_blocks_held);
     dir.read_callback_file(c"host_stalled", view, &host_stalled);
     dir.read_callback_file(c"late_buffers", view, &late_buffers);
+    dir.read_callback_file(c"balloon_blocks", view, &balloon_blocks);
+    dir.read_callback_file(c"blocks_inflated", view, &blocks_inflated);
+    dir.read_callback_file(c"block_fallbacks", view, &block_fallbacks);
 }
 
 fn write_features(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {

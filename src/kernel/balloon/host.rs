@@ -21,7 +21,8 @@ use crate::mm::{
     HeldPage,
     MigratingPage,
     Page,
-    PageList, //
+    PageList,
+    HUGE_BLOCK_ORDER, //
 };
 use crate::virtio::config::{
     Actual,
@@ -39,15 +40,42 @@ use crate::virtio::{
 /// that lock). Only the update work uses it.
 pub(super) struct Prealloc {
     pub(super) pages: Pin<KBox<PageList>>,
+    pub(super) blocks: Pin<KBox<BlockList>>,
     pub(super) bulk: BulkAlloc,
 }
+
+/// Whole 2 MiB blocks (a host huge page each).
+pub(super) type BlockList = PageList<HUGE_BLOCK_ORDER>;
 
 impl Prealloc {
     pub(super) fn new() -> Result<Self> {
         Ok(Self {
             pages: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
+            blocks: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
             bulk: BulkAlloc::new(PFNS_PER_BUFFER)?,
         })
+    }
+
+    /// Allocates up to `count` whole blocks, without reclaim, retry or
+    /// warning (as `vmw_balloon` takes its 2 MiB pages); returns how many it
+    /// got. Fewer means the guest has no free 2 MiB block left: the rest is
+    /// taken as single pages.
+    pub(super) fn fill_blocks(&mut self, count: u64) -> u64 {
+        let mut got = 0;
+        while got < count {
+            let Some(block) = Page::alloc_free_block() else {
+                break;
+            };
+            self.blocks.as_mut().push(block);
+            got += 1;
+        }
+        got
+    }
+
+    /// Frees what the step did not take.
+    pub(super) fn clear(&mut self) {
+        self.pages.as_mut().clear();
+        self.blocks.as_mut().clear();
     }
 
     /// Allocates up to `count` balloon pages: many per call while memory is
@@ -73,9 +101,13 @@ pub(super) struct Host<'a> {
     pub(super) balloon: &'a BalloonDevInfo<Balloon>,
     pub(super) staged_inflate: Pin<&'a mut PageList>,
     pub(super) staged_deflate: Pin<&'a mut PageList>,
+    /// The balloon's whole blocks, off the balloon core's list (unmovable).
+    pub(super) blocks: Pin<&'a mut BlockList>,
+    pub(super) staged_inflate_blocks: Pin<&'a mut BlockList>,
+    pub(super) staged_deflate_blocks: Pin<&'a mut BlockList>,
     pub(super) bulk: &'a mut BulkAlloc,
-    /// Pages allocated for this step, outside the lock.
-    pub(super) prealloc: Option<Pin<&'a mut PageList>>,
+    /// Pages and blocks allocated for this step, outside the lock.
+    pub(super) prealloc: Option<&'a mut Prealloc>,
     pub(super) held: &'a mut Option<HeldPage>,
     /// The migration in progress, in the migration callback.
     pub(super) migrating: Option<&'a MigratingPage<'a>>,
@@ -109,7 +141,35 @@ impl Backend for Host<'_> {
         let max = usize::try_from(max).unwrap_or(usize::MAX);
         self.staged_inflate
             .as_mut()
-            .take_from(prealloc.as_mut(), max) as u64
+            .take_from(prealloc.pages.as_mut(), max) as u64
+    }
+
+    fn alloc_blocks(&mut self, max: u64) -> u64 {
+        // The blocks too were allocated before the lock was taken.
+        let Some(prealloc) = self.prealloc.as_mut() else {
+            return 0;
+        };
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        self.staged_inflate_blocks
+            .as_mut()
+            .take_from(prealloc.blocks.as_mut(), max) as u64
+    }
+
+    fn staged_inflate_blocks(&self, f: &mut dyn FnMut(u64)) {
+        self.staged_inflate_blocks.for_each_pfn(f);
+    }
+
+    fn dequeue_blocks(&mut self, max: u64) -> u64 {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        self.balloon.dequeue_blocks(
+            self.blocks.as_mut(),
+            self.staged_deflate_blocks.as_mut(),
+            max,
+        ) as u64
+    }
+
+    fn staged_deflate_blocks(&self, f: &mut dyn FnMut(u64)) {
+        self.staged_deflate_blocks.for_each_pfn(f);
     }
 
     fn staged_inflate_pfns(&self, f: &mut dyn FnMut(u64)) {
@@ -118,10 +178,13 @@ impl Backend for Host<'_> {
 
     fn commit_inflate(&mut self) {
         self.balloon.enqueue_list(self.staged_inflate.as_mut());
+        self.balloon
+            .enqueue_blocks(self.staged_inflate_blocks.as_mut(), self.blocks.as_mut());
     }
 
     fn abort_inflate(&mut self) {
         self.staged_inflate.as_mut().clear();
+        self.staged_inflate_blocks.as_mut().clear();
     }
 
     fn dequeue_pages(&mut self, max: u64) -> u64 {
@@ -130,7 +193,7 @@ impl Backend for Host<'_> {
     }
 
     fn balloon_is_empty(&mut self) -> bool {
-        self.balloon.is_empty()
+        self.balloon.is_empty() && self.blocks.len() == 0
     }
 
     fn staged_deflate_pfns(&self, f: &mut dyn FnMut(u64)) {
@@ -139,10 +202,13 @@ impl Backend for Host<'_> {
 
     fn commit_deflate(&mut self) {
         self.bulk.free_list(self.staged_deflate.as_mut());
+        self.staged_deflate_blocks.as_mut().clear();
     }
 
     fn abort_deflate(&mut self) {
         self.balloon.enqueue_list(self.staged_deflate.as_mut());
+        self.balloon
+            .enqueue_blocks(self.staged_deflate_blocks.as_mut(), self.blocks.as_mut());
     }
 
     fn tell_host(&mut self, queue: QueueRole, pfns: &[u32]) -> Result<(), HostError> {

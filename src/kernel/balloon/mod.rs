@@ -95,6 +95,7 @@ use debugfs::{
 use free_page_hint::HintState;
 use host::{
     host_timeout,
+    BlockList,
     Host,
     Prealloc, //
 };
@@ -115,6 +116,12 @@ struct State {
     staged_inflate: Pin<KBox<PageList>>,
     /// Pages out of the balloon for the deflate in flight.
     staged_deflate: Pin<KBox<PageList>>,
+    /// The balloon's whole 2 MiB blocks (`buffer_format` full).
+    blocks: Pin<KBox<BlockList>>,
+    /// Blocks allocated for the inflate in flight.
+    staged_inflate_blocks: Pin<KBox<BlockList>>,
+    /// Blocks out of the balloon for the deflate in flight.
+    staged_deflate_blocks: Pin<KBox<BlockList>>,
     /// Scratch space for freeing deflated pages in batches.
     bulk: BulkAlloc,
     /// The old page of a migration, kept from the allocator until the host
@@ -134,6 +141,9 @@ impl State {
             pfns,
             staged_inflate: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
             staged_deflate: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
+            blocks: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
+            staged_inflate_blocks: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
+            staged_deflate_blocks: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
             bulk: BulkAlloc::new(PFNS_PER_BUFFER)?,
             held: None,
         })
@@ -260,12 +270,12 @@ impl Balloon {
     /// Runs `f` with the engine, the PFN buffer and a backend over the
     /// device, under the balloon lock; `None` while the device is down.
     ///
-    /// `prealloc` holds the pages allocated for this step; `migrating` is
-    /// the migration in progress, in the migration callback.
+    /// `prealloc` holds the pages and blocks allocated for this step;
+    /// `migrating` is the migration in progress, in the migration callback.
     fn with_engine<R>(
         &self,
         state: &mut State,
-        prealloc: Option<Pin<&mut PageList>>,
+        prealloc: Option<&mut Prealloc>,
         migrating: Option<&MigratingPage<'_>>,
         f: impl FnOnce(&mut Engine, &mut Host<'_>, &mut [u32]) -> R,
     ) -> Option<R> {
@@ -276,6 +286,9 @@ impl Balloon {
             pfns,
             staged_inflate,
             staged_deflate,
+            blocks,
+            staged_inflate_blocks,
+            staged_deflate_blocks,
             bulk,
             held,
             ..
@@ -289,6 +302,9 @@ impl Balloon {
             balloon: &self.pages,
             staged_inflate: staged_inflate.as_mut(),
             staged_deflate: staged_deflate.as_mut(),
+            blocks: blocks.as_mut(),
+            staged_inflate_blocks: staged_inflate_blocks.as_mut(),
+            staged_deflate_blocks: staged_deflate_blocks.as_mut(),
             bulk,
             prealloc,
             held,
@@ -354,27 +370,34 @@ impl Balloon {
         }
         // Allocate outside the balloon lock: direct reclaim may take long,
         // and the OOM notifier waits for that lock.
+        // Whole 2 MiB blocks first (buffer_format full), then single pages
+        // for the rest.
         let wanted = {
             let mut state = self.state.lock();
             self.with_engine(&mut state, None, None, |engine, host, _| {
-                engine.pages_to_allocate(host)
+                (
+                    engine.pages_to_allocate(host),
+                    engine.blocks_to_allocate(host),
+                    engine.guest_pages_per_block(),
+                )
             })
         };
         let mut prealloc = self.prealloc.lock();
-        if let Some(count) = wanted.filter(|count| *count > 0) {
-            prealloc.fill(count);
+        if let Some((pages, blocks, per_block)) = wanted.filter(|(pages, ..)| *pages > 0) {
+            let got = prealloc.fill_blocks(blocks);
+            prealloc.fill(pages.saturating_sub(got * per_block));
         }
         let step = {
             let mut state = self.state.lock();
             self.with_engine(
                 &mut state,
-                Some(prealloc.pages.as_mut()),
+                Some(&mut prealloc),
                 None,
                 |engine, host, pfns| engine.step(host, pfns),
             )
         };
         // What the step did not take (the target moved meanwhile) goes back.
-        prealloc.pages.as_mut().clear();
+        prealloc.clear();
         drop(prealloc);
         match step {
             Some(Step::Progress) => {

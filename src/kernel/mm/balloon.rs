@@ -12,6 +12,7 @@ use kernel::types::Opaque;
 
 use super::{
     HeldPage,
+    Page,
     PageList, //
 };
 use crate::bindings;
@@ -80,6 +81,10 @@ macro_rules! impl_has_balloon_dev_info {
         }
     };
 }
+
+/// Order of the blocks the balloon may take whole: 2 MiB with 4 KiB pages,
+/// the size of a host huge page.
+pub(crate) const HUGE_BLOCK_ORDER: u32 = 9;
 
 /// A balloon: the kernel's list of inflated pages of one device.
 ///
@@ -189,5 +194,69 @@ impl<T: HasBalloonDevInfo> BalloonDevInfo<T> {
             unsafe { bindings::balloon_page_list_dequeue(self.info.get(), list.head.get(), max) };
         list.len += moved;
         moved
+    }
+}
+
+/// Whole blocks in the balloon. The balloon core's list holds single pages;
+/// blocks stay on a list of the driver's, unmovable (as `vmw_balloon`'s
+/// 2 MiB pages are), and are accounted as the core accounts its pages, so
+/// that `MemTotal`, `Balloon:` and the `balloon_*` events stay exact.
+impl<T: HasBalloonDevInfo> BalloonDevInfo<T> {
+    /// Moves every block of `staged` onto `blocks`, the balloon's own.
+    pub(crate) fn enqueue_blocks<const ORDER: u32>(
+        &self,
+        mut staged: Pin<&mut PageList<ORDER>>,
+        mut blocks: Pin<&mut PageList<ORDER>>,
+    ) -> usize {
+        let mut moved = 0;
+        while let Some(block) = staged.as_mut().pop() {
+            self.account(&block, true);
+            blocks.as_mut().push(block);
+            moved += 1;
+        }
+        moved
+    }
+
+    /// Moves up to `max` blocks from the balloon's `blocks` onto `staged`.
+    pub(crate) fn dequeue_blocks<const ORDER: u32>(
+        &self,
+        mut blocks: Pin<&mut PageList<ORDER>>,
+        mut staged: Pin<&mut PageList<ORDER>>,
+        max: usize,
+    ) -> usize {
+        let mut moved = 0;
+        while moved < max {
+            let Some(block) = blocks.as_mut().pop() else {
+                break;
+            };
+            self.account(&block, false);
+            staged.as_mut().push(block);
+            moved += 1;
+        }
+        moved
+    }
+
+    /// Accounts `block` entering (`inflate`) or leaving the balloon.
+    fn account<const ORDER: u32>(&self, block: &Page<ORDER>, inflate: bool) {
+        let pages: kernel::ffi::c_long = 1 << ORDER;
+        let (delta, event) = if inflate {
+            (pages, bindings::vm_event_item_BALLOON_INFLATE)
+        } else {
+            (-pages, bindings::vm_event_item_BALLOON_DEFLATE)
+        };
+        // SAFETY: the descriptor is initialised (type invariant) and only
+        // read; `block` is a valid block of `2^ORDER` pages that we own
+        // (its type invariant).
+        unsafe {
+            if (*self.info.get()).adjust_managed_page_count {
+                bindings::adjust_managed_page_count(block.as_raw(), -delta);
+            }
+            bindings::vbrs_count_vm_events(event as kernel::ffi::c_int, pages);
+            bindings::mod_node_page_state(
+                bindings::vbrs_page_pgdat(block.as_raw()),
+                bindings::node_stat_item_NR_BALLOON_PAGES,
+                delta,
+            );
+        }
     }
 }

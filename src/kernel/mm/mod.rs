@@ -18,7 +18,8 @@ mod shrinker;
 pub(crate) use balloon::{
     BalloonDevInfo,
     HasBalloonDevInfo,
-    MigratingPage, //
+    MigratingPage,
+    HUGE_BLOCK_ORDER, //
 };
 pub(crate) use meminfo::*;
 pub(crate) use oom::{

@@ -1,0 +1,160 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! VM tests of what the host gets back: a guest whose RAM is 2 MiB
+//! hugetlbfs pages (as production guests often are). QEMU gives a huge page
+//! back to the host's pool only when all 512 of its 4 KiB PFNs arrive in one
+//! buffer: the driver's whole 2 MiB blocks (`buffer_format` full, `auto` on
+//! QEMU) do that; 256-PFN buffers (compat, and the C driver) never do.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::bail;
+use anyhow::ensure;
+use anyhow::Context;
+use common::balloon_to_mib;
+use common::boot;
+use common::expect_memtotal;
+use common::unload_and_power_off;
+use common::vmstat;
+use common::GUEST_MIB;
+use qemu_test::Driver;
+use qemu_test::Result;
+use qemu_test::Vm;
+use qemu_test::VmConfig;
+
+/// A field of the host's `/proc/meminfo` (a count, or kB).
+fn host_meminfo(field: &str) -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    qemu_test::shell_command::parse_meminfo(&text, field)
+        .with_context(|| format!("no {field} in /proc/meminfo"))
+}
+
+/// Host huge pages reserved for the test and a hugetlbfs mount, both undone
+/// on drop (also when the test fails).
+struct HugePages {
+    mount: PathBuf,
+    nr_before: u64,
+}
+
+impl HugePages {
+    /// Adds `pages` 2 MiB pages to the host's pool and mounts hugetlbfs.
+    fn reserve(pages: u64) -> Result<Self> {
+        let nr_path = "/proc/sys/vm/nr_hugepages";
+        let nr_before: u64 = std::fs::read_to_string(nr_path)
+            .context("reading nr_hugepages")?
+            .trim()
+            .parse()
+            .context("parsing nr_hugepages")?;
+        let mount = std::env::temp_dir().join(format!("vbrs-hugetlbfs-{}", std::process::id()));
+        let this = Self { mount, nr_before };
+        std::fs::write(nr_path, format!("{}\n", nr_before + pages))
+            .context("raising nr_hugepages (the test needs root)")?;
+        let free = host_meminfo("HugePages_Free")?;
+        ensure!(
+            free >= pages,
+            "the host gave only {free} free huge pages of the {pages} asked for"
+        );
+        std::fs::create_dir_all(&this.mount).context("creating the hugetlbfs mount point")?;
+        let status = Command::new("mount")
+            .args(["-t", "hugetlbfs", "-o", "pagesize=2M", "none"])
+            .arg(&this.mount)
+            .status()
+            .context("running mount")?;
+        if !status.success() {
+            bail!("cannot mount hugetlbfs on {}", this.mount.display());
+        }
+        Ok(this)
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+        let _ = std::fs::remove_dir(&self.mount);
+        let _ = std::fs::write("/proc/sys/vm/nr_hugepages", format!("{}\n", self.nr_before));
+    }
+}
+
+/// Boots a guest on hugetlbfs and loads our module with `params`; returns
+/// it with the host's free huge pages once the guest is up.
+fn boot_on_hugetlbfs(name: &str, pool: &HugePages, params: &str) -> Result<(Vm, u64)> {
+    let backend = format!(
+        "memory-backend-file,id=ram0,size={GUEST_MIB}M,mem-path={},share=on,prealloc=on",
+        pool.mount.display()
+    );
+    let mut vm = boot(VmConfig::new(name).qemu_args([
+        "-object",
+        backend.as_str(),
+        "-machine",
+        "memory-backend=ram0",
+    ]))?;
+    vm.insmod(Driver::Rs.guest_path(), params)?;
+    let free = host_meminfo("HugePages_Free")?;
+    Ok((vm, free))
+}
+
+/// Balloons 1 GiB out of the guest and returns how many MiB of it came
+/// back to the host's huge page pool.
+fn returned_mib(vm: &mut Vm, free_before: u64) -> Result<u64> {
+    let memtotal = vm.meminfo("MemTotal")?;
+    balloon_to_mib(vm, GUEST_MIB - 1024)?;
+    expect_memtotal(vm, memtotal - 1024 * 1024)?;
+    let free_after = host_meminfo("HugePages_Free")?;
+    Ok(free_after.saturating_sub(free_before) * 2)
+}
+
+#[test]
+fn whole_blocks_give_hugetlbfs_pages_back_to_the_host() -> Result<()> {
+    // 2 GiB of guest RAM plus slack.
+    let pool = HugePages::reserve(GUEST_MIB / 2 + 16)?;
+    let (mut vm, free_before) = boot_on_hugetlbfs("hugetlbfs_full", &pool, "")?;
+    let memtotal = vm.meminfo("MemTotal")?;
+    let dmesg = vm.dmesg()?;
+    ensure!(
+        dmesg.contains("Full buffers"),
+        "auto did not pick full buffers on QEMU:\n{dmesg}"
+    );
+    let inflate_events = vmstat(&mut vm, "balloon_inflate")?;
+    let returned = returned_mib(&mut vm, free_before)?;
+    let blocks = vm.sh_ok("cat /sys/kernel/debug/virtio_balloon_rs/*/balloon_blocks")?;
+    // Blocks are accounted as the balloon core accounts its pages.
+    ensure!(
+        vm.meminfo("Balloon")? == 1024 * 1024,
+        "Balloon: is not the ballooned 1 GiB"
+    );
+    let events = vmstat(&mut vm, "balloon_inflate")? - inflate_events;
+    ensure!(
+        events == 1024 * 256,
+        "balloon_inflate grew by {events}, not by the 262144 pages ballooned"
+    );
+    eprintln!("hugetlbfs: {returned} MiB of 1024 back in the host's pool; {blocks} blocks");
+    // A freshly booted guest has 1 GiB of free 2 MiB blocks: nearly all of
+    // the balloon is whole blocks, each one a host huge page.
+    ensure!(
+        returned * 100 >= 1024 * 95,
+        "only {returned} MiB of the 1024 ballooned came back to the host's huge page pool"
+    );
+    balloon_to_mib(&mut vm, GUEST_MIB)?;
+    expect_memtotal(&mut vm, memtotal)?;
+    unload_and_power_off(vm, Some(memtotal))
+}
+
+#[test]
+fn compat_buffers_give_no_hugetlbfs_page_back() -> Result<()> {
+    // The control: the same guest with 256-PFN buffers, as the C driver
+    // sends. It shows that the figure above comes from the blocks.
+    let pool = HugePages::reserve(GUEST_MIB / 2 + 16)?;
+    let (mut vm, free_before) = boot_on_hugetlbfs("hugetlbfs_compat", &pool, "buffer_format=1")?;
+    let memtotal = vm.meminfo("MemTotal")?;
+    let returned = returned_mib(&mut vm, free_before)?;
+    eprintln!("hugetlbfs, compat buffers: {returned} MiB of 1024 back");
+    ensure!(
+        returned < 1024 / 10,
+        "{returned} MiB came back with 256-PFN buffers: the host frees huge pages some other way, so the blocks test proves nothing"
+    );
+    balloon_to_mib(&mut vm, GUEST_MIB)?;
+    unload_and_power_off(vm, Some(memtotal))
+}
