@@ -220,7 +220,8 @@ test-stock: stock-kernel
 vm-test-stock: check-stock
 	@rc=0; \
 	$(STOCK_ENV) cargo test -p qemu-test --test stock -- --ignored --test-threads=1 $(TEST_ARGS) || rc=1; \
-	$(STOCK_ENV) cargo test --no-fail-fast -p qemu-test --test rs_driver --test rs_features --test stress -- \
+	$(STOCK_ENV) cargo test --no-fail-fast -p qemu-test --test rs_driver --test rs_features --test stress \
+		--test buffer_format --test host_memory -- \
 		--test-threads=1 $(addprefix --skip ,$(STOCK_SKIP)) $(TEST_ARGS) || rc=1; \
 	exit $$rc
 

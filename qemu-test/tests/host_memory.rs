@@ -58,8 +58,12 @@ impl HugePages {
             "the host gave only {free} free huge pages of the {pages} asked for"
         );
         std::fs::create_dir_all(&this.mount).context("creating the hugetlbfs mount point")?;
+        // A size limit gives the mount a pool of its own, whose use statfs
+        // reports: other hugetlbfs users on the host do not blur it.
         let status = Command::new("mount")
-            .args(["-t", "hugetlbfs", "-o", "pagesize=2M", "none"])
+            .args(["-t", "hugetlbfs", "-o"])
+            .arg(format!("pagesize=2M,size={}M", pages * 2))
+            .arg("none")
             .arg(&this.mount)
             .status()
             .context("running mount")?;
@@ -67,6 +71,23 @@ impl HugePages {
             bail!("cannot mount hugetlbfs on {}", this.mount.display());
         }
         Ok(this)
+    }
+}
+
+impl HugePages {
+    /// MiB of the mount's pool in use (the guest's RAM file).
+    fn used_mib(&self) -> Result<u64> {
+        let out = Command::new("stat")
+            .args(["-f", "-c", "%b %f"])
+            .arg(&self.mount)
+            .output()
+            .context("running stat -f")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut fields = text.split_whitespace().map(str::parse::<u64>);
+        match (fields.next(), fields.next()) {
+            (Some(Ok(blocks)), Some(Ok(free))) => Ok(blocks.saturating_sub(free) * 2),
+            _ => bail!("stat -f {}: {text:?}", self.mount.display()),
+        }
     }
 }
 
@@ -79,7 +100,7 @@ impl Drop for HugePages {
 }
 
 /// Boots a guest on hugetlbfs and loads our module with `params`; returns
-/// it with the host's free huge pages once the guest is up.
+/// it with the MiB of huge pages its RAM holds once it is up.
 fn boot_on_hugetlbfs(name: &str, pool: &HugePages, params: &str) -> Result<(Vm, u64)> {
     let backend = format!(
         "memory-backend-file,id=ram0,size={GUEST_MIB}M,mem-path={},share=on,prealloc=on",
@@ -92,25 +113,28 @@ fn boot_on_hugetlbfs(name: &str, pool: &HugePages, params: &str) -> Result<(Vm, 
         "memory-backend=ram0",
     ]))?;
     vm.insmod(Driver::Rs.guest_path(), params)?;
-    let free = host_meminfo("HugePages_Free")?;
-    Ok((vm, free))
+    let used = pool.used_mib()?;
+    ensure!(
+        used == GUEST_MIB,
+        "the guest's RAM holds {used} MiB of huge pages, not {GUEST_MIB} (prealloc=on)"
+    );
+    Ok((vm, used))
 }
 
 /// Balloons 1 GiB out of the guest and returns how many MiB of it came
 /// back to the host's huge page pool.
-fn returned_mib(vm: &mut Vm, free_before: u64) -> Result<u64> {
+fn returned_mib(vm: &mut Vm, pool: &HugePages, used_before: u64) -> Result<u64> {
     let memtotal = vm.meminfo("MemTotal")?;
     balloon_to_mib(vm, GUEST_MIB - 1024)?;
     expect_memtotal(vm, memtotal - 1024 * 1024)?;
-    let free_after = host_meminfo("HugePages_Free")?;
-    Ok(free_after.saturating_sub(free_before) * 2)
+    Ok(used_before.saturating_sub(pool.used_mib()?))
 }
 
 #[test]
 fn whole_blocks_give_hugetlbfs_pages_back_to_the_host() -> Result<()> {
     // 2 GiB of guest RAM plus slack.
     let pool = HugePages::reserve(GUEST_MIB / 2 + 16)?;
-    let (mut vm, free_before) = boot_on_hugetlbfs("hugetlbfs_full", &pool, "")?;
+    let (mut vm, used) = boot_on_hugetlbfs("hugetlbfs_full", &pool, "")?;
     let memtotal = vm.meminfo("MemTotal")?;
     let dmesg = vm.dmesg()?;
     ensure!(
@@ -118,7 +142,7 @@ fn whole_blocks_give_hugetlbfs_pages_back_to_the_host() -> Result<()> {
         "auto did not pick full buffers on QEMU:\n{dmesg}"
     );
     let inflate_events = vmstat(&mut vm, "balloon_inflate")?;
-    let returned = returned_mib(&mut vm, free_before)?;
+    let returned = returned_mib(&mut vm, &pool, used)?;
     let blocks = vm.sh_ok("cat /sys/kernel/debug/virtio_balloon_rs/*/balloon_blocks")?;
     // Blocks are accounted as the balloon core accounts its pages.
     ensure!(
@@ -147,9 +171,9 @@ fn compat_buffers_give_no_hugetlbfs_page_back() -> Result<()> {
     // The control: the same guest with 256-PFN buffers, as the C driver
     // sends. It shows that the figure above comes from the blocks.
     let pool = HugePages::reserve(GUEST_MIB / 2 + 16)?;
-    let (mut vm, free_before) = boot_on_hugetlbfs("hugetlbfs_compat", &pool, "buffer_format=1")?;
+    let (mut vm, used) = boot_on_hugetlbfs("hugetlbfs_compat", &pool, "buffer_format=1")?;
     let memtotal = vm.meminfo("MemTotal")?;
-    let returned = returned_mib(&mut vm, free_before)?;
+    let returned = returned_mib(&mut vm, &pool, used)?;
     eprintln!("hugetlbfs, compat buffers: {returned} MiB of 1024 back");
     ensure!(
         returned < 1024 / 10,
