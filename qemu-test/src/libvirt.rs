@@ -157,8 +157,23 @@ pub fn domain_xml(config: &DomainConfig, name: &str, run_dir: &Path) -> String {
 
 impl Domain {
     /// Builds the initramfs (with our module), defines and starts the
-    /// domain, and waits for the guest shell.
+    /// domain, and waits for the guest shell. A boot that QEMU's own TCG
+    /// assertion ends before the guest is up is retried once, loudly, as
+    /// [`crate::Vm`] does.
     pub fn start(config: DomainConfig) -> Result<Domain> {
+        match Self::start_once(&config) {
+            Err(err) if crate::qemu::is_boot_flake(&format!("{err:#}")) => {
+                eprintln!(
+                    "[libvirt {}] boot failed before any module was loaded; retrying once:\n{err:#}",
+                    config.name
+                );
+                Self::start_once(&config)
+            }
+            other => other,
+        }
+    }
+
+    fn start_once(config: &DomainConfig) -> Result<Domain> {
         let started = Instant::now();
         let name = format!(
             "vbrs-{}-{}-{}",
@@ -194,7 +209,7 @@ impl Domain {
         };
         let console_listener = listen("console.sock")?;
         let shell_listener = listen("shell.sock")?;
-        let xml = domain_xml(&config, &name, &run_dir);
+        let xml = domain_xml(config, &name, &run_dir);
         let xml_path = log_dir.join("domain.xml");
         std::fs::write(&xml_path, &xml).context("writing domain.xml")?;
         virsh(&["create", &xml_path.to_string_lossy()])?;
@@ -222,8 +237,17 @@ impl Domain {
             run_dir,
             destroyed: false,
         };
-        if let Err(end) = domain.ports.wait_ready(started + BOOT_TIMEOUT) {
-            return Err(domain.failure(&format!("no init ready marker ({end:?})")));
+        if let Err(end) = domain
+            .ports
+            .wait_ready(started + crate::scaled(BOOT_TIMEOUT))
+        {
+            let qemu_log =
+                std::fs::read_to_string(format!("/var/log/libvirt/qemu/{}.log", domain.name))
+                    .unwrap_or_default();
+            let qemu_tail = last_lines(&qemu_log, 3);
+            return Err(domain.failure(&format!(
+                "no init ready marker ({end:?}); QEMU's log ends:\n{qemu_tail}"
+            )));
         }
         Ok(domain)
     }

@@ -526,7 +526,7 @@ const BOOT_REPORT: &str =
 /// the guest maps BARs), or a report of the debug kernel during its own boot
 /// (an early interrupt under TCG: KASAN in `handle_edge_irq` from
 /// `identify_cpu`).
-fn is_boot_flake(message: &str) -> bool {
+pub(crate) fn is_boot_flake(message: &str) -> bool {
     (message.contains("qemu-system-x86_64: ") && message.contains("Assertion"))
         || message.contains(BOOT_REPORT)
 }
