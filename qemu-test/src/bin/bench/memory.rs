@@ -298,10 +298,10 @@ pub fn row(s: &Scenario) -> String {
         ),
         drop_mib(s.before.anon_huge_kib, s.inflated.anon_huge_kib),
         s.split_huge(),
-        drop_mib(
+        -drop_mib(
             s.before.host_huge_free * 2048,
-            s.inflated.host_huge_free * 2048
-        ) * -1.0,
+            s.inflated.host_huge_free * 2048,
+        ),
         -drop_mib(s.before.host_available_kib, s.inflated.host_available_kib),
         drop_mib(s.before.ram.held_kib(), s.deflated.ram.held_kib()),
     );
