@@ -207,16 +207,20 @@ pub fn ram_residency(pid: u32, start: u64, end: u64) -> Result<RamResidency> {
     Ok(residency)
 }
 
-/// Host huge pages reserved, and a hugetlbfs mounted, for guests' RAM.
+/// Host huge pages reserved, and optionally a hugetlbfs mounted, for one
+/// guest's RAM.
 ///
 /// [`HugetlbPool::reserve`] raises `/proc/sys/vm/nr_hugepages` by the pages
-/// asked for and mounts a hugetlbfs on a fresh directory; dropping the pool
-/// unmounts it, removes the directory and writes the old `nr_hugepages`
-/// back, also when the bench fails.
+/// asked for and checks they are free. With a mount, the mount reserves
+/// them for itself (`min_size`), so that other users of the host's huge
+/// pages cannot take them. Dropping the pool unmounts, removes the
+/// directory and lowers `nr_hugepages` by what it added (not back to a
+/// value read earlier: others may have changed it since), also when the
+/// bench fails.
 #[derive(Debug)]
 pub struct HugetlbPool {
-    dir: PathBuf,
-    original: u64,
+    dir: Option<PathBuf>,
+    added: u64,
     mounted: bool,
 }
 
@@ -237,48 +241,64 @@ fn write_nr_hugepages(pages: u64) -> Result<()> {
 }
 
 impl HugetlbPool {
-    /// Adds `pages` 2 MiB pages to the host pool and mounts a hugetlbfs.
-    pub fn reserve(pages: u64) -> Result<Self> {
+    /// Adds `pages` 2 MiB pages to the host pool and, if `mount`, mounts a
+    /// hugetlbfs that reserves them.
+    pub fn reserve(pages: u64, mount: bool) -> Result<Self> {
         let original = read_nr_hugepages()?;
-        let dir = std::env::temp_dir().join(format!("vbrs-hugetlbfs-{}", std::process::id()));
         // From here on, dropping `pool` puts everything back.
         let mut pool = HugetlbPool {
-            dir,
-            original,
+            dir: None,
+            added: 0,
             mounted: false,
         };
         write_nr_hugepages(original + pages)?;
-        let got = read_nr_hugepages()?;
+        pool.added = read_nr_hugepages()?.saturating_sub(original);
+        let free = field(&host_meminfo()?, "HugePages_Free", "/proc/meminfo")?;
         ensure!(
-            got >= original + pages,
-            "asked the host for {} huge pages in {NR_HUGEPAGES}, it has {got} (not enough contiguous free memory?)",
-            original + pages
+            pool.added >= pages && free >= pages,
+            "asked the host for {pages} more huge pages in {NR_HUGEPAGES}: it added {}, {free} are free (not enough contiguous memory, or another user of huge pages)",
+            pool.added
         );
-        std::fs::create_dir_all(&pool.dir)
-            .with_context(|| format!("creating {}", pool.dir.display()))?;
-        run(Command::new("mount")
-            .args(["-t", "hugetlbfs", "-o", "pagesize=2M", "none"])
-            .arg(&pool.dir))?;
-        pool.mounted = true;
+        if mount {
+            let dir = std::env::temp_dir().join(format!(
+                "vbrs-bench-hugetlbfs-{}-{}",
+                std::process::id(),
+                crate::qemu::unique_number()
+            ));
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            pool.dir = Some(dir.clone());
+            run(Command::new("mount")
+                .args(["-t", "hugetlbfs", "-o"])
+                .arg(format!("pagesize=2M,size={0}M,min_size={0}M", pages * 2))
+                .arg("none")
+                .arg(&dir))?;
+            pool.mounted = true;
+        }
         Ok(pool)
     }
 
-    /// The hugetlbfs mount point.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The hugetlbfs mount point, if the pool has one.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
     }
 }
 
 impl Drop for HugetlbPool {
     fn drop(&mut self) {
-        if self.mounted {
-            if let Err(e) = run(Command::new("umount").arg(&self.dir)) {
-                eprintln!("bench: {e:#}");
+        if let Some(dir) = &self.dir {
+            if self.mounted {
+                if let Err(e) = run(Command::new("umount").arg(dir)) {
+                    eprintln!("bench: {e:#}");
+                }
             }
+            let _ = std::fs::remove_dir(dir);
         }
-        let _ = std::fs::remove_dir(&self.dir);
-        if let Err(e) = write_nr_hugepages(self.original) {
-            eprintln!("bench: restoring {NR_HUGEPAGES}: {e:#}");
+        if self.added > 0 {
+            let restored = read_nr_hugepages()
+                .and_then(|now| write_nr_hugepages(now.saturating_sub(self.added)));
+            if let Err(e) = restored {
+                eprintln!("bench: lowering {NR_HUGEPAGES} by {}: {e:#}", self.added);
+            }
         }
     }
 }

@@ -62,19 +62,17 @@ impl Backing {
         }
     }
 
-    fn uses_huge_pool(self) -> bool {
-        matches!(self, Backing::Hugetlbfs | Backing::MemfdHugetlb)
-    }
-
     /// The QEMU arguments for this backing (all preallocated).
     fn qemu_args(self, pool: Option<&HugetlbPool>) -> Result<Vec<String>> {
         let backend = match self {
             Backing::AnonThp => return Ok(vec!["-mem-prealloc".to_string()]),
             Backing::Hugetlbfs => {
-                let pool = pool.context("hugetlbfs backing without a huge page pool")?;
+                let dir = pool
+                    .and_then(HugetlbPool::dir)
+                    .context("hugetlbfs backing without a hugetlbfs mount")?;
                 format!(
                     "memory-backend-file,id=ram0,size={GUEST_MIB}M,mem-path={},share=on,prealloc=on",
-                    pool.dir().display()
+                    dir.display()
                 )
             }
             Backing::Memfd => {
@@ -219,12 +217,13 @@ fn guest_free_blocks(vm: &mut Vm) -> Result<(u64, u64)> {
     Ok((free_kib / 1024, huge_kib / 1024))
 }
 
-fn run_scenario(
-    backing: Backing,
-    state: GuestState,
-    driver: Driver,
-    pool: Option<&HugetlbPool>,
-) -> Result<Scenario> {
+fn run_scenario(backing: Backing, state: GuestState, driver: Driver) -> Result<Scenario> {
+    // Host huge pages for this guest alone, given back when it is gone.
+    let pool = match backing {
+        Backing::Hugetlbfs => Some(HugetlbPool::reserve(GUEST_MIB / 2, true)?),
+        Backing::MemfdHugetlb => Some(HugetlbPool::reserve(GUEST_MIB / 2, false)?),
+        Backing::AnonThp | Backing::Memfd => None,
+    };
     let name = format!(
         "bench-mem-{}-{}-{}",
         backing.label().replace(' ', "-"),
@@ -234,7 +233,7 @@ fn run_scenario(
     let config = VmConfig::new(&name)
         .memory_mib(GUEST_MIB)
         .only(driver)
-        .qemu_args(backing.qemu_args(pool)?)
+        .qemu_args(backing.qemu_args(pool.as_ref())?)
         .file("/bin/scatter", initramfs::scatter()?);
     let mut vm = Vm::boot(config)?;
     let ram = hostmem::find_ram_mapping(vm.qemu_pid(), GUEST_MIB * MIB)?;
@@ -270,6 +269,7 @@ fn run_scenario(
     let deflated = snapshot(&mut vm, ram)?;
     vm.check_clean()?;
     vm.shutdown()?;
+    drop(pool);
     Ok(Scenario {
         backing,
         state,
@@ -328,23 +328,9 @@ pub fn run_all(
     );
     println!("{HEADER}");
     for &backing in backings {
-        // The pool is reserved once for this backing's guests (one at a time).
-        let pool = if backing.uses_huge_pool() {
-            match HugetlbPool::reserve(GUEST_MIB / 2) {
-                Ok(pool) => Some(pool),
-                Err(e) => {
-                    let message = format!("{}: host huge pages: {e:#}", backing.label());
-                    eprintln!("bench: FAILED {message}");
-                    failures.push(message);
-                    continue;
-                }
-            }
-        } else {
-            None
-        };
         for state in [GuestState::Fresh, GuestState::Scattered] {
             for &driver in drivers {
-                match run_scenario(backing, state, driver, pool.as_ref()) {
+                match run_scenario(backing, state, driver) {
                     Ok(scenario) => {
                         println!("{}", row(&scenario));
                         results.push(scenario);
@@ -362,7 +348,6 @@ pub fn run_all(
                 }
             }
         }
-        drop(pool);
     }
     results
 }

@@ -23,7 +23,8 @@ fn color(driver: Driver) -> RGBColor {
 }
 
 /// The target balloon size over a trace: the inflate's from 0 s, the
-/// deflate's from when it was asked for.
+/// deflate's from when it was asked for (after the guest's `MemTotal` was
+/// read).
 fn target_steps(trace: &Trace) -> Vec<(f64, f64)> {
     let inflated = (GUEST_MIB - SMALL_MIB) as f64;
     vec![
@@ -58,6 +59,7 @@ pub fn draw(path: &Path, traces: &[(Driver, &Trace)]) -> Result<()> {
         .configure_mesh()
         .x_desc("seconds since the inflate request")
         .y_desc("balloon MiB")
+        .y_label_formatter(&|mib| format!("{mib:.0}"))
         .draw()
         .map_err(|e| plot_error(&e))?;
     for &(driver, trace) in traces {
