@@ -6,7 +6,8 @@
 #   make setup      install what is missing and build the test kernel (cached)
 #   make test       setup + module + every test (host tests and VM tests)
 #   make demo       boot the test guest with the module and drive the balloon
-#   make bench      inflate/deflate timings, ours against the C driver
+#   make bench      ours against the C driver: inflate/deflate timings, host memory
+#                   returned per GiB ballooned (root: hugetlbfs), target/bench/balloon.svg
 #   make clippy     the kernel's CLIPPY=1 build of the module, plus cargo clippy
 #   make debug-kernel   build the debug test kernel (clang-19, KASAN, lockdep, kmemleak...)
 #   make test-debug     the VM suite (and the debug-only tests) on the debug kernel
@@ -230,10 +231,11 @@ vm-test-stock: check-stock
 test-stock-quick: stock-kernel
 	$(STOCK_ENV) cargo test -p qemu-test --test stock -- --ignored --test-threads=1 $(TEST_ARGS)
 
-# `make bench` on the stock kernel: Debian's own virtio_balloon.ko against ours.
+# `make bench` on the stock kernel: Debian's own virtio_balloon.ko against ours
+# (the speed part unless BENCH_ARGS says otherwise, e.g. "--part all").
 bench-stock: stock-kernel
 	$(STOCK_ENV) VBRS_C_MODULE=$(STOCK_C_MODULE) \
-		cargo run -q -p qemu-test --release --bin bench -- $(BENCH_ARGS)
+		cargo run -q -p qemu-test --release --bin bench -- $(or $(BENCH_ARGS),--part speed)
 
 # `dkms install -k <kver>` of this tree in the stock root, checked.
 test-stock-dkms: stock-kernel

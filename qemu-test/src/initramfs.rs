@@ -43,6 +43,10 @@ pub const C_MODULE_PATH: &str = "/lib/modules/virtio_balloon.ko";
 /// Source of the `/bin/memhog` helper.
 const MEMHOG_SOURCE: &str = include_str!("../guest/memhog.c");
 
+/// Source of the `scatter` helper (the bench's fragmented guests; added to
+/// an initramfs with [`crate::VmConfig::file`]).
+const SCATTER_SOURCE: &str = include_str!("../guest/scatter.c");
+
 /// The `/init` script.
 ///
 /// It mounts the usual file systems, makes the shell port quiet (no echo, no
@@ -183,42 +187,54 @@ impl<W: Write> Cpio<W> {
 }
 
 /// Compiles `/bin/memhog` (once per source version) and returns its path.
+pub fn memhog() -> Result<PathBuf> {
+    guest_helper("memhog", MEMHOG_SOURCE)
+}
+
+/// Compiles the `scatter` helper (once per source version) and returns its
+/// path: `scatter <MiB> <keep_every>` fragments the guest's free memory.
+pub fn scatter() -> Result<PathBuf> {
+    guest_helper("scatter", SCATTER_SOURCE)
+}
+
+/// Compiles a static guest helper from C `source` (once per source version)
+/// and returns its path.
 ///
 /// The binary is kept under `<target>/qemu-test/`, named after a hash of its
 /// source; it is built into a temporary name and renamed, so tests running
 /// at the same time never see half a file.
-pub fn memhog() -> Result<PathBuf> {
+fn guest_helper(name: &str, source_text: &str) -> Result<PathBuf> {
     use std::hash::Hash;
     use std::hash::Hasher;
 
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    MEMHOG_SOURCE.hash(&mut hasher);
+    source_text.hash(&mut hasher);
     let dir = crate::target_dir().join("qemu-test");
-    let binary = dir.join(format!("memhog-{:016x}", hasher.finish()));
+    let binary = dir.join(format!("{name}-{:016x}", hasher.finish()));
     if binary.is_file() {
         return Ok(binary);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let unique = format!("{}-{}", std::process::id(), crate::qemu::unique_number());
-    let source = dir.join(format!("memhog-{unique}.c"));
-    let partial = dir.join(format!("memhog-{unique}.tmp"));
-    std::fs::write(&source, MEMHOG_SOURCE).context("writing memhog.c")?;
+    let source = dir.join(format!("{name}-{unique}.c"));
+    let partial = dir.join(format!("{name}-{unique}.tmp"));
+    std::fs::write(&source, source_text).with_context(|| format!("writing {name}.c"))?;
     let output = Command::new("gcc")
         .args(["-static", "-O2", "-Wall", "-o"])
         .arg(&partial)
         .arg(&source)
         .output()
-        .context("running gcc for memhog (is gcc installed?)")?;
+        .with_context(|| format!("running gcc for {name} (is gcc installed?)"))?;
     let _ = std::fs::remove_file(&source);
     if !output.status.success() {
         let _ = std::fs::remove_file(&partial);
         bail!(
-            "gcc -static failed for memhog ({}): {}",
+            "gcc -static failed for {name} ({}): {}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    std::fs::rename(&partial, &binary).context("renaming memhog")?;
+    std::fs::rename(&partial, &binary).with_context(|| format!("renaming {name}"))?;
     Ok(binary)
 }
 

@@ -11,6 +11,7 @@ pub mod artifacts;
 pub mod config;
 pub mod console;
 pub mod driver;
+pub mod hostmem;
 pub mod initramfs;
 pub mod kernel;
 pub mod libvirt;
