@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::bail;
@@ -20,91 +19,37 @@ use common::expect_memtotal;
 use common::unload_and_power_off;
 use common::vmstat;
 use common::GUEST_MIB;
+use qemu_test::hostmem::HugetlbPool;
 use qemu_test::Driver;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;
 
-/// A field of the host's `/proc/meminfo` (a count, or kB).
-fn host_meminfo(field: &str) -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
-    qemu_test::shell_command::parse_meminfo(&text, field)
-        .with_context(|| format!("no {field} in /proc/meminfo"))
-}
-
-/// Host huge pages reserved for the test and a hugetlbfs mount, both undone
-/// on drop (also when the test fails).
-struct HugePages {
-    mount: PathBuf,
-    nr_before: u64,
-}
-
-impl HugePages {
-    /// Adds `pages` 2 MiB pages to the host's pool and mounts hugetlbfs.
-    fn reserve(pages: u64) -> Result<Self> {
-        let nr_path = "/proc/sys/vm/nr_hugepages";
-        let nr_before: u64 = std::fs::read_to_string(nr_path)
-            .context("reading nr_hugepages")?
-            .trim()
-            .parse()
-            .context("parsing nr_hugepages")?;
-        let mount = std::env::temp_dir().join(format!("vbrs-hugetlbfs-{}", std::process::id()));
-        let this = Self { mount, nr_before };
-        std::fs::write(nr_path, format!("{}\n", nr_before + pages))
-            .context("raising nr_hugepages (the test needs root)")?;
-        let free = host_meminfo("HugePages_Free")?;
-        ensure!(
-            free >= pages,
-            "the host gave only {free} free huge pages of the {pages} asked for"
-        );
-        std::fs::create_dir_all(&this.mount).context("creating the hugetlbfs mount point")?;
-        // A size limit gives the mount a pool of its own, whose use statfs
-        // reports: other hugetlbfs users on the host do not blur it.
-        let status = Command::new("mount")
-            .args(["-t", "hugetlbfs", "-o"])
-            .arg(format!("pagesize=2M,size={}M", pages * 2))
-            .arg("none")
-            .arg(&this.mount)
-            .status()
-            .context("running mount")?;
-        if !status.success() {
-            bail!("cannot mount hugetlbfs on {}", this.mount.display());
-        }
-        Ok(this)
-    }
-}
-
-impl HugePages {
-    /// MiB of the mount's pool in use (the guest's RAM file).
-    fn used_mib(&self) -> Result<u64> {
-        let out = Command::new("stat")
-            .args(["-f", "-c", "%b %f"])
-            .arg(&self.mount)
-            .output()
-            .context("running stat -f")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut fields = text.split_whitespace().map(str::parse::<u64>);
-        match (fields.next(), fields.next()) {
-            (Some(Ok(blocks)), Some(Ok(free))) => Ok(blocks.saturating_sub(free) * 2),
-            _ => bail!("stat -f {}: {text:?}", self.mount.display()),
-        }
-    }
-}
-
-impl Drop for HugePages {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount).status();
-        let _ = std::fs::remove_dir(&self.mount);
-        let _ = std::fs::write("/proc/sys/vm/nr_hugepages", format!("{}\n", self.nr_before));
+/// MiB of a hugetlbfs mount's pool in use (the guest's RAM file). The
+/// mount has a size limit, so it has a pool of its own: other users of the
+/// host's huge pages do not blur it.
+fn used_mib(pool: &HugetlbPool) -> Result<u64> {
+    let mount = pool.dir().context("the pool has no hugetlbfs mount")?;
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%b %f"])
+        .arg(mount)
+        .output()
+        .context("running stat -f")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut fields = text.split_whitespace().map(str::parse::<u64>);
+    match (fields.next(), fields.next()) {
+        (Some(Ok(blocks)), Some(Ok(free))) => Ok(blocks.saturating_sub(free) * 2),
+        _ => bail!("stat -f {}: {text:?}", mount.display()),
     }
 }
 
 /// Boots a guest on hugetlbfs and loads our module with `params`; returns
 /// it with the MiB of huge pages its RAM holds once it is up.
-fn boot_on_hugetlbfs(name: &str, pool: &HugePages, params: &str) -> Result<(Vm, u64)> {
+fn boot_on_hugetlbfs(name: &str, pool: &HugetlbPool, params: &str) -> Result<(Vm, u64)> {
+    let mount = pool.dir().context("the pool has no hugetlbfs mount")?;
     let backend = format!(
         "memory-backend-file,id=ram0,size={GUEST_MIB}M,mem-path={},share=on,prealloc=on",
-        pool.mount.display()
+        mount.display()
     );
     let mut vm = boot(VmConfig::new(name).qemu_args([
         "-object",
@@ -113,7 +58,7 @@ fn boot_on_hugetlbfs(name: &str, pool: &HugePages, params: &str) -> Result<(Vm, 
         "memory-backend=ram0",
     ]))?;
     vm.insmod(Driver::Rs.guest_path(), params)?;
-    let used = pool.used_mib()?;
+    let used = used_mib(pool)?;
     ensure!(
         used == GUEST_MIB,
         "the guest's RAM holds {used} MiB of huge pages, not {GUEST_MIB} (prealloc=on)"
@@ -123,17 +68,17 @@ fn boot_on_hugetlbfs(name: &str, pool: &HugePages, params: &str) -> Result<(Vm, 
 
 /// Balloons 1 GiB out of the guest and returns how many MiB of it came
 /// back to the host's huge page pool.
-fn returned_mib(vm: &mut Vm, pool: &HugePages, used_before: u64) -> Result<u64> {
+fn returned_mib(vm: &mut Vm, pool: &HugetlbPool, used_before: u64) -> Result<u64> {
     let memtotal = vm.meminfo("MemTotal")?;
     balloon_to_mib(vm, GUEST_MIB - 1024)?;
     expect_memtotal(vm, memtotal - 1024 * 1024)?;
-    Ok(used_before.saturating_sub(pool.used_mib()?))
+    Ok(used_before.saturating_sub(used_mib(pool)?))
 }
 
 #[test]
 fn whole_blocks_give_hugetlbfs_pages_back_to_the_host() -> Result<()> {
     // 2 GiB of guest RAM plus slack.
-    let pool = HugePages::reserve(GUEST_MIB / 2 + 16)?;
+    let pool = HugetlbPool::reserve(GUEST_MIB / 2, true)?;
     let (mut vm, used) = boot_on_hugetlbfs("hugetlbfs_full", &pool, "")?;
     let memtotal = vm.meminfo("MemTotal")?;
     let dmesg = vm.dmesg()?;
@@ -170,7 +115,7 @@ fn whole_blocks_give_hugetlbfs_pages_back_to_the_host() -> Result<()> {
 fn compat_buffers_give_no_hugetlbfs_page_back() -> Result<()> {
     // The control: the same guest with 256-PFN buffers, as the C driver
     // sends. It shows that the figure above comes from the blocks.
-    let pool = HugePages::reserve(GUEST_MIB / 2 + 16)?;
+    let pool = HugetlbPool::reserve(GUEST_MIB / 2, true)?;
     let (mut vm, used) = boot_on_hugetlbfs("hugetlbfs_compat", &pool, "buffer_format=1")?;
     let memtotal = vm.meminfo("MemTotal")?;
     let returned = returned_mib(&mut vm, &pool, used)?;
