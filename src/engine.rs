@@ -116,8 +116,15 @@ pub trait Backend {
     fn staged_deflate_blocks(&self, f: &mut dyn FnMut(u64)) {
         let _ = f;
     }
-    /// Sends `pfns` on `queue` and waits until the host hands the buffer back.
-    fn tell_host(&mut self, queue: QueueRole, pfns: &[u32]) -> Result<(), HostError>;
+    /// Sends `pfns` on `queue` in buffers of at most `per_buffer` PFNs each
+    /// (in order, one notification for all of them) and waits until the
+    /// host hands every one back. A block's PFNs never span two of them.
+    fn tell_host(
+        &mut self,
+        queue: QueueRole,
+        pfns: &[u32],
+        per_buffer: usize,
+    ) -> Result<(), HostError>;
     /// Whether the buffer a [`HostError::Timeout`] left with the host on
     /// `queue` has come back since (never waits).
     fn host_returned(&mut self, queue: QueueRole) -> bool;
@@ -128,6 +135,9 @@ pub trait Backend {
     /// Gives the page [`Backend::hold_migrated_page`] kept back to the guest.
     fn release_held_page(&mut self);
 }
+
+/// Most buffers [`Engine::set_in_flight`] sends at once.
+pub const MAX_IN_FLIGHT: usize = 16;
 
 /// How long to wait for pages isolated by a running migration.
 pub const ISOLATED_RETRY_MS: u32 = 10;
@@ -212,6 +222,8 @@ impl Late {
 pub struct Engine {
     geometry: PageGeometry,
     format: BufferFormat,
+    /// Buffers sent at once per step ([`Engine::set_in_flight`]).
+    in_flight: usize,
     little_endian: bool,
     /// Whether ballooned pages leave `totalram_pages` (no `DEFLATE_ON_OOM`).
     ram_excludes_balloon: bool,
@@ -253,6 +265,7 @@ impl Engine {
         Self {
             geometry,
             format: BufferFormat::default(),
+            in_flight: 1,
             little_endian,
             ram_excludes_balloon,
             reserve,
@@ -283,6 +296,19 @@ impl Engine {
     /// The format buffers are sent in.
     pub fn format(&self) -> BufferFormat {
         self.format
+    }
+
+    /// Sends up to `buffers` buffers at once per step (clamped to
+    /// 1..=[`MAX_IN_FLIGHT`]): the host may work on one while the guest
+    /// fills the next. The PFN array given to [`Engine::step`] must hold
+    /// that many buffers' worth for it to take effect.
+    pub fn set_in_flight(&mut self, buffers: usize) {
+        self.in_flight = buffers.clamp(1, MAX_IN_FLIGHT);
+    }
+
+    /// Buffers sent at once per step.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
     }
 
     /// Sends the next buffers in `format`.
@@ -320,7 +346,7 @@ impl Engine {
 
     /// The part of the caller's PFN array one buffer may use.
     fn buffer_room(&self, buffer_len: usize) -> usize {
-        self.format.pfns_per_buffer().min(buffer_len)
+        (self.format.pfns_per_buffer() * self.in_flight).min(buffer_len)
     }
 
     /// The counters so far.
@@ -416,7 +442,11 @@ impl Engine {
             backend.release_held_page();
             return None;
         }
-        match backend.tell_host(QueueRole::Deflate, batch.as_slice()) {
+        match backend.tell_host(
+            QueueRole::Deflate,
+            batch.as_slice(),
+            self.format.pfns_per_buffer(),
+        ) {
             Ok(()) => {
                 self.held_page = None;
                 backend.release_held_page();
@@ -487,7 +517,7 @@ impl Engine {
             Direction::Inflate(wanted) => inflate_budget(
                 self.geometry.guest_pages(wanted),
                 self.geometry
-                    .guest_pages(self.buffer_room(PFNS_PER_BUFFER) as u64),
+                    .guest_pages(self.buffer_room(PFNS_PER_BUFFER * MAX_IN_FLIGHT) as u64),
                 backend.available_pages(),
                 self.reserve,
             ),
@@ -573,7 +603,11 @@ impl Engine {
                 }
             };
             sent = batch.len() as u64;
-            match backend.tell_host(QueueRole::Inflate, batch.as_slice()) {
+            match backend.tell_host(
+                QueueRole::Inflate,
+                batch.as_slice(),
+                self.format.pfns_per_buffer(),
+            ) {
                 Ok(()) => {
                     backend.commit_inflate();
                     self.inflated(sent, blocks);
@@ -682,7 +716,11 @@ impl Engine {
             }
         };
         let sent = batch.len() as u64;
-        match backend.tell_host(QueueRole::Deflate, batch.as_slice()) {
+        match backend.tell_host(
+            QueueRole::Deflate,
+            batch.as_slice(),
+            self.format.pfns_per_buffer(),
+        ) {
             Ok(()) => {
                 backend.commit_deflate();
                 self.deflated(sent, blocks);
@@ -922,7 +960,11 @@ impl Engine {
         }
         let mut batch = PfnBatch::new(buffer, self.geometry, self.little_endian);
         batch.push_page(new_pfn).map_err(|_| HostError::Queue)?;
-        match backend.tell_host(QueueRole::Inflate, batch.as_slice()) {
+        match backend.tell_host(
+            QueueRole::Inflate,
+            batch.as_slice(),
+            self.format.pfns_per_buffer(),
+        ) {
             Ok(()) => {}
             Err(HostError::Timeout) => {
                 backend.hold_migrated_page();
@@ -943,7 +985,13 @@ impl Engine {
         let told = batch
             .push_page(old_pfn)
             .map_err(|_| HostError::Queue)
-            .and_then(|()| backend.tell_host(QueueRole::Deflate, batch.as_slice()));
+            .and_then(|()| {
+                backend.tell_host(
+                    QueueRole::Deflate,
+                    batch.as_slice(),
+                    self.format.pfns_per_buffer(),
+                )
+            });
         match told {
             Ok(()) => self.counters.migrated += 1,
             Err(err) => {

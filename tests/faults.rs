@@ -13,6 +13,7 @@
 //! buffers, any VMM's rules) or `Full` (16 KiB pages so that a 2 MiB block
 //! is 128 of them, 1024-PFN buffers, QEMU's or crosvm's rules), where block
 //! allocation may fail or memory fragment, mixing blocks and single pages.
+//! Compat cases also send one to three 256-PFN buffers at once.
 //!
 //! 10,000 cases by default; `BALLOON_PROPTEST_CASES=N` runs N.
 
@@ -34,27 +35,39 @@ struct Profile {
     format: BufferFormat,
     page_shift: u32,
     buffer: usize,
+    /// Buffers sent at once ([`Engine::set_in_flight`]).
+    in_flight: usize,
     vmm: Vmm,
 }
 
 fn profile() -> impl Strategy<Value = Profile> {
-    let compat = prop_oneof![
-        Just(Vmm::Reference),
-        Just(Vmm::Qemu),
-        Just(Vmm::Firecracker),
-        Just(Vmm::CloudHypervisor),
-        Just(Vmm::Crosvm),
-    ]
-    .prop_map(|vmm| Profile {
-        format: BufferFormat::Compat,
-        page_shift: 12,
-        buffer: BUFFER,
-        vmm,
-    });
+    let compat = (
+        prop_oneof![
+            Just(Vmm::Reference),
+            Just(Vmm::Qemu),
+            Just(Vmm::Firecracker),
+            Just(Vmm::CloudHypervisor),
+            Just(Vmm::Crosvm),
+        ],
+        1usize..=3,
+    )
+        .prop_map(|(vmm, in_flight)| Profile {
+            format: BufferFormat::Compat,
+            page_shift: 12,
+            // Several buffers in flight need room for them: 256 PFNs each.
+            buffer: if in_flight == 1 {
+                BUFFER
+            } else {
+                256 * in_flight
+            },
+            in_flight,
+            vmm,
+        });
     let full = prop_oneof![Just(Vmm::Qemu), Just(Vmm::Crosvm)].prop_map(|vmm| Profile {
         format: BufferFormat::Full,
         page_shift: 14,
         buffer: 1024,
+        in_flight: 1,
         vmm,
     });
     prop_oneof![compat, full]
@@ -130,9 +143,10 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(model: &Model, format: BufferFormat, buffer: usize) -> Self {
+    fn new(model: &Model, format: BufferFormat, buffer: usize, in_flight: usize) -> Self {
         let mut engine = Engine::new(model.geometry, true, false, 0);
         engine.set_format(format).expect("empty balloon");
+        engine.set_in_flight(in_flight);
         Self {
             engine,
             format,
@@ -217,7 +231,7 @@ impl Driver {
 fn run(profile: Profile, ops: &[Op]) {
     let mut model = Model::for_vmm(profile.vmm, profile.page_shift, GUEST_PAGES);
     let scale = model.geometry.balloon_pages_per_page();
-    let mut driver = Driver::new(&model, profile.format, profile.buffer);
+    let mut driver = Driver::new(&model, profile.format, profile.buffer, profile.in_flight);
     for op in ops {
         match op {
             Op::Target(pages) => model.num_pages = pages * scale,
@@ -255,7 +269,7 @@ fn run(profile: Profile, ops: &[Op]) {
             Op::FreezeRestore | Op::Remove => {
                 driver.teardown(&mut model);
                 model.mode = HostMode::Prompt;
-                driver = Driver::new(&model, driver.format, profile.buffer);
+                driver = Driver::new(&model, driver.format, profile.buffer, profile.in_flight);
             }
         }
         model.check();
@@ -309,7 +323,7 @@ fn every_host_mode_then_prompt_reaches_the_target() {
         HostMode::Refusing,
     ] {
         let mut model = Model::new(12, GUEST_PAGES);
-        let mut driver = Driver::new(&model, BufferFormat::Compat, BUFFER);
+        let mut driver = Driver::new(&model, BufferFormat::Compat, BUFFER, 1);
         model.num_pages = 300;
         model.mode = mode;
         for _ in 0..20 {

@@ -386,3 +386,72 @@ fn the_integer_parameter_maps_to_the_same_choices() {
     assert_eq!(FormatChoice::from_param(3), Err(UnknownFormat));
     assert_eq!(FormatChoice::from_param(u32::MAX), Err(UnknownFormat));
 }
+
+/// Moves the balloon to `pages` with `in_flight` buffers per step; returns
+/// how many steps that took.
+fn reach_in_flight(engine: &mut Engine, model: &mut Model, pages: u64, in_flight: usize) -> usize {
+    let mut buffer = vec![0u32; PFNS_PER_BUFFER * in_flight];
+    model.num_pages = pages as u32;
+    for steps in 1..10_000 {
+        let step = engine.step(model, &mut buffer);
+        model.check();
+        match step {
+            Step::Progress => {}
+            Step::Reached => {
+                assert_eq!(u64::from(model.actual), pages, "{:?}", model.vmm);
+                return steps;
+            }
+            other => panic!(
+                "{:?}: {other:?} with {in_flight} buffers in flight",
+                model.vmm
+            ),
+        }
+    }
+    panic!("engine did not settle");
+}
+
+#[test]
+fn several_buffers_in_flight_keep_every_vmms_rules() {
+    for (vmm, format) in [
+        (Vmm::Qemu, BufferFormat::Full),
+        (Vmm::Crosvm, BufferFormat::Full),
+        (Vmm::Qemu, BufferFormat::Compat),
+        (Vmm::Firecracker, BufferFormat::Compat),
+        (Vmm::CloudHypervisor, BufferFormat::Compat),
+    ] {
+        let mut model = Model::for_vmm(vmm, 12, GUEST);
+        let mut engine = engine_in(&model, format);
+        engine.set_in_flight(4);
+        let per_buffer = format.pfns_per_buffer();
+        let steps = reach_in_flight(&mut engine, &mut model, 32 * MIB, 4);
+        // Four buffers a step: a quarter of the steps one buffer needs.
+        assert_eq!(
+            steps,
+            (32 * MIB as usize).div_ceil(4 * per_buffer) + 1,
+            "{vmm:?} {format:?}"
+        );
+        assert!(model.skipped.is_empty(), "{vmm:?} skipped buffers");
+        assert!(
+            model.buffers.iter().all(|(_, len)| *len <= per_buffer),
+            "{vmm:?}: a buffer over {per_buffer} PFNs"
+        );
+        if format == BufferFormat::Full {
+            assert_eq!(engine.blocks(), 16, "{vmm:?}");
+            assert_eq!(model.huge_frees, 16, "{vmm:?}: a host huge page per block");
+        }
+        reach_in_flight(&mut engine, &mut model, 5 * MIB + 7, 4);
+        reach_in_flight(&mut engine, &mut model, 0, 4);
+        remove(&mut engine, &mut model);
+    }
+}
+
+#[test]
+fn in_flight_is_clamped() {
+    let model = Model::for_vmm(Vmm::Qemu, 12, GUEST);
+    let mut engine = engine_in(&model, BufferFormat::Full);
+    assert_eq!(engine.in_flight(), 1);
+    engine.set_in_flight(0);
+    assert_eq!(engine.in_flight(), 1);
+    engine.set_in_flight(1000);
+    assert_eq!(engine.in_flight(), balloon_logic::engine::MAX_IN_FLIGHT);
+}

@@ -33,6 +33,10 @@ module! {
             default: 0,
             description: "Inflate/deflate buffers: 0 auto (from the host's identity), 1 compat (256 PFNs, every VMM), 2 full (4096 PFNs, whole 2 MiB blocks; QEMU, crosvm, kvmtool)",
         },
+        buffers_in_flight: u32 {
+            default: 1,
+            description: "Inflate/deflate buffers sent at once (1 to 16), with one notification",
+        },
         host_timeout_ms: u32 {
             default: 10000,
             description: "How long to wait for the host to return a buffer before stopping balloon updates",

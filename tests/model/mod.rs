@@ -67,6 +67,8 @@ pub enum HostMode {
 pub struct LateBuffer {
     pub queue: QueueRole,
     pub pfns: Vec<u32>,
+    /// The most PFNs in one of its buffers (several go out at once).
+    pub per_buffer: usize,
     /// The guest pages the buffer names.
     pub pages: BTreeSet<u64>,
     /// Set once the host processed it and handed it back.
@@ -363,8 +365,10 @@ impl Model {
             return;
         }
         late.returned = true;
-        let (queue, pfns) = (late.queue, late.pfns.clone());
-        self.vmm_process(queue, &pfns);
+        let (queue, pfns, per_buffer) = (late.queue, late.pfns.clone(), late.per_buffer);
+        for buffer in pfns.chunks(per_buffer) {
+            self.vmm_process(queue, buffer);
+        }
     }
 
     /// The device is reset: the host forgets every buffer and page.
@@ -557,10 +561,17 @@ impl Model {
             .collect()
     }
 
-    fn check_shape(&self, queue: QueueRole, pfns: &[u32]) {
+    /// Records the buffers of one [`Backend::tell_host`] call.
+    fn push_buffers(&mut self, queue: QueueRole, pfns: &[u32], per_buffer: usize) {
+        for buffer in pfns.chunks(per_buffer) {
+            self.buffers.push((queue, buffer.len()));
+        }
+    }
+
+    fn check_shape(&self, queue: QueueRole, pfns: &[u32], per_buffer: usize) {
         assert!(!pfns.is_empty(), "empty buffer sent");
         assert!(
-            pfns.len() <= PFNS_PER_BUFFER,
+            per_buffer <= PFNS_PER_BUFFER,
             "buffer larger than the array"
         );
         let per = self.geometry.balloon_pages_per_page() as usize;
@@ -598,6 +609,11 @@ impl Model {
                 values.get(at..at + PFNS_PER_BLOCK),
                 Some(&run[..]),
                 "block {first} split or out of order in the {queue:?} buffer"
+            );
+            assert_eq!(
+                at / per_buffer,
+                (at + PFNS_PER_BLOCK - 1) / per_buffer,
+                "block {first} spans two {queue:?} buffers"
             );
         }
         // Inflated pages are the driver's (staged, or a migration's new page
@@ -753,12 +769,18 @@ impl Backend for Model {
         self.balloon.append(&mut self.staged_deflate);
         self.balloon_blocks.append(&mut self.staged_deflate_blocks);
     }
-    fn tell_host(&mut self, queue: QueueRole, pfns: &[u32]) -> Result<(), HostError> {
+    fn tell_host(
+        &mut self,
+        queue: QueueRole,
+        pfns: &[u32],
+        per_buffer: usize,
+    ) -> Result<(), HostError> {
         assert!(
             self.late.as_ref().is_none_or(|late| late.returned),
             "a buffer was sent while the host still holds a late one"
         );
-        self.check_shape(queue, pfns);
+        assert!(per_buffer > 0, "buffers of no PFN");
+        self.check_shape(queue, pfns, per_buffer);
         self.after_reset = false;
         let mode = match self.prompt_for.as_mut() {
             Some(left) if *left > 0 => {
@@ -770,7 +792,7 @@ impl Backend for Model {
         match mode {
             HostMode::Broken => return Err(HostError::Broken),
             HostMode::Refusing => return Err(HostError::Queue),
-            HostMode::Prompt if !self.vmm_returns(queue, pfns) => {
+            HostMode::Prompt if !pfns.chunks(per_buffer).all(|b| self.vmm_returns(queue, b)) => {
                 // Never handed back: to the driver, a dead host.
                 self.late_buffers += 1;
                 self.late = Some(LateBuffer {
@@ -778,13 +800,18 @@ impl Backend for Model {
                     serial: self.late_buffers,
                     queue,
                     pfns: pfns.to_vec(),
+                    per_buffer,
                     pages: self.pages_of(pfns),
                     returned: false,
                 });
-                self.buffers.push((queue, pfns.len()));
+                self.push_buffers(queue, pfns, per_buffer);
                 return Err(HostError::Timeout);
             }
-            HostMode::Prompt => self.vmm_process(queue, pfns),
+            HostMode::Prompt => {
+                for buffer in pfns.chunks(per_buffer) {
+                    self.vmm_process(queue, buffer);
+                }
+            }
             HostMode::Slow | HostMode::Dead => {
                 self.late_buffers += 1;
                 self.late = Some(LateBuffer {
@@ -792,14 +819,15 @@ impl Backend for Model {
                     serial: self.late_buffers,
                     queue,
                     pfns: pfns.to_vec(),
+                    per_buffer,
                     pages: self.pages_of(pfns),
                     returned: false,
                 });
-                self.buffers.push((queue, pfns.len()));
+                self.push_buffers(queue, pfns, per_buffer);
                 return Err(HostError::Timeout);
             }
         }
-        self.buffers.push((queue, pfns.len()));
+        self.push_buffers(queue, pfns, per_buffer);
         Ok(())
     }
     fn host_returned(&mut self, queue: QueueRole) -> bool {

@@ -5,7 +5,8 @@
 
 use balloon_logic::engine::{
     Backend,
-    HostError, //
+    HostError,
+    MAX_IN_FLIGHT, //
 };
 use balloon_logic::features::QueueRole;
 use balloon_logic::pfn::PFNS_PER_BUFFER;
@@ -83,7 +84,15 @@ impl Prealloc {
     /// allocations (with light reclaim, like the C driver's) take over.
     pub(super) fn fill(&mut self, count: u64) {
         let count = usize::try_from(count).unwrap_or(usize::MAX);
-        let mut got = self.bulk.alloc_into(self.pages.as_mut(), count);
+        let mut got = 0;
+        while got < count {
+            let asked = (count - got).min(PFNS_PER_BUFFER);
+            let bulk = self.bulk.alloc_into(self.pages.as_mut(), asked);
+            got += bulk;
+            if bulk < asked {
+                break;
+            }
+        }
         while got < count {
             let Some(page) = Page::alloc() else { break };
             self.pages.as_mut().push(page);
@@ -211,13 +220,18 @@ impl Backend for Host<'_> {
             .enqueue_blocks(self.staged_deflate_blocks.as_mut(), self.blocks.as_mut());
     }
 
-    fn tell_host(&mut self, queue: QueueRole, pfns: &[u32]) -> Result<(), HostError> {
+    fn tell_host(
+        &mut self,
+        queue: QueueRole,
+        pfns: &[u32],
+        per_buffer: usize,
+    ) -> Result<(), HostError> {
         let vq = match queue {
             QueueRole::Inflate => &mut *self.inflate_queue,
             QueueRole::Deflate => &mut *self.deflate_queue,
             _ => return Err(HostError::Queue),
         };
-        vq.send_and_wait(pfns, self.acked, self.timeout)
+        vq.send_all_and_wait(pfns, per_buffer, self.acked, self.timeout)
             .map_err(|err| match err {
                 SendError::Queue(_) => HostError::Queue,
                 SendError::Broken => HostError::Broken,
@@ -227,8 +241,8 @@ impl Backend for Host<'_> {
 
     fn host_returned(&mut self, queue: QueueRole) -> bool {
         match queue {
-            QueueRole::Inflate => self.inflate_queue.get_buf(),
-            QueueRole::Deflate => self.deflate_queue.get_buf(),
+            QueueRole::Inflate => self.inflate_queue.all_returned(),
+            QueueRole::Deflate => self.deflate_queue.all_returned(),
             _ => false,
         }
     }
@@ -242,6 +256,12 @@ impl Backend for Host<'_> {
     fn release_held_page(&mut self) {
         *self.held = None;
     }
+}
+
+/// Inflate or deflate buffers sent at once (`buffers_in_flight`, 1 to
+/// [`MAX_IN_FLIGHT`]).
+pub(super) fn buffers_in_flight() -> usize {
+    (crate::module_parameters::buffers_in_flight.value() as usize).clamp(1, MAX_IN_FLIGHT)
 }
 
 /// How long to wait for the host to return a buffer (`host_timeout_ms`,

@@ -94,6 +94,7 @@ use debugfs::{
 };
 use free_page_hint::HintState;
 use host::{
+    buffers_in_flight,
     host_timeout,
     BlockList,
     Host,
@@ -110,8 +111,9 @@ struct State {
     deflate_queue: Option<Virtqueue>,
     /// The device's queue set, holding the handles not taken out.
     queues: Option<Virtqueues>,
-    /// PFN array sent to the host (kmalloc memory, as DMA needs).
-    pfns: KVec<u32>,
+    /// PFN arrays the engine fills (the queues copy them into buffers of
+    /// their own, kmalloc memory as DMA needs).
+    pfns: KVVec<u32>,
     /// Pages allocated for the inflate in flight.
     staged_inflate: Pin<KBox<PageList>>,
     /// Pages out of the balloon for the deflate in flight.
@@ -130,9 +132,11 @@ struct State {
 }
 
 impl State {
-    fn new() -> Result<Self> {
-        let mut pfns = KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL)?;
-        pfns.resize(PFNS_PER_BUFFER, 0, GFP_KERNEL)?;
+    /// Room for `in_flight` buffers of PFNs.
+    fn new(in_flight: usize) -> Result<Self> {
+        let len = PFNS_PER_BUFFER * in_flight;
+        let mut pfns = KVVec::with_capacity(len, GFP_KERNEL)?;
+        pfns.resize(len, 0, GFP_KERNEL)?;
         Ok(Self {
             engine: None,
             inflate_queue: None,
@@ -165,6 +169,8 @@ pub(crate) struct Balloon {
     features: Features,
     /// How inflate and deflate buffers are laid out for this host.
     format: BufferFormat,
+    /// Inflate or deflate buffers sent at once.
+    in_flight: usize,
     geometry: PageGeometry,
     index: QueueIndex,
     #[pin]
@@ -469,6 +475,7 @@ impl Balloon {
             );
             // A fresh engine holds no block: every format is accepted.
             let _ = engine.set_format(self.format);
+            engine.set_in_flight(self.in_flight);
             self.view.update(&engine);
             state.engine = Some(engine);
             state.inflate_queue = inflate_queue;
@@ -519,12 +526,13 @@ impl Balloon {
         let target = dev.read_config::<NumPages>().unwrap_or(0);
         dev_info!(
             dev,
-            "bound: features {:#x} ({:?}), {} queues, {:?} buffers of {} pages, target {} KiB, reserve {} KiB\n",
+            "bound: features {:#x} ({:?}), {} queues, {:?} buffers of {} pages ({} at once), target {} KiB, reserve {} KiB\n",
             self.features.bits(),
             DisplayFeatures(self.features),
             index.count,
             self.format,
             self.format.pfns_per_buffer(),
+            self.in_flight,
             u64::from(target) * 4,
             reserve * (page_size / 1024)
         );
@@ -662,13 +670,15 @@ impl virtio::Driver for Balloon {
         let features = Features::from_bits_truncate(dev.features());
         let geometry = Self::check(dev);
         let format = Self::buffer_format(dev);
+        let in_flight = buffers_in_flight();
         try_pin_init!(Self {
             geometry: geometry?,
             dev: dev.into(),
             features,
             format,
-            index: QueueIndex::new(*features),
-            state <- new_mutex!(State::new()?),
+            in_flight,
+            index: QueueIndex::new(*features, *in_flight),
+            state <- new_mutex!(State::new(*in_flight)?),
             stats <- new_mutex!(StatsState { queue: None }),
             reporting_queue <- new_mutex!(None),
             hint <- new_mutex!(HintState::new()?),

@@ -28,10 +28,12 @@ pub(super) struct QueueIndex {
 }
 
 impl QueueIndex {
-    pub(super) fn new(features: Features) -> Self {
+    /// The queues of `features`, the inflate and deflate queues owning
+    /// `in_flight` buffers each.
+    pub(super) fn new(features: Features, in_flight: usize) -> Self {
         let (layout, count) = queue_layout(features);
         let mut index = Self {
-            specs: [queue_spec(QueueRole::Inflate); features::MAX_QUEUES],
+            specs: [queue_spec(QueueRole::Inflate, in_flight); features::MAX_QUEUES],
             count,
             inflate: 0,
             deflate: 1,
@@ -41,7 +43,7 @@ impl QueueIndex {
         };
         for (i, role) in layout.iter().take(count).enumerate() {
             let Some(role) = *role else { continue };
-            index.specs[i] = queue_spec(role);
+            index.specs[i] = queue_spec(role, in_flight);
             match role {
                 QueueRole::Inflate => index.inflate = i,
                 QueueRole::Deflate => index.deflate = i,
@@ -60,11 +62,11 @@ impl QueueIndex {
 }
 
 /// Each queue's name and the device-readable buffers it owns, by role.
-pub(super) fn queue_spec(role: QueueRole) -> QueueSpec {
+pub(super) fn queue_spec(role: QueueRole, in_flight: usize) -> QueueSpec {
     let (name, out_buffers, out_buffer_size) = match role {
-        // One PFN array in flight at a time.
-        QueueRole::Inflate => (c"inflate", 1, PFNS_PER_BUFFER * 4),
-        QueueRole::Deflate => (c"deflate", 1, PFNS_PER_BUFFER * 4),
+        // `in_flight` PFN arrays at a time.
+        QueueRole::Inflate => (c"inflate", in_flight, PFNS_PER_BUFFER * 4),
+        QueueRole::Deflate => (c"deflate", in_flight, PFNS_PER_BUFFER * 4),
         // The host keeps the stats buffer until it wants fresh figures.
         QueueRole::Stats => (c"stats", 1, stats::BUFFER_SIZE),
         // A round's start and stop ids, with room for ids the host has not

@@ -194,31 +194,65 @@ impl Virtqueue {
         true
     }
 
-    /// Sends `words` to the device and sleeps until the device hands the
-    /// buffer back (the completion callback wakes `waiter`) or `timeout`
-    /// jiffies pass.
+    /// Sends `words` in buffers of at most `per_buffer` words each, with one
+    /// notification for all of them, and sleeps until the device hands
+    /// every one back (the completion callback wakes `waiter`) or a wait
+    /// for the next one exceeds `timeout` jiffies.
     ///
-    /// On [`SendError::Timeout`] the queue keeps the buffer until the
-    /// device hands it back ([`Virtqueue::get_buf`]) or is reset.
-    pub(crate) fn send_and_wait(
+    /// Nothing is sent unless the queue has a free buffer and a free
+    /// descriptor for each. On [`SendError::Timeout`] the queue keeps the
+    /// buffers still out until the device hands them back
+    /// ([`Virtqueue::all_returned`]) or is reset.
+    pub(crate) fn send_all_and_wait(
         &mut self,
         words: &[u32],
+        per_buffer: usize,
         waiter: &WaitQueue,
         timeout: Jiffies,
     ) -> core::result::Result<(), SendError> {
-        if let Err(err) = self.send(words.as_bytes()) {
+        let per_buffer = per_buffer.max(1);
+        let buffers = words.len().div_ceil(per_buffer);
+        let free = self.out.iter().filter(|buffer| !buffer.in_flight).count();
+        if buffers == 0 || buffers > free || buffers > self.num_free() as usize {
             return Err(if self.is_broken() {
                 SendError::Broken
             } else {
-                SendError::Queue(err)
+                SendError::Queue(EBUSY)
             });
         }
-        self.kick();
-        if self.wait(waiter, timeout) {
-            Ok(())
-        } else {
-            Err(SendError::Timeout)
+        for chunk in words.chunks(per_buffer) {
+            if let Err(err) = self.send(chunk.as_bytes()) {
+                if self.is_broken() {
+                    return Err(SendError::Broken);
+                }
+                if self.in_flight() == 0 {
+                    return Err(SendError::Queue(err));
+                }
+                // Some buffers are out: the host may read them, so the
+                // caller must treat the batch as late, not as unsent.
+                self.kick();
+                return Err(SendError::Timeout);
+            }
         }
+        self.kick();
+        while self.in_flight() > 0 {
+            if !self.wait(waiter, timeout) {
+                return Err(SendError::Timeout);
+            }
+        }
+        Ok(())
+    }
+
+    /// Buffers of ours the device may still read.
+    fn in_flight(&self) -> usize {
+        self.out.iter().filter(|buffer| buffer.in_flight).count()
+    }
+
+    /// Takes back every buffer the device has used (never waits); true
+    /// when none of ours is left with the device.
+    pub(crate) fn all_returned(&mut self) -> bool {
+        self.drain_used();
+        self.in_flight() == 0
     }
 
     /// Free descriptors in the ring.

@@ -60,10 +60,12 @@ struct Args {
     speed: bool,
     memory: bool,
     backings: Vec<Backing>,
+    /// `buffers_in_flight` values to time our driver at (speed part).
+    in_flight: Vec<usize>,
 }
 
 const USAGE: &str = "usage: bench [--rounds N] [--driver c|rs|both] [--part speed|memory|all] \
-[--backing anon|hugetlbfs|memfd|memfd-hugetlb|all]\n\
+[--backing anon|hugetlbfs|memfd|memfd-hugetlb|all] [--in-flight 1,2,4,8,16]\n\
 (VBRS_BENCH_ROUNDS=N sets the default of --rounds, 5)";
 
 fn parse_rounds(value: &str, what: &str) -> Result<usize> {
@@ -85,6 +87,7 @@ fn parse_args() -> Result<Args> {
         speed: true,
         memory: true,
         backings: Backing::ALL.to_vec(),
+        in_flight: Vec::new(),
     };
     let mut iter = std::env::args().skip(1);
     while let Some(arg) = iter.next() {
@@ -120,6 +123,12 @@ fn parse_args() -> Result<Args> {
                     other => bail!("--backing: {other:?} is not one of {USAGE}"),
                 };
             }
+            "--in-flight" => {
+                args.in_flight = value("a list such as 1,2,4,8,16")?
+                    .split(',')
+                    .map(|n| parse_rounds(n.trim(), "--in-flight"))
+                    .collect::<Result<_>>()?;
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -144,7 +153,7 @@ fn main() -> ExitCode {
     if args.speed {
         let mut results = Vec::new();
         for &driver in &args.drivers {
-            match speed::run_driver(driver, args.rounds) {
+            match speed::run_driver(driver, args.rounds, "") {
                 Ok(result) => results.push(result),
                 Err(e) => {
                     eprintln!("bench: FAILED speed, driver {}: {e:#}", driver.label());
@@ -153,6 +162,21 @@ fn main() -> ExitCode {
             }
         }
         speed::print_summary(&results);
+        if !args.in_flight.is_empty() {
+            let mut sweep = Vec::new();
+            for &n in &args.in_flight {
+                let params = format!("buffers_in_flight={n}");
+                match speed::run_driver(Driver::Rs, args.rounds, &params) {
+                    Ok(result) => sweep.push((n, result)),
+                    Err(e) => {
+                        eprintln!("bench: FAILED speed, {params}: {e:#}");
+                        failures.push(format!("speed {params}: {e:#}"));
+                    }
+                }
+            }
+            let c = results.iter().find(|r| r.driver == Driver::C);
+            speed::print_in_flight(c, &sweep);
+        }
         if !results.is_empty() {
             let dir = qemu_test::target_dir().join("bench");
             let path = dir.join("balloon.svg");

@@ -104,12 +104,14 @@ fn balloon_traced(
     }
 }
 
-pub fn run_driver(driver: Driver, rounds: usize) -> Result<DriverResult> {
+/// Boots a guest with `driver` (loaded with `params`) and times `rounds`
+/// inflate/deflate rounds.
+pub fn run_driver(driver: Driver, rounds: usize, params: &str) -> Result<DriverResult> {
     let config = VmConfig::new(&format!("bench-{}", driver.label()))
         .memory_mib(GUEST_MIB)
         .only(driver);
     let mut vm = Vm::boot(config)?;
-    vm.load(driver)?;
+    vm.insmod(driver.guest_path(), params)?;
     let memtotal_kb = vm.meminfo("MemTotal")?;
     println!(
         "\ndriver {}: booted in {:.1} s, MemTotal {memtotal_kb} kB after insmod",
@@ -200,6 +202,31 @@ pub fn print_summary(results: &[DriverResult]) {
             "",
             rs.inflate_median() / c.inflate_median(),
             rs.deflate_median() / c.deflate_median()
+        );
+    }
+}
+
+/// The `buffers_in_flight` sweep: our driver at each value against the C
+/// driver of the same run.
+pub fn print_in_flight(c: Option<&DriverResult>, sweep: &[(usize, DriverResult)]) {
+    println!(
+        "
+buffers in flight ({GUEST_MIB} -> {SMALL_MIB} -> {GUEST_MIB} MiB, medians)"
+    );
+    println!(
+        "{:>9}  {:>9}  {:>9}  {:>11}  {:>11}",
+        "in flight", "inflate s", "deflate s", "c/rs infl.", "c/rs defl."
+    );
+    for (in_flight, r) in sweep {
+        let (inflate, deflate) = (r.inflate_median(), r.deflate_median());
+        let ratio = |c: f64, rs: f64| format!("{:.2}x", c / rs);
+        println!(
+            "{:>9}  {:>9.3}  {:>9.3}  {:>11}  {:>11}",
+            in_flight,
+            inflate,
+            deflate,
+            c.map_or("-".into(), |c| ratio(c.inflate_median(), inflate)),
+            c.map_or("-".into(), |c| ratio(c.deflate_median(), deflate)),
         );
     }
 }
