@@ -18,10 +18,13 @@ export VBRS_CACHE
 TOP := $(CURDIR)
 VENDOR := $(TOP)/build/vendor
 
-# Written by qemu-test/setup.sh: KSRC, KDIR_TEST, RUST_LIB_SRC, LIBCLANG_PATH, BINDGEN_DIR.
--include $(VBRS_CACHE)/env.mk
-# Written by `qemu-test/setup.sh debug`: KDIR_DEBUG.
--include $(VBRS_CACHE)/debug.mk
+# Written by qemu-test/setup.sh: KSRC, RUST_LIB_SRC, LIBCLANG_PATH, BINDGEN_DIR.
+-include $(VBRS_CACHE)/tools.mk
+# The test and debug kernels of this tree's config fragments: the cache
+# directories setup.sh builds them in (qemu-test/kernel-key.sh hashes the
+# kernel package, the compilers and the fragments).
+KDIR_TEST := $(shell bash $(TOP)/qemu-test/kernel-key.sh test)
+KDIR_DEBUG := $(shell bash $(TOP)/qemu-test/kernel-key.sh debug 2>/dev/null)
 
 KDIR ?= $(KDIR_TEST)
 # A module for a clang-built kernel must be built with the same LLVM

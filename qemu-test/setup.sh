@@ -187,16 +187,15 @@ build_kernel() {
 	fi
 }
 
+# The cache directories come from kernel-key.sh, which the Makefile also
+# asks: a changed fragment gets a new directory (a cold build), an unchanged
+# one finds its build (warm). Builds for other keys are left alone: other
+# work trees or branches of this repository may be using them (remove
+# unused ones by hand, `rm -rf $VBRS_CACHE/kbuild-<key>`).
 fragment="$here/kernel.config"
-key=$( { echo "$kver_pkg"; rustc --version; gcc --version | head -1; cat "$fragment"; } | sha256sum | cut -c1-16)
-kbuild="$cache/kbuild-$key"
 if [ "$mode" = normal ]; then
+	kbuild=$(bash "$here/kernel-key.sh" test)
 	build_kernel "test kernel (about 5 minutes on 2 cores)" "$kbuild" "" "$fragment"
-	# Keep one test kernel: builds for other fragments or toolchains are
-	# 400 MB each. The debug kernel lives under kdebug-*, untouched here.
-	for old in "$cache"/kbuild-*; do
-		[ "$old" = "$kbuild" ] || { say "removing stale build $old"; rm -rf "$old"; }
-	done
 fi
 
 # The debug kernel: the test kernel's fragment, then kernel.debug.config
@@ -205,20 +204,15 @@ fi
 if [ "$mode" = debug ]; then
 	debug_fragment="$here/kernel.debug.config"
 	command -v clang-19 >/dev/null || die "clang-19 is missing (bookworm-backports)"
-	dkey=$( { echo "$kver_pkg"; rustc --version; clang-19 --version | head -1; cat "$fragment" "$debug_fragment"; } | sha256sum | cut -c1-16)
-	kdebug="$cache/kdebug-$dkey"
+	kdebug=$(bash "$here/kernel-key.sh" debug)
 	build_kernel "debug kernel (clang-19, KASAN; about 10 minutes on 2 cores)" "$kdebug" "LLVM=-19" "$fragment" "$debug_fragment"
-	# Keep one debug kernel; the test kernel lives under kbuild-*, untouched here.
-	for old in "$cache"/kdebug-*; do
-		[ "$old" = "$kdebug" ] || { say "removing stale debug build $old"; rm -rf "$old"; }
-	done
-	echo "KDIR_DEBUG := $kdebug" >"$cache/debug.mk"
 fi
 
-# Record where everything is, for the Makefile and the VM tests.
-cat >"$cache/env.mk" <<ENV
+# Record where the tools are, for the Makefile (the kernel build trees it
+# finds with kernel-key.sh). Not env.mk: that file, with one KDIR_TEST for the
+# whole cache, is what earlier versions of this script wrote and read.
+cat >"$cache/tools.mk" <<ENV
 KSRC := $ksrc
-KDIR_TEST := $kbuild
 RUST_LIB_SRC := $RUST_LIB_SRC
 LIBCLANG_PATH := $LIBCLANG_PATH
 BINDGEN_DIR := $bindgen_dir/bin

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! What a test VM is booted with: the accelerator and the [`VmConfig`]
-//! builder (memory, CPUs, balloon options, modules, extra arguments).
+//! What a test VM is booted with: the accelerator, the machine and the
+//! [`VmConfig`] builder (memory, CPUs, balloon options, modules, extra
+//! arguments).
 
 use std::path::Path;
 use std::path::PathBuf;
@@ -62,16 +63,77 @@ impl Accel {
     }
 }
 
-/// What to boot: memory, CPUs, balloon options, modules, extra arguments.
+/// QEMU's machine type, which decides the balloon's transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Machine {
+    /// `q35`: the balloon is `virtio-balloon-pci`, on `pcie.0` (or on a
+    /// root port, [`VmConfig::balloon_on_root_port`]).
+    #[default]
+    Q35,
+    /// `microvm,acpi=off`: no PCI, no ACPI; the balloon is
+    /// `virtio-balloon-device` on a virtio-mmio transport, which QEMU names
+    /// on the kernel command line (`virtio_mmio.device=512@<base>:<irq>`,
+    /// microvm's `auto-kernel-cmdline`), the CPUs and interrupts come from
+    /// the MP table. The machine makes one ISA serial port, the console;
+    /// the shell gets a second `isa-serial` device.
+    ///
+    /// Why not microvm's default `acpi=on`: its MADT has no override for
+    /// ISA IRQ 0 while QEMU's IOAPIC raises the PIT on pin 2, so under TCG
+    /// (no kvmclock) the kernel never gets a timer tick and hangs
+    /// calibrating the local APIC timer. Without ACPI there is no power-off
+    /// either: the guest leaves with `reboot -f` (a triple fault,
+    /// `reboot=t`), which `-no-reboot` turns into QEMU's exit.
+    Microvm,
+}
+
+impl Machine {
+    /// The `-machine` value.
+    pub fn qemu_name(self) -> &'static str {
+        match self {
+            Machine::Q35 => "q35",
+            Machine::Microvm => "microvm,acpi=off",
+        }
+    }
+
+    /// What this machine adds to the kernel command line.
+    pub fn cmdline(self) -> &'static str {
+        match self {
+            Machine::Q35 => "",
+            // acpi=off: no search for an RSDP that is not there.
+            Machine::Microvm => "acpi=off reboot=t",
+        }
+    }
+
+    /// The shell command that makes QEMU exit (with `-no-reboot`).
+    pub fn shutdown_command(self) -> &'static str {
+        match self {
+            Machine::Q35 => "poweroff -f",
+            Machine::Microvm => "reboot -f",
+        }
+    }
+
+    /// The QEMU device type of the balloon on this machine.
+    pub fn balloon_device(self) -> &'static str {
+        match self {
+            Machine::Q35 => "virtio-balloon-pci",
+            Machine::Microvm => "virtio-balloon-device",
+        }
+    }
+}
+
+/// What to boot: machine, memory, CPUs, balloon options, modules, extra arguments.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     /// Name of the VM, used in the log directory name.
     pub name: String,
+    /// QEMU's machine type (default [`Machine::Q35`]).
+    pub machine: Machine,
     /// Guest RAM in MiB.
     pub memory_mib: u64,
     /// Number of vCPUs.
     pub smp: u32,
-    /// Extra options of `-device virtio-balloon-pci,id=balloon0`, such as
+    /// Extra options of the balloon device (`-device
+    /// <Machine::balloon_device>,id=balloon0`), such as
     /// `deflate-on-oom=on` (comma-separated, no leading comma).
     pub balloon_options: String,
     /// Extra kernel command line, appended to the defaults.
@@ -98,6 +160,7 @@ impl VmConfig {
     pub fn new(name: &str) -> Self {
         Self {
             name: name.to_string(),
+            machine: Machine::default(),
             memory_mib: 2048,
             smp: 2,
             balloon_options: String::new(),
@@ -110,6 +173,12 @@ impl VmConfig {
             boot_timeout: BOOT_TIMEOUT,
             balloon_on_root_port: false,
         }
+    }
+
+    /// Sets QEMU's machine type.
+    pub fn machine(mut self, machine: Machine) -> Self {
+        self.machine = machine;
+        self
     }
 
     /// Sets the guest RAM in MiB.
@@ -211,5 +280,8 @@ mod tests {
         assert_eq!(config.cmdline, "a=1 b=2");
         assert_eq!(config.qemu_args, vec!["-s".to_string()]);
         assert!(!config.rs_module && config.c_module);
+        assert_eq!(config.machine, Machine::Q35);
+        let microvm = VmConfig::new("y").machine(Machine::Microvm);
+        assert_eq!(microvm.machine.balloon_device(), "virtio-balloon-device");
     }
 }

@@ -21,6 +21,7 @@ pub mod qmp;
 pub mod serial;
 pub mod shell_command;
 
+pub use config::Machine;
 pub use config::VmConfig;
 pub use console::check_clean_console;
 pub use driver::Driver;

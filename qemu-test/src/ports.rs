@@ -144,7 +144,15 @@ impl GuestPorts {
     /// Sends `poweroff -f` to the shell, without waiting for anything (the
     /// shell may already be gone).
     pub fn power_off(&mut self) {
-        self.shell.log_note("\n$ poweroff -f\n");
-        let _ = self.shell_input.write_all(b"poweroff -f\n");
+        self.shut_down_with("poweroff -f");
+    }
+
+    /// Sends `command` (`poweroff -f`, `reboot -f`) to the shell, which
+    /// does not answer it.
+    pub fn shut_down_with(&mut self, command: &str) {
+        self.shell.log_note(&format!("\n$ {command}\n"));
+        let _ = self
+            .shell_input
+            .write_all(format!("{command}\n").as_bytes());
     }
 }

@@ -28,6 +28,7 @@ use std::time::SystemTime;
 
 use crate::artifacts;
 use crate::config::Accel;
+use crate::config::Machine;
 use crate::config::VmConfig;
 use crate::config::ROOT_PORT;
 use crate::console::check_clean_console;
@@ -154,11 +155,19 @@ impl Vm {
         let (qmp_path, qmp_listener) = listen("qmp")?;
 
         let mut cmdline = String::from("console=ttyS0 panic=-1");
+        if !config.machine.cmdline().is_empty() {
+            cmdline.push(' ');
+            cmdline.push_str(config.machine.cmdline());
+        }
         if !config.cmdline.is_empty() {
             cmdline.push(' ');
             cmdline.push_str(&config.cmdline);
         }
-        let mut balloon = String::from("virtio-balloon-pci,id=balloon0");
+        ensure!(
+            !(config.balloon_on_root_port && config.machine == Machine::Microvm),
+            "balloon_on_root_port needs PCIe: the microvm machine has none"
+        );
+        let mut balloon = format!("{},id=balloon0", config.machine.balloon_device());
         if config.balloon_on_root_port {
             balloon.push_str(",bus=");
             balloon.push_str(ROOT_PORT);
@@ -172,7 +181,7 @@ impl Vm {
         command
             .arg("-name")
             .arg(format!("vbrs-{}", config.name))
-            .args(["-machine", "q35"])
+            .args(["-machine", config.machine.qemu_name()])
             .args(accel.qemu_args())
             .arg("-m")
             .arg(config.memory_mib.to_string())
@@ -196,7 +205,13 @@ impl Vm {
             .args(["-serial", "chardev:console"])
             .arg("-chardev")
             .arg(format!("socket,id=shell,path={}", shell_path.display()))
-            .args(["-serial", "chardev:shell"])
+            .args(match config.machine {
+                // The second ISA serial port (COM2, 0x2f8, IRQ 3).
+                Machine::Q35 => ["-serial", "chardev:shell"],
+                // microvm makes one ISA serial port, from the first
+                // `-serial`; COM2 is added as a device.
+                Machine::Microvm => ["-device", "isa-serial,index=1,chardev=shell"],
+            })
             .arg("-chardev")
             .arg(format!("socket,id=qmp,path={}", qmp_path.display()))
             .args(["-mon", "chardev=qmp,mode=control"])
@@ -437,7 +452,8 @@ impl Vm {
         &self.config
     }
 
-    /// Powers the guest off (`poweroff -f`) and waits for QEMU to exit.
+    /// Powers the guest off (`poweroff -f`; on microvm `reboot -f`, see
+    /// [`Machine::Microvm`]) and waits for QEMU to exit.
     ///
     /// After a clean exit the log directory is removed, unless
     /// `VBRS_KEEP_LOGS` is set. If QEMU does not exit in time it is killed
@@ -447,7 +463,8 @@ impl Vm {
         // must be clean too.
         let console_start = self.ports.console.len();
         // The shell may already be gone; waiting for QEMU says what happened.
-        self.ports.power_off();
+        self.ports
+            .shut_down_with(self.config.machine.shutdown_command());
         let shutdown_timeout = scaled(SHUTDOWN_TIMEOUT);
         let deadline = Instant::now() + shutdown_timeout;
         loop {
@@ -477,7 +494,8 @@ impl Vm {
                 }
                 Ok(None) => {
                     return Err(self.failure(&format!(
-                        "QEMU did not exit within {shutdown_timeout:?} of poweroff -f"
+                        "QEMU did not exit within {shutdown_timeout:?} of {}",
+                        self.config.machine.shutdown_command()
                     )))
                 }
                 Err(e) => bail!("waiting for QEMU: {e}"),

@@ -37,7 +37,8 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often [`Qmp::wait_actual`] polls `query-balloon`.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
-/// QOM path of the balloon device (`-device virtio-balloon-pci,id=balloon0`).
+/// QOM path of the balloon device (`-device virtio-balloon-pci,id=balloon0`,
+/// or `virtio-balloon-device` on microvm).
 pub const BALLOON_QOM_PATH: &str = "/machine/peripheral/balloon0";
 
 /// The socket, as the `qapi` client reads and writes it.
