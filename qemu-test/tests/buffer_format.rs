@@ -75,3 +75,18 @@ fn an_unknown_buffer_format_is_reported_and_auto_is_used() -> Result<()> {
     );
     check_format(vm, "Full buffers of 4096 pages")
 }
+
+#[test]
+fn several_buffers_in_flight_reach_every_target() -> Result<()> {
+    let vm = boot_with_params(VmConfig::new("format_in_flight"), "buffers_in_flight=4")?;
+    check_format(vm, "Full buffers of 4096 pages (4 at once)")
+}
+
+#[test]
+fn several_compat_buffers_in_flight_reach_every_target() -> Result<()> {
+    let vm = boot_with_params(
+        VmConfig::new("format_compat_in_flight"),
+        "buffer_format=1 buffers_in_flight=16",
+    )?;
+    check_format(vm, "Compat buffers of 256 pages (16 at once)")
+}
