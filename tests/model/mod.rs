@@ -561,6 +561,29 @@ impl Model {
             .collect()
     }
 
+    /// The host keeps the buffers of one [`Backend::tell_host`] call (a
+    /// `dead` host for ever): to the driver, a timeout.
+    fn go_late(
+        &mut self,
+        dead: bool,
+        queue: QueueRole,
+        pfns: &[u32],
+        per_buffer: usize,
+    ) -> Result<(), HostError> {
+        self.late_buffers += 1;
+        self.late = Some(LateBuffer {
+            dead,
+            serial: self.late_buffers,
+            queue,
+            pfns: pfns.to_vec(),
+            per_buffer,
+            pages: self.pages_of(pfns),
+            returned: false,
+        });
+        self.push_buffers(queue, pfns, per_buffer);
+        Err(HostError::Timeout)
+    }
+
     /// Records the buffers of one [`Backend::tell_host`] call.
     fn push_buffers(&mut self, queue: QueueRole, pfns: &[u32], per_buffer: usize) {
         for buffer in pfns.chunks(per_buffer) {
@@ -794,18 +817,7 @@ impl Backend for Model {
             HostMode::Refusing => return Err(HostError::Queue),
             HostMode::Prompt if !pfns.chunks(per_buffer).all(|b| self.vmm_returns(queue, b)) => {
                 // Never handed back: to the driver, a dead host.
-                self.late_buffers += 1;
-                self.late = Some(LateBuffer {
-                    dead: true,
-                    serial: self.late_buffers,
-                    queue,
-                    pfns: pfns.to_vec(),
-                    per_buffer,
-                    pages: self.pages_of(pfns),
-                    returned: false,
-                });
-                self.push_buffers(queue, pfns, per_buffer);
-                return Err(HostError::Timeout);
+                return self.go_late(true, queue, pfns, per_buffer);
             }
             HostMode::Prompt => {
                 for buffer in pfns.chunks(per_buffer) {
@@ -813,18 +825,7 @@ impl Backend for Model {
                 }
             }
             HostMode::Slow | HostMode::Dead => {
-                self.late_buffers += 1;
-                self.late = Some(LateBuffer {
-                    dead: mode == HostMode::Dead,
-                    serial: self.late_buffers,
-                    queue,
-                    pfns: pfns.to_vec(),
-                    per_buffer,
-                    pages: self.pages_of(pfns),
-                    returned: false,
-                });
-                self.push_buffers(queue, pfns, per_buffer);
-                return Err(HostError::Timeout);
+                return self.go_late(mode == HostMode::Dead, queue, pfns, per_buffer);
             }
         }
         self.push_buffers(queue, pfns, per_buffer);

@@ -205,35 +205,20 @@ impl<T: HasBalloonDevInfo> BalloonDevInfo<T> {
     /// Moves every block of `staged` onto `blocks`, the balloon's own.
     pub(crate) fn enqueue_blocks<const ORDER: u32>(
         &self,
-        mut staged: Pin<&mut PageList<ORDER>>,
-        mut blocks: Pin<&mut PageList<ORDER>>,
+        staged: Pin<&mut PageList<ORDER>>,
+        blocks: Pin<&mut PageList<ORDER>>,
     ) -> usize {
-        let mut moved = 0;
-        while let Some(block) = staged.as_mut().pop() {
-            self.account(&block, true);
-            blocks.as_mut().push(block);
-            moved += 1;
-        }
-        moved
+        blocks.take_from_each(staged, usize::MAX, |block| self.account(block, true))
     }
 
     /// Moves up to `max` blocks from the balloon's `blocks` onto `staged`.
     pub(crate) fn dequeue_blocks<const ORDER: u32>(
         &self,
-        mut blocks: Pin<&mut PageList<ORDER>>,
-        mut staged: Pin<&mut PageList<ORDER>>,
+        blocks: Pin<&mut PageList<ORDER>>,
+        staged: Pin<&mut PageList<ORDER>>,
         max: usize,
     ) -> usize {
-        let mut moved = 0;
-        while moved < max {
-            let Some(block) = blocks.as_mut().pop() else {
-                break;
-            };
-            self.account(&block, false);
-            staged.as_mut().push(block);
-            moved += 1;
-        }
-        moved
+        staged.take_from_each(blocks, max, |block| self.account(block, false))
     }
 
     /// Accounts `block` entering (`inflate`) or leaving the balloon.

@@ -241,16 +241,23 @@ impl<const ORDER: u32> PageList<ORDER> {
 
     /// Moves up to `count` blocks from `other` onto this list; returns how
     /// many it moved.
-    pub(crate) fn take_from(
+    pub(crate) fn take_from(self: Pin<&mut Self>, other: Pin<&mut Self>, count: usize) -> usize {
+        self.take_from_each(other, count, |_| {})
+    }
+
+    /// [`PageList::take_from`], calling `each` with every block it moves.
+    pub(crate) fn take_from_each(
         mut self: Pin<&mut Self>,
         mut other: Pin<&mut Self>,
         count: usize,
+        mut each: impl FnMut(&Page<ORDER>),
     ) -> usize {
         let mut moved = 0;
         while moved < count {
             let Some(page) = other.as_mut().pop() else {
                 break;
             };
+            each(&page);
             self.as_mut().push(page);
             moved += 1;
         }
