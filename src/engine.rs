@@ -570,6 +570,15 @@ impl Engine {
             let got = backend.alloc_blocks(blocks_wanted).min(blocks_wanted);
             if got < blocks_wanted {
                 self.counters.block_fallbacks += 1;
+                // Rate-limited by the running total.
+                if self.counters.block_fallbacks.is_power_of_two() {
+                    log::info!(
+                        "no free 2 MiB block left ({} of {} wanted): ballooning 4 KiB pages instead ({} times so far)\n",
+                        got,
+                        blocks_wanted,
+                        self.counters.block_fallbacks
+                    );
+                }
             }
             got
         } else {
