@@ -26,9 +26,10 @@ pub(crate) struct Page<const ORDER: u32 = 0> {
 unsafe impl<const ORDER: u32> Send for Page<ORDER> {}
 
 impl<const ORDER: u32> Page<ORDER> {
-    /// Allocates a free block for a free page hint, the way the C driver
-    /// does: no reclaim, no retry, no warning, no memalloc reserves. `None`
-    /// means the guest has no more free blocks of this order.
+    /// Allocates a free block, the way the C driver takes one for a free
+    /// page hint and `vmw_balloon` a 2 MiB page: no reclaim, no retry, no
+    /// warning, no memalloc reserves. `None` means the guest has no more
+    /// free blocks of this order.
     pub(crate) fn alloc_free_block() -> Option<Self> {
         let gfp = bindings::VBRS___GFP_NORETRY
             | bindings::VBRS___GFP_NOWARN
