@@ -526,13 +526,10 @@ impl Engine {
     }
 
     /// How many whole 2 MiB blocks the next [`Engine::step`] would try to
-    /// allocate (0 unless the format inflates blocks); see
-    /// [`Engine::pages_to_allocate`].
-    pub fn blocks_to_allocate<B: Backend>(&mut self, backend: &mut B) -> u64 {
-        match self.guest_pages_per_block() {
-            0 => 0,
-            per_block => self.pages_to_allocate(backend) / per_block,
-        }
+    /// allocate out of the `pages` [`Engine::pages_to_allocate`] returned
+    /// (0 unless the format inflates blocks).
+    pub fn blocks_to_allocate(&self, pages: u64) -> u64 {
+        pages.checked_div(self.guest_pages_per_block()).unwrap_or(0)
     }
 
     /// Counts an inflate the host acknowledged.

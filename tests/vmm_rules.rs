@@ -275,15 +275,14 @@ fn blocks_are_planned_for_allocation_outside_the_lock() {
     let mut model = Model::for_vmm(Vmm::Qemu, 12, GUEST);
     model.num_pages = 4 * 512 + 100;
     let mut engine = engine_in(&model, BufferFormat::Full);
-    assert_eq!(engine.pages_to_allocate(&mut model), 4 * 512 + 100);
-    assert_eq!(engine.blocks_to_allocate(&mut model), 4);
+    let pages = engine.pages_to_allocate(&mut model);
+    assert_eq!(pages, 4 * 512 + 100);
+    assert_eq!(engine.blocks_to_allocate(pages), 4);
     assert_eq!(engine.guest_pages_per_block(), 512);
     let mut compat = Engine::new(model.geometry, true, false, 0);
-    assert_eq!(
-        compat.pages_to_allocate(&mut model),
-        COMPAT_PFNS_PER_BUFFER as u64
-    );
-    assert_eq!(compat.blocks_to_allocate(&mut model), 0);
+    let pages = compat.pages_to_allocate(&mut model);
+    assert_eq!(pages, COMPAT_PFNS_PER_BUFFER as u64);
+    assert_eq!(compat.blocks_to_allocate(pages), 0);
     assert_eq!(compat.guest_pages_per_block(), 0);
 }
 

@@ -144,24 +144,14 @@ impl Backend for Host<'_> {
 
     fn alloc_pages(&mut self, max: u64) -> u64 {
         // The pages were allocated before the lock was taken.
-        let Some(prealloc) = self.prealloc.as_mut() else {
-            return 0;
-        };
-        let max = usize::try_from(max).unwrap_or(usize::MAX);
-        self.staged_inflate
-            .as_mut()
-            .take_from(prealloc.pages.as_mut(), max) as u64
+        let prealloc = self.prealloc.as_mut().map(|p| p.pages.as_mut());
+        stage(self.staged_inflate.as_mut(), prealloc, max)
     }
 
     fn alloc_blocks(&mut self, max: u64) -> u64 {
-        // The blocks too were allocated before the lock was taken.
-        let Some(prealloc) = self.prealloc.as_mut() else {
-            return 0;
-        };
-        let max = usize::try_from(max).unwrap_or(usize::MAX);
-        self.staged_inflate_blocks
-            .as_mut()
-            .take_from(prealloc.blocks.as_mut(), max) as u64
+        // The blocks too.
+        let prealloc = self.prealloc.as_mut().map(|p| p.blocks.as_mut());
+        stage(self.staged_inflate_blocks.as_mut(), prealloc, max)
     }
 
     fn staged_inflate_blocks(&self, f: &mut dyn FnMut(u64)) {
@@ -256,6 +246,19 @@ impl Backend for Host<'_> {
     fn release_held_page(&mut self) {
         *self.held = None;
     }
+}
+
+/// Moves up to `max` preallocated pages or blocks onto `staged`; none
+/// outside the update work, which alone preallocates.
+fn stage<const ORDER: u32>(
+    staged: Pin<&mut PageList<ORDER>>,
+    prealloc: Option<Pin<&mut PageList<ORDER>>>,
+    max: u64,
+) -> u64 {
+    let Some(prealloc) = prealloc else {
+        return 0;
+    };
+    staged.take_from(prealloc, usize::try_from(max).unwrap_or(usize::MAX)) as u64
 }
 
 /// Inflate or deflate buffers sent at once (`buffers_in_flight`, 1 to

@@ -33,7 +33,6 @@ use kernel::device::{
     Core, //
 };
 use kernel::prelude::*;
-use kernel::sync::aref::ARef;
 use kernel::sync::atomic::{
     Acquire,
     Atomic,
@@ -68,6 +67,7 @@ use crate::virtio::config::{
 };
 use crate::virtio::{
     self,
+    BoundDevice,
     DelayedWork,
     Device,
     Virtqueue,
@@ -158,14 +158,13 @@ impl State {
 ///
 /// # Invariants
 ///
-/// `dev` is bound to this driver while any method but `drop` runs: the
-/// state is reachable only through the device's driver data and through
-/// the work items, notifiers, shrinker and queues it sets up, and
-/// `teardown` (unbind, freeze, a failed start) ends all of these before
-/// it returns; the data is dropped only after unbind.
+/// `dev` is used only by the state's own methods, which run from the bus
+/// callbacks and from the work items, notifiers, shrinker and queues it
+/// sets up; `teardown` (unbind, freeze, a failed start) ends all of these
+/// before it returns.
 #[pin_data]
 pub(crate) struct Balloon {
-    dev: ARef<Device>,
+    dev: BoundDevice,
     features: Features,
     /// How inflate and deflate buffers are laid out for this host.
     format: BufferFormat,
@@ -269,8 +268,7 @@ impl Balloon {
 
     /// The device, bound to this driver.
     fn device(&self) -> &Device<Bound> {
-        // SAFETY: the device is bound while a method runs (type invariant).
-        unsafe { self.dev.as_bound() }
+        self.dev.get()
     }
 
     /// Runs `f` with the engine, the PFN buffer and a backend over the
@@ -381,9 +379,10 @@ impl Balloon {
         let wanted = {
             let mut state = self.state.lock();
             self.with_engine(&mut state, None, None, |engine, host, _| {
+                let pages = engine.pages_to_allocate(host);
                 (
-                    engine.pages_to_allocate(host),
-                    engine.blocks_to_allocate(host),
+                    pages,
+                    engine.blocks_to_allocate(pages),
                     engine.guest_pages_per_block(),
                 )
             })
@@ -649,7 +648,11 @@ impl Balloon {
 
 crate::virtio_device_table!(BALLOON_IDS, [virtio::DeviceId::new(features::DEVICE_ID)]);
 
-impl virtio::Driver for Balloon {
+// SAFETY: the handle stays in `dev` (type invariant), and `teardown`, run
+// by unbind and by a failed start, stops the work items, unregisters the
+// OOM notifier, the shrinker and page reporting, and deletes the queues
+// before it returns: nothing uses the handle after that.
+unsafe impl virtio::Driver for Balloon {
     type Data = Self;
     const ID_TABLE: virtio::IdTable = &BALLOON_IDS;
     const FEATURE_TABLE: &'static [u32] = features::DRIVER_FEATURE_BITS;
@@ -666,14 +669,14 @@ impl virtio::Driver for Balloon {
         Ok(())
     }
 
-    fn probe<'a>(dev: &'a Device<Core<'_>>) -> impl PinInit<Self, Error> + 'a {
+    fn probe<'a>(dev: &'a Device<Core<'_>>, handle: BoundDevice) -> impl PinInit<Self, Error> + 'a {
         let features = Features::from_bits_truncate(dev.features());
         let geometry = Self::check(dev);
         let format = Self::buffer_format(dev);
         let in_flight = buffers_in_flight();
         try_pin_init!(Self {
             geometry: geometry?,
-            dev: dev.into(),
+            dev: handle,
             features,
             format,
             in_flight,
@@ -700,7 +703,7 @@ impl virtio::Driver for Balloon {
             view: KBox::pin_init(
                 debugfs::directory(
                     crate::debugfs_root().ok_or(ENOENT)?,
-                    dev.as_ref().name(),
+                    dev.get().as_ref().name(),
                     *features,
                     *geometry,
                 ),

@@ -15,7 +15,10 @@ use kernel::device::{
 };
 use kernel::error::to_result;
 use kernel::prelude::*;
-use kernel::sync::aref::AlwaysRefCounted;
+use kernel::sync::aref::{
+    ARef,
+    AlwaysRefCounted, //
+};
 use kernel::types::Opaque;
 
 use balloon_logic::format::Transport;
@@ -90,7 +93,7 @@ impl<Ctx: DeviceContext> Device<Ctx> {
     ///
     /// The device must stay bound to its driver for as long as the returned
     /// reference lives.
-    pub(crate) unsafe fn as_bound(&self) -> &Device<Bound> {
+    unsafe fn as_bound(&self) -> &Device<Bound> {
         // SAFETY: the same `virtio_device`, valid as long as `self`; bound
         // for as long as the reference lives (the caller's contract).
         unsafe { &*core::ptr::from_ref(self).cast() }
@@ -287,6 +290,30 @@ impl Device<Core<'_>> {
         // SAFETY: `self` is valid and every handle to the queues has been
         // consumed (checked above), so nothing uses them any more.
         unsafe { bindings::vbrs_virtio_del_vqs(self.as_raw()) }
+    }
+}
+
+/// The device of a bound driver, for its per-device data: work items and
+/// notifiers reach the device through it, outside the bus callbacks.
+///
+/// # Invariants
+///
+/// Only the bus adapter creates one, for the probe of a [`Driver`]; by the
+/// safety contract of [`Driver`], that driver keeps it in its per-device
+/// data and stops every use of it before its unbind returns, so the device
+/// is bound whenever [`BoundDevice::get`] runs.
+pub(crate) struct BoundDevice(ARef<Device>);
+
+impl BoundDevice {
+    /// The handle for the driver being probed on `dev`.
+    pub(super) fn new(dev: &Device<Core<'_>>) -> Self {
+        Self(dev.into())
+    }
+
+    /// The device, bound to the driver.
+    pub(crate) fn get(&self) -> &Device<Bound> {
+        // SAFETY: the device is bound whenever this runs (type invariant).
+        unsafe { self.0.as_bound() }
     }
 }
 

@@ -22,7 +22,10 @@ use kernel::error::{
 use kernel::prelude::*;
 use kernel::types::Opaque;
 
-use super::Device;
+use super::{
+    BoundDevice,
+    Device, //
+};
 use crate::bindings;
 
 /// A virtio device id: the device type a driver binds to, any vendor.
@@ -66,7 +69,14 @@ macro_rules! virtio_device_table {
 /// [`Device<Core>`] (bus callbacks, serialised by the device lock) may set
 /// the device up and tear it down, a [`Device<device::Bound>`] may only use
 /// it.
-pub(crate) trait Driver: 'static {
+///
+/// # Safety
+///
+/// The [`BoundDevice`] given to [`Driver::probe`] stays in the per-device
+/// data, and every use of it (work items, notifiers, anything the data set
+/// up) has stopped when [`Driver::unbind`] returns, and when a failed
+/// [`Driver::start`] returns.
+pub(crate) unsafe trait Driver: 'static {
     /// The per-device data, stored with the device from probe until unbind
     /// ends.
     type Data: Send + Sync;
@@ -79,8 +89,12 @@ pub(crate) trait Driver: 'static {
     fn validate(_dev: &Device<Core<'_>>) -> Result {
         Ok(())
     }
-    /// Initialises the per-device data; no queue exists yet.
-    fn probe<'a>(dev: &'a Device<Core<'_>>) -> impl PinInit<Self::Data, Error> + 'a;
+    /// Initialises the per-device data, which keeps `handle` to reach the
+    /// device outside the bus callbacks; no queue exists yet.
+    fn probe<'a>(
+        dev: &'a Device<Core<'_>>,
+        handle: BoundDevice,
+    ) -> impl PinInit<Self::Data, Error> + 'a;
     /// Sets the device up once its data is reachable from callbacks; on
     /// error it must leave the device reset and its queues deleted.
     fn start(dev: &Device<Core<'_>>, this: Pin<&Self::Data>) -> Result;
@@ -179,7 +193,8 @@ impl<T: Driver> Adapter<T> {
         // SAFETY: the core passes a valid device, in a bus callback.
         let dev = unsafe { Device::<CoreInternal<'_>>::from_raw(vdev) };
         from_result(|| {
-            dev.as_ref().set_drvdata(T::probe(dev))?;
+            dev.as_ref()
+                .set_drvdata(T::probe(dev, BoundDevice::new(dev)))?;
             // SAFETY: the data was stored just above. If `start` fails, the
             // driver core drops it after this callback (`post_unbind_rust`).
             T::start(dev, unsafe { Self::data(dev) })?;

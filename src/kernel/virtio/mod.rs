@@ -18,7 +18,10 @@ mod virtqueue;
 mod wait_queue;
 mod work;
 
-pub(crate) use device::Device;
+pub(crate) use device::{
+    BoundDevice,
+    Device, //
+};
 pub(crate) use driver::{
     Adapter,
     DeviceId,
