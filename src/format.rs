@@ -88,28 +88,9 @@ pub enum FormatChoice {
     Fixed(BufferFormat),
 }
 
-/// A `buffer_format` value that is none of `auto`, `compat`, `full`.
+/// A `buffer_format` value that is none of 0 (auto), 1 (compat), 2 (full).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnknownFormat;
-
-impl core::str::FromStr for FormatChoice {
-    type Err = UnknownFormat;
-
-    /// Parses `auto`, `compat` or `full` (ASCII case ignored, surrounding
-    /// whitespace and a trailing newline from sysfs allowed).
-    fn from_str(text: &str) -> Result<Self, UnknownFormat> {
-        let text = text.trim();
-        if text.eq_ignore_ascii_case("auto") {
-            Ok(FormatChoice::Auto)
-        } else if text.eq_ignore_ascii_case("compat") {
-            Ok(FormatChoice::Fixed(BufferFormat::Compat))
-        } else if text.eq_ignore_ascii_case("full") {
-            Ok(FormatChoice::Fixed(BufferFormat::Full))
-        } else {
-            Err(UnknownFormat)
-        }
-    }
-}
 
 impl FormatChoice {
     /// The choice for the integer `buffer_format` module parameter (the

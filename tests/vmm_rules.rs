@@ -311,21 +311,6 @@ fn formats_hold_what_the_hosts_read() {
 }
 
 #[test]
-fn the_module_parameter_parses() {
-    for (text, choice) in [
-        ("auto", FormatChoice::Auto),
-        ("compat", FormatChoice::Fixed(BufferFormat::Compat)),
-        ("FULL\n", FormatChoice::Fixed(BufferFormat::Full)),
-        (" Compat ", FormatChoice::Fixed(BufferFormat::Compat)),
-    ] {
-        assert_eq!(text.parse::<FormatChoice>(), Ok(choice), "{text:?}");
-    }
-    for text in ["", "4096", "fast", "full,compat"] {
-        assert_eq!(text.parse::<FormatChoice>(), Err(UnknownFormat), "{text:?}");
-    }
-}
-
-#[test]
 fn auto_picks_full_only_where_every_host_with_that_identity_reads_it_whole() {
     let pci = |subsystem_device| Transport::Pci {
         subsystem_vendor: 0x1af4,
