@@ -55,10 +55,18 @@ impl Accel {
     }
 
     /// The QEMU arguments that select this accelerator.
+    ///
+    /// Under TCG the CPU is `max` without 5-level paging. `max` offers LA57,
+    /// and a KASAN kernel on 5-level paging reports a wild memory access
+    /// when an interrupt lands while `identify_boot_cpu` has cleared the
+    /// boot CPU's feature bits: `KASAN_SHADOW_START` follows
+    /// `pgtable_l5_enabled()`, which reads the LA57 bit, so for that moment
+    /// every direct-map address (`ff11…`) looks wild. It is the kernel's
+    /// race, not the driver's, and it failed a debug boot now and then.
     pub fn qemu_args(self) -> [&'static str; 4] {
         match self {
             Accel::Kvm => ["-accel", "kvm", "-cpu", "host"],
-            Accel::Tcg => ["-accel", "tcg", "-cpu", "max"],
+            Accel::Tcg => ["-accel", "tcg", "-cpu", "max,la57=off"],
         }
     }
 }
