@@ -570,7 +570,7 @@ impl Engine {
                 // Rate-limited by the running total.
                 if self.counters.block_fallbacks.is_power_of_two() {
                     log::info!(
-                        "no free 2 MiB block left ({} of {} wanted): ballooning 4 KiB pages instead ({} times so far)\n",
+                        "no 2 MiB block left, even after compacting ({} of {} wanted): ballooning 4 KiB pages instead ({} times so far)\n",
                         got,
                         blocks_wanted,
                         self.counters.block_fallbacks

@@ -18,6 +18,7 @@ pub mod libvirt;
 pub mod ports;
 pub mod qemu;
 pub mod qmp;
+pub mod scatter;
 pub mod serial;
 pub mod shell_command;
 

@@ -162,6 +162,11 @@ struct page *vbrs_alloc_pages(gfp_t gfp, unsigned int order)
 	return alloc_pages(gfp, order);
 }
 
+unsigned int vbrs_pageblock_order(void)
+{
+	return pageblock_order;
+}
+
 void vbrs_put_page(struct page *page)
 {
 	put_page(page);

@@ -50,6 +50,7 @@ struct page *vbrs_page_list_pop(struct list_head *list);
 struct page *vbrs_page_list_next(struct list_head *list, struct page *page);
 unsigned long vbrs_page_to_pfn(struct page *page);
 struct page *vbrs_alloc_pages(gfp_t gfp, unsigned int order);
+unsigned int vbrs_pageblock_order(void);
 unsigned long vbrs_alloc_pages_bulk(gfp_t gfp, int nr_pages, struct page **pages);
 void vbrs_release_pages(struct page **pages, int nr);
 void vbrs_put_page(struct page *page);

@@ -57,14 +57,15 @@ impl Prealloc {
         })
     }
 
-    /// Allocates up to `count` whole blocks, without reclaim, retry or
-    /// warning (as `vmw_balloon` takes its 2 MiB pages); returns how many it
-    /// got. Fewer means the guest has no free 2 MiB block left: the rest is
+    /// Allocates up to `count` whole blocks: free ones first, without
+    /// reclaim, retry or warning (as `vmw_balloon` takes its 2 MiB pages),
+    /// then by compacting for them; returns how many it got. Fewer means the
+    /// guest has no 2 MiB block left, even after compacting: the rest is
     /// taken as single pages.
     pub(super) fn fill_blocks(&mut self, count: u64) -> u64 {
         let mut got = 0;
         while got < count {
-            let Some(block) = Page::alloc_free_block() else {
+            let Some(block) = Page::alloc_free_block().or_else(Page::alloc_compacted_block) else {
                 break;
             };
             self.blocks.as_mut().push(block);

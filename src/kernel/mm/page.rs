@@ -40,6 +40,33 @@ impl<const ORDER: u32> Page<ORDER> {
         Some(Self { page })
     }
 
+    /// Allocates a block by compacting for it, for when no free block is
+    /// left: one pass of asynchronous direct compaction (`__GFP_NORETRY`: at
+    /// most a light reclaim after it, no retry, never the OOM killer), no
+    /// warning, no memalloc reserves. Asynchronous direct compaction only
+    /// moves pages out of pageblocks of the request's migrate type, and a
+    /// scattered guest's free memory lies between movable pages, so the
+    /// request is movable; the block then fills one whole movable pageblock
+    /// and mixes with no movable page, which is why only blocks of at least
+    /// a pageblock are taken this way. `None`: none could be made.
+    pub(crate) fn alloc_compacted_block() -> Option<Self> {
+        // SAFETY: no preconditions.
+        if ORDER < unsafe { bindings::vbrs_pageblock_order() } {
+            return None;
+        }
+        let gfp = bindings::VBRS___GFP_MOVABLE
+            | bindings::VBRS___GFP_DIRECT_RECLAIM
+            | bindings::VBRS___GFP_IO
+            | bindings::VBRS___GFP_FS
+            | bindings::VBRS___GFP_NORETRY
+            | bindings::VBRS___GFP_NOWARN
+            | bindings::VBRS___GFP_NOMEMALLOC;
+        // SAFETY: no preconditions.
+        let page = NonNull::new(unsafe { bindings::vbrs_alloc_pages(gfp, ORDER) })?;
+        // INVARIANT: a fresh block with its one reference, on no list.
+        Some(Self { page })
+    }
+
     /// The raw page, for the virtio layer to put its memory on a queue.
     pub(crate) fn as_raw(&self) -> *mut bindings::page {
         self.page.as_ptr()

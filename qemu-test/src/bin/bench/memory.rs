@@ -21,6 +21,8 @@ use qemu_test::hostmem;
 use qemu_test::hostmem::HugetlbPool;
 use qemu_test::hostmem::RamResidency;
 use qemu_test::initramfs;
+use qemu_test::scatter;
+use qemu_test::scatter::FreeMemory;
 use qemu_test::Driver;
 use qemu_test::Result;
 use qemu_test::Vm;
@@ -97,7 +99,7 @@ pub enum GuestState {
     /// Just booted: free memory in large blocks.
     Fresh,
     /// Most free memory taken page by page and given back but one page in
-    /// [`SCATTER_KEEP_EVERY`]: no free 2 MiB block where it was.
+    /// [`scatter::KEEP_EVERY`], with proactive compaction off: no free 2 MiB block where it was.
     Scattered,
 }
 
@@ -109,12 +111,6 @@ impl GuestState {
         }
     }
 }
-
-/// The scatter helper keeps one page of this many.
-const SCATTER_KEEP_EVERY: u64 = 16;
-
-/// Guest free memory the scatter helper leaves untouched, in MiB.
-const SCATTER_SPARE_MIB: u64 = 96;
 
 /// What the host shows at one moment.
 #[derive(Debug, Clone, Copy, Default)]
@@ -157,7 +153,7 @@ pub struct Scenario {
     pub deflated: HostSnapshot,
     /// For a scattered guest: free memory, and free memory in blocks of
     /// 2 MiB or more, in MiB, before the inflate (from `/proc/buddyinfo`).
-    pub guest_free: Option<(u64, u64)>,
+    pub guest_free: Option<FreeMemory>,
 }
 
 /// A difference in KiB as MiB (positive: the second is smaller).
@@ -192,31 +188,6 @@ impl Scenario {
     }
 }
 
-/// Free memory and free memory in blocks of order 9 and up (2 MiB), in MiB,
-/// from the guest's `/proc/buddyinfo`.
-fn guest_free_blocks(vm: &mut Vm) -> Result<(u64, u64)> {
-    let text = vm.sh_ok("cat /proc/buddyinfo")?;
-    let (mut free_kib, mut huge_kib) = (0, 0);
-    for line in text.lines().filter(|l| l.starts_with("Node")) {
-        let counts = line.split_whitespace().skip(4);
-        for (order, count) in counts.enumerate() {
-            let count: u64 = count
-                .parse()
-                .with_context(|| format!("guest /proc/buddyinfo: {line:?}"))?;
-            let kib = (count * 4) << order;
-            free_kib += kib;
-            if order >= 9 {
-                huge_kib += kib;
-            }
-        }
-    }
-    ensure!(
-        free_kib > 0,
-        "no free memory in the guest's /proc/buddyinfo:\n{text}"
-    );
-    Ok((free_kib / 1024, huge_kib / 1024))
-}
-
 fn run_scenario(backing: Backing, state: GuestState, driver: Driver) -> Result<Scenario> {
     // Host huge pages for this guest alone, given back when it is gone.
     let pool = match backing {
@@ -240,19 +211,7 @@ fn run_scenario(backing: Backing, state: GuestState, driver: Driver) -> Result<S
     vm.load(driver)?;
     let guest_free = match state {
         GuestState::Fresh => None,
-        GuestState::Scattered => {
-            let free_mib = vm.meminfo("MemFree")? / 1024;
-            ensure!(
-                free_mib > SCATTER_SPARE_MIB + SMALL_MIB / 2,
-                "the guest has only {free_mib} MiB free"
-            );
-            let out = vm.sh_ok(&format!(
-                "scatter {} {SCATTER_KEEP_EVERY}",
-                free_mib - SCATTER_SPARE_MIB
-            ))?;
-            ensure!(out.contains("scatter: holding"), "scatter said {out:?}");
-            Some(guest_free_blocks(&mut vm)?)
-        }
+        GuestState::Scattered => Some(scatter::scatter_free_memory(&mut vm)?),
     };
     let before = snapshot(&mut vm, ram)?;
     ensure!(
@@ -305,10 +264,11 @@ pub fn row(s: &Scenario) -> String {
         -drop_mib(s.before.host_available_kib, s.inflated.host_available_kib),
         drop_mib(s.before.ram.held_kib(), s.deflated.ram.held_kib()),
     );
-    if let Some((free, blocks)) = s.guest_free {
+    if let Some(free) = s.guest_free {
         let _ = write!(
             line,
-            "  (guest free {free} MiB, {blocks} MiB of it in 2 MiB blocks)"
+            "  (guest free {} MiB, {} MiB of it in 2 MiB blocks)",
+            free.free_mib, free.block_mib
         );
     }
     line
