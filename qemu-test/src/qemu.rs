@@ -542,8 +542,10 @@ const BOOT_REPORT: &str =
 /// Whether a boot failure is one the driver cannot have caused: QEMU
 /// aborting on one of its own assertions (TCG's `iotlb_to_section` while
 /// the guest maps BARs), or a report of the debug kernel during its own boot
-/// (an early interrupt under TCG: KASAN in `handle_edge_irq` from
-/// `identify_cpu`).
+/// (seen: KASAN in `handle_edge_irq` from `identify_cpu`, an interrupt in
+/// the moment the boot CPU's LA57 bit is clear on 5-level paging; the TCG
+/// CPU now has no LA57, [`crate::config::Accel::qemu_args`], which ends
+/// that one at its cause, and the retry stays for others).
 pub(crate) fn is_boot_flake(message: &str) -> bool {
     (message.contains("qemu-system-x86_64: ") && message.contains("Assertion"))
         || message.contains(BOOT_REPORT)
