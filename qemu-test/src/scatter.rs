@@ -17,6 +17,9 @@ pub const KEEP_EVERY: u64 = 16;
 /// Guest free memory the scatter helper leaves untouched, in MiB.
 pub const SPARE_MIB: u64 = 96;
 
+/// The guest's THP switch (absent on the test kernel).
+const THP: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
+
 /// The guest's free memory, from `/proc/buddyinfo`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FreeMemory {
@@ -55,13 +58,17 @@ pub fn free_memory(vm: &mut Vm) -> Result<FreeMemory> {
 
 /// Scatters the guest's free memory: all of it but [`SPARE_MIB`] is
 /// written, then all but one page of every [`KEEP_EVERY`] given back, and
-/// the held pages kept for the VM's life. Proactive compaction is switched
-/// off first, so the guest does not quietly rebuild its free blocks before
-/// the balloon starts (it did, by hundreds of MiB, from run to run). The VM
-/// needs `/bin/scatter` ([`crate::initramfs::scatter`]). Returns the free
-/// memory the balloon then finds.
+/// the held pages kept for the VM's life. First the guest's proactive
+/// compaction is switched off, so the guest does not quietly rebuild its
+/// free blocks before the balloon starts (it did, by hundreds of MiB, from
+/// run to run), and its transparent huge pages where it has them
+/// (Debian's kernel): on a THP the pages given back stay allocated until a
+/// deferred split. The VM needs `/bin/scatter`
+/// ([`crate::initramfs::scatter`]). Returns the free memory the balloon
+/// then finds.
 pub fn scatter_free_memory(vm: &mut Vm) -> Result<FreeMemory> {
     vm.sh_ok("echo 0 > /proc/sys/vm/compaction_proactiveness")?;
+    vm.sh_ok(&format!("if [ -e {THP} ]; then echo never > {THP}; fi"))?;
     let free_mib = vm.meminfo("MemFree")? / 1024;
     ensure!(
         free_mib > SPARE_MIB * 2,
