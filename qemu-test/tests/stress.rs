@@ -31,6 +31,7 @@ use common::unload_and_power_off_with;
 use common::vmstat;
 use common::GUEST_MIB;
 use qapi::qmp;
+use qemu_test::config::ROOT_PORT;
 use qemu_test::console::ConsoleRules;
 use qemu_test::kernel::guest_kernel;
 use qemu_test::qmp::Event;
@@ -347,6 +348,48 @@ fn suspend_resume_cycles_while_inflating_keep_the_target() -> Result<()> {
     unload_and_power_off(vm, Some(memtotal))
 }
 
+/// Hot-unplugs the device `id` (`device_del`) and waits until QEMU says
+/// it is gone (`DEVICE_DELETED`, and no longer in `query-pci`).
+fn unplug(vm: &mut Vm, id: &str) -> Result<()> {
+    vm.qmp().execute(&qmp::device_del { id: id.into() })?;
+    let timeout = scaled(Duration::from_secs(60));
+    let start = Instant::now();
+    let quoted = format!("\"{id}\"");
+    loop {
+        // Any command reads the events QEMU sent meanwhile.
+        let pci = vm.qmp().execute(&qmp::query_pci {})?;
+        let deleted = vm.qmp().events().iter().any(|event| {
+            matches!(event, Event::DEVICE_DELETED { data, .. }
+                if data.device.as_deref() == Some(id))
+        });
+        // The device may sit behind a bridge: look through the whole reply.
+        let pci = serde_json::to_string(&pci)?;
+        if deleted && !pci.contains(&quoted) {
+            eprintln!("{id} unplugged in {:?}", start.elapsed());
+            return Ok(());
+        }
+        ensure!(
+            start.elapsed() < timeout,
+            "no DEVICE_DELETED for {id} in {timeout:?}; query-pci: {pci}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Checks that the driver holds no device and gave every page back, with
+/// no balloon device left for the host to ask.
+fn expect_unbound_and_empty(vm: &mut Vm, memtotal: u64) -> Result<()> {
+    let bound = vm.sh_ok(&format!("ls /sys/bus/virtio/drivers/{MODULE}/"))?;
+    ensure!(
+        !bound.contains("virtio"),
+        "a device is still bound: {bound}"
+    );
+    expect_memtotal(vm, memtotal)?;
+    let balloon = vm.meminfo("Balloon")?;
+    ensure!(balloon == 0, "Balloon: {balloon} kB left");
+    expect_no_lost_page(vm)
+}
+
 #[test]
 fn hot_unplug_while_inflating_gives_every_page_back() -> Result<()> {
     let mut rng = rng("hot_unplug")?;
@@ -357,30 +400,7 @@ fn hot_unplug_while_inflating_gives_every_page_back() -> Result<()> {
     pause(&mut rng, 300);
     let inflating = vm.qmp().query_balloon()? / MIB;
     eprintln!("device_del with actual at {inflating} MiB");
-    vm.qmp().execute(&qmp::device_del {
-        id: "balloon0".into(),
-    })?;
-    let timeout = scaled(Duration::from_secs(60));
-    let start = Instant::now();
-    loop {
-        // Any command reads the events QEMU sent meanwhile.
-        let pci = vm.qmp().execute(&qmp::query_pci {})?;
-        let deleted = vm.qmp().events().iter().any(|event| {
-            matches!(event, Event::DEVICE_DELETED { data, .. }
-                if data.device.as_deref() == Some("balloon0"))
-        });
-        // The device may sit behind a bridge: look through the whole reply.
-        let pci = serde_json::to_string(&pci)?;
-        if deleted && !pci.contains("\"balloon0\"") {
-            break;
-        }
-        ensure!(
-            start.elapsed() < timeout,
-            "no DEVICE_DELETED for balloon0 in {timeout:?}; query-pci: {pci}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    eprintln!("unplugged in {:?}", start.elapsed());
+    unplug(&mut vm, "balloon0")?;
     // The guest is alive, the driver let the device go and gave every page back.
     vm.sh_ok("echo alive")?;
     let dmesg = vm.dmesg()?;
@@ -388,15 +408,54 @@ fn hot_unplug_while_inflating_gives_every_page_back() -> Result<()> {
         dmesg.contains(&format!("{MODULE} {dev}: balloon empty")),
         "the driver did not log the unbind of {dev}:\n{dmesg}"
     );
-    let bound = vm.sh_ok(&format!("ls /sys/bus/virtio/drivers/{MODULE}/"))?;
-    ensure!(
-        !bound.contains("virtio"),
-        "a device is still bound: {bound}"
-    );
-    expect_memtotal(&mut vm, memtotal)?;
-    let balloon = vm.meminfo("Balloon")?;
-    ensure!(balloon == 0, "Balloon: {balloon} kB left");
-    expect_no_lost_page(&mut vm)?;
+    expect_unbound_and_empty(&mut vm, memtotal)?;
+    unload_and_power_off(vm, Some(memtotal))
+}
+
+#[test]
+fn hot_plugged_balloons_bind_follow_targets_and_unplug_cleanly() -> Result<()> {
+    // A balloon device added while the module is loaded binds and works;
+    // taken away while inflated, it gives everything back; twice, as
+    // virt test suites plug and unplug it.
+    let (mut vm, memtotal) = boot_measured(VmConfig::new("stress_hotplug").balloon_on_root_port())?;
+    vm.load(Driver::Rs)?;
+    unplug(&mut vm, "balloon0")?;
+    expect_unbound_and_empty(&mut vm, memtotal)?;
+    for round in 1..=2u64 {
+        let id = format!("hotballoon{round}");
+        vm.qmp().execute(&qmp::device_add {
+            driver: "virtio-balloon-pci".into(),
+            bus: Some(ROOT_PORT.into()),
+            id: Some(id.clone()),
+            arguments: Default::default(),
+        })?;
+        let timeout = scaled(Duration::from_secs(60));
+        let start = Instant::now();
+        let dev = loop {
+            let bound = vm.sh_ok(&format!("ls /sys/bus/virtio/drivers/{MODULE}/"))?;
+            if let Some(dev) = bound.split_whitespace().find(|f| f.starts_with("virtio")) {
+                break dev.to_string();
+            }
+            ensure!(
+                start.elapsed() < timeout,
+                "{id} was plugged but no device bound in {timeout:?}:\n{}",
+                vm.dmesg()?
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        eprintln!("{id} bound as {dev} in {:?}", start.elapsed());
+        let target = GUEST_MIB - 256 * round;
+        vm.qmp().balloon(target * MIB)?;
+        expect_exact_target(&mut vm, memtotal, target)?;
+        unplug(&mut vm, &id)?;
+        vm.sh_ok("echo alive")?;
+        let dmesg = vm.dmesg()?;
+        ensure!(
+            dmesg.contains(&format!("{MODULE} {dev}: balloon empty")),
+            "the driver did not log the unbind of {dev}:\n{dmesg}"
+        );
+        expect_unbound_and_empty(&mut vm, memtotal)?;
+    }
     unload_and_power_off(vm, Some(memtotal))
 }
 
