@@ -135,7 +135,19 @@ fn a_scattered_guest_still_gives_hugetlbfs_pages_back() -> Result<()> {
         free.block_mib
     );
     let returned = returned_mib(&mut vm, &pool, used)?;
-    eprintln!("hugetlbfs, scattered guest: {returned} MiB of 1024 back");
+    let compacted: u64 = vm
+        .sh_ok("cat /sys/kernel/debug/virtio_balloon_rs/*/blocks_compacted")?
+        .trim()
+        .parse()
+        .context("blocks_compacted")?;
+    eprintln!(
+        "hugetlbfs, scattered guest: {returned} MiB of 1024 back, {compacted} blocks compacted for"
+    );
+    ensure!(
+        compacted > 0,
+        "no block was compacted for, yet the guest had only {} MiB of free blocks",
+        free.block_mib
+    );
     ensure!(
         returned * 100 >= 1024 * 99,
         "only {returned} MiB of the 1024 ballooned came back to the host's huge page pool from a scattered guest"

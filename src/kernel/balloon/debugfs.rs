@@ -59,6 +59,8 @@ pub(super) struct DebugView {
     pub(super) hinted_blocks: Atomic<u64>,
     /// Blocks held as hints now.
     pub(super) hint_blocks_held: Atomic<u64>,
+    /// Balloon blocks that took compaction to make.
+    pub(super) blocks_compacted: Atomic<u64>,
 }
 
 impl DebugView {
@@ -72,6 +74,7 @@ impl DebugView {
             hint_rounds: Atomic::new(0),
             hinted_blocks: Atomic::new(0),
             hint_blocks_held: Atomic::new(0),
+            blocks_compacted: Atomic::new(0),
         })
     }
 
@@ -158,6 +161,7 @@ fn create_files<'data>(view: &'data DebugView, dir: &ScopedDir<'data, '_>) {
     dir.read_callback_file(c"balloon_blocks", view, &balloon_blocks);
     dir.read_callback_file(c"blocks_inflated", view, &blocks_inflated);
     dir.read_callback_file(c"block_fallbacks", view, &block_fallbacks);
+    dir.read_only_file(c"blocks_compacted", &view.blocks_compacted);
 }
 
 fn write_features(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -192,7 +196,11 @@ fn write_status(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     writeln!(f, "hinted_blocks:     {}", count(&view.hinted_blocks))?;
     writeln!(f, "hint_blocks_held:  {}", count(&view.hint_blocks_held))?;
     writeln!(f, "host_stalled:      {}", u8::from(e.stalled))?;
-    writeln!(f, "late_buffers:      {}", e.counters.late_buffers)
+    writeln!(f, "late_buffers:      {}", e.counters.late_buffers)?;
+    writeln!(f, "balloon_blocks:    {}", e.blocks)?;
+    writeln!(f, "blocks_inflated:   {}", e.counters.blocks_inflated)?;
+    writeln!(f, "blocks_compacted:  {}", count(&view.blocks_compacted))?;
+    writeln!(f, "block_fallbacks:   {}", e.counters.block_fallbacks)
 }
 
 /// The negotiated feature names, for the probe line and debugfs.

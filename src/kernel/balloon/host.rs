@@ -59,19 +59,27 @@ impl Prealloc {
 
     /// Allocates up to `count` whole blocks: free ones first, without
     /// reclaim, retry or warning (as `vmw_balloon` takes its 2 MiB pages),
-    /// then by compacting for them; returns how many it got. Fewer means the
-    /// guest has no 2 MiB block left, even after compacting: the rest is
-    /// taken as single pages.
-    pub(super) fn fill_blocks(&mut self, count: u64) -> u64 {
-        let mut got = 0;
+    /// then by compacting for them. Returns how many it got and how many of
+    /// them took compaction. Fewer than `count` means the guest has no
+    /// 2 MiB block left, even after compacting: the rest is taken as single
+    /// pages.
+    pub(super) fn fill_blocks(&mut self, count: u64) -> (u64, u64) {
+        let (mut got, mut compacted) = (0, 0);
         while got < count {
-            let Some(block) = Page::alloc_free_block().or_else(Page::alloc_compacted_block) else {
-                break;
+            let block = match Page::alloc_free_block() {
+                Some(block) => block,
+                None => match Page::alloc_compacted_block() {
+                    Some(block) => {
+                        compacted += 1;
+                        block
+                    }
+                    None => break,
+                },
             };
             self.blocks.as_mut().push(block);
             got += 1;
         }
-        got
+        (got, compacted)
     }
 
     /// Frees what the step did not take.

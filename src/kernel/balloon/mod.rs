@@ -389,7 +389,8 @@ impl Balloon {
         };
         let mut prealloc = self.prealloc.lock();
         if let Some((pages, blocks, per_block)) = wanted.filter(|(pages, ..)| *pages > 0) {
-            let got = prealloc.fill_blocks(blocks);
+            let (got, compacted) = prealloc.fill_blocks(blocks);
+            self.view.blocks_compacted.fetch_add(compacted, Relaxed);
             prealloc.fill(pages.saturating_sub(got * per_block));
         }
         let step = {
