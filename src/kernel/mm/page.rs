@@ -31,13 +31,11 @@ impl<const ORDER: u32> Page<ORDER> {
     /// warning, no memalloc reserves. `None` means the guest has no more
     /// free blocks of this order.
     pub(crate) fn alloc_free_block() -> Option<Self> {
-        let gfp = bindings::VBRS___GFP_NORETRY
-            | bindings::VBRS___GFP_NOWARN
-            | bindings::VBRS___GFP_NOMEMALLOC;
-        // SAFETY: no preconditions.
-        let page = NonNull::new(unsafe { bindings::vbrs_alloc_pages(gfp, ORDER) })?;
-        // INVARIANT: a fresh block with its one reference, on no list.
-        Some(Self { page })
+        Self::alloc_block(
+            bindings::VBRS___GFP_NORETRY
+                | bindings::VBRS___GFP_NOWARN
+                | bindings::VBRS___GFP_NOMEMALLOC,
+        )
     }
 
     /// Allocates a block by compacting for it, for when no free block is
@@ -54,13 +52,18 @@ impl<const ORDER: u32> Page<ORDER> {
         if ORDER < unsafe { bindings::vbrs_pageblock_order() } {
             return None;
         }
-        let gfp = bindings::VBRS___GFP_MOVABLE
-            | bindings::VBRS___GFP_DIRECT_RECLAIM
-            | bindings::VBRS___GFP_IO
-            | bindings::VBRS___GFP_FS
-            | bindings::VBRS___GFP_NORETRY
-            | bindings::VBRS___GFP_NOWARN
-            | bindings::VBRS___GFP_NOMEMALLOC;
+        Self::alloc_block(
+            bindings::VBRS___GFP_MOVABLE
+                | bindings::VBRS___GFP_DIRECT_RECLAIM
+                | bindings::VBRS___GFP_IO
+                | bindings::VBRS___GFP_FS
+                | bindings::VBRS___GFP_NORETRY
+                | bindings::VBRS___GFP_NOWARN
+                | bindings::VBRS___GFP_NOMEMALLOC,
+        )
+    }
+
+    fn alloc_block(gfp: bindings::gfp_t) -> Option<Self> {
         // SAFETY: no preconditions.
         let page = NonNull::new(unsafe { bindings::vbrs_alloc_pages(gfp, ORDER) })?;
         // INVARIANT: a fresh block with its one reference, on no list.
