@@ -348,9 +348,14 @@ fn suspend_resume_cycles_while_inflating_keep_the_target() -> Result<()> {
     unload_and_power_off(vm, Some(memtotal))
 }
 
-/// Hot-unplugs the device `id` (`device_del`) and waits until QEMU says
-/// it is gone (`DEVICE_DELETED`, and no longer in `query-pci`).
-fn unplug(vm: &mut Vm, id: &str) -> Result<()> {
+/// Hot-unplugs the balloon device `id` (`device_del`), waits until QEMU
+/// says it is gone (`DEVICE_DELETED`, and no longer in `query-pci`), then
+/// checks that the guest answers, the driver logged one more unbind of the
+/// device it had bound, holds no device, and gave every page back.
+fn unplug_balloon(vm: &mut Vm, id: &str, memtotal: u64) -> Result<()> {
+    let dev = bound_device(vm)?;
+    let unbind = format!("{MODULE} {dev}: balloon empty");
+    let unbinds = vm.dmesg()?.matches(&unbind).count();
     vm.qmp().execute(&qmp::device_del { id: id.into() })?;
     let timeout = scaled(Duration::from_secs(60));
     let start = Instant::now();
@@ -365,8 +370,7 @@ fn unplug(vm: &mut Vm, id: &str) -> Result<()> {
         // The device may sit behind a bridge: look through the whole reply.
         let pci = serde_json::to_string(&pci)?;
         if deleted && !pci.contains(&quoted) {
-            eprintln!("{id} unplugged in {:?}", start.elapsed());
-            return Ok(());
+            break;
         }
         ensure!(
             start.elapsed() < timeout,
@@ -374,11 +378,13 @@ fn unplug(vm: &mut Vm, id: &str) -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// Checks that the driver holds no device and gave every page back, with
-/// no balloon device left for the host to ask.
-fn expect_unbound_and_empty(vm: &mut Vm, memtotal: u64) -> Result<()> {
+    eprintln!("{id} ({dev}) unplugged in {:?}", start.elapsed());
+    vm.sh_ok("echo alive")?;
+    let dmesg = vm.dmesg()?;
+    ensure!(
+        dmesg.matches(&unbind).count() == unbinds + 1,
+        "the driver did not log the unbind of {dev}:\n{dmesg}"
+    );
     let bound = vm.sh_ok(&format!("ls /sys/bus/virtio/drivers/{MODULE}/"))?;
     ensure!(
         !bound.contains("virtio"),
@@ -395,20 +401,11 @@ fn hot_unplug_while_inflating_gives_every_page_back() -> Result<()> {
     let mut rng = rng("hot_unplug")?;
     let (mut vm, memtotal) = boot_measured(VmConfig::new("stress_unplug").balloon_on_root_port())?;
     vm.load(Driver::Rs)?;
-    let dev = bound_device(&mut vm)?;
     vm.qmp().balloon(512 * MIB)?;
     pause(&mut rng, 300);
     let inflating = vm.qmp().query_balloon()? / MIB;
     eprintln!("device_del with actual at {inflating} MiB");
-    unplug(&mut vm, "balloon0")?;
-    // The guest is alive, the driver let the device go and gave every page back.
-    vm.sh_ok("echo alive")?;
-    let dmesg = vm.dmesg()?;
-    ensure!(
-        dmesg.contains(&format!("{MODULE} {dev}: balloon empty")),
-        "the driver did not log the unbind of {dev}:\n{dmesg}"
-    );
-    expect_unbound_and_empty(&mut vm, memtotal)?;
+    unplug_balloon(&mut vm, "balloon0", memtotal)?;
     unload_and_power_off(vm, Some(memtotal))
 }
 
@@ -419,8 +416,7 @@ fn hot_plugged_balloons_bind_follow_targets_and_unplug_cleanly() -> Result<()> {
     // virt test suites plug and unplug it.
     let (mut vm, memtotal) = boot_measured(VmConfig::new("stress_hotplug").balloon_on_root_port())?;
     vm.load(Driver::Rs)?;
-    unplug(&mut vm, "balloon0")?;
-    expect_unbound_and_empty(&mut vm, memtotal)?;
+    unplug_balloon(&mut vm, "balloon0", memtotal)?;
     for round in 1..=2u64 {
         let id = format!("hotballoon{round}");
         vm.qmp().execute(&qmp::device_add {
@@ -432,29 +428,21 @@ fn hot_plugged_balloons_bind_follow_targets_and_unplug_cleanly() -> Result<()> {
         let timeout = scaled(Duration::from_secs(60));
         let start = Instant::now();
         let dev = loop {
-            let bound = vm.sh_ok(&format!("ls /sys/bus/virtio/drivers/{MODULE}/"))?;
-            if let Some(dev) = bound.split_whitespace().find(|f| f.starts_with("virtio")) {
-                break dev.to_string();
+            match bound_device(&mut vm) {
+                Ok(dev) => break dev,
+                Err(err) => ensure!(
+                    start.elapsed() < timeout,
+                    "{id} was plugged but not bound in {timeout:?} ({err:#}):\n{}",
+                    vm.dmesg()?
+                ),
             }
-            ensure!(
-                start.elapsed() < timeout,
-                "{id} was plugged but no device bound in {timeout:?}:\n{}",
-                vm.dmesg()?
-            );
             std::thread::sleep(Duration::from_millis(200));
         };
         eprintln!("{id} bound as {dev} in {:?}", start.elapsed());
         let target = GUEST_MIB - 256 * round;
         vm.qmp().balloon(target * MIB)?;
         expect_exact_target(&mut vm, memtotal, target)?;
-        unplug(&mut vm, &id)?;
-        vm.sh_ok("echo alive")?;
-        let dmesg = vm.dmesg()?;
-        ensure!(
-            dmesg.contains(&format!("{MODULE} {dev}: balloon empty")),
-            "the driver did not log the unbind of {dev}:\n{dmesg}"
-        );
-        expect_unbound_and_empty(&mut vm, memtotal)?;
+        unplug_balloon(&mut vm, &id, memtotal)?;
     }
     unload_and_power_off(vm, Some(memtotal))
 }
