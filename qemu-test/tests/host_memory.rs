@@ -15,6 +15,7 @@ use anyhow::ensure;
 use anyhow::Context;
 use common::balloon_to_mib;
 use common::boot;
+use common::debugfs;
 use common::expect_memtotal;
 use common::unload_and_power_off;
 use common::vmstat;
@@ -71,6 +72,14 @@ fn boot_on_hugetlbfs(name: &str, pool: &HugetlbPool, params: &str) -> Result<(Vm
     Ok((vm, used))
 }
 
+/// Deflates the whole balloon, checks `MemTotal` is back, then unloads and
+/// powers off.
+fn deflate_and_power_off(mut vm: Vm, memtotal: u64) -> Result<()> {
+    balloon_to_mib(&mut vm, GUEST_MIB)?;
+    expect_memtotal(&mut vm, memtotal)?;
+    unload_and_power_off(vm, Some(memtotal))
+}
+
 /// Balloons 1 GiB out of the guest and returns how many MiB of it came
 /// back to the host's huge page pool.
 fn returned_mib(vm: &mut Vm, pool: &HugetlbPool, used_before: u64) -> Result<u64> {
@@ -93,7 +102,7 @@ fn whole_blocks_give_hugetlbfs_pages_back_to_the_host() -> Result<()> {
     );
     let inflate_events = vmstat(&mut vm, "balloon_inflate")?;
     let returned = returned_mib(&mut vm, &pool, used)?;
-    let blocks = vm.sh_ok("cat /sys/kernel/debug/virtio_balloon_rs/*/balloon_blocks")?;
+    let blocks = debugfs(&mut vm, "balloon_blocks")?;
     // Blocks are accounted as the balloon core accounts its pages.
     ensure!(
         vm.meminfo("Balloon")? == 1024 * 1024,
@@ -111,9 +120,7 @@ fn whole_blocks_give_hugetlbfs_pages_back_to_the_host() -> Result<()> {
         returned * 100 >= 1024 * 99,
         "only {returned} MiB of the 1024 ballooned came back to the host's huge page pool"
     );
-    balloon_to_mib(&mut vm, GUEST_MIB)?;
-    expect_memtotal(&mut vm, memtotal)?;
-    unload_and_power_off(vm, Some(memtotal))
+    deflate_and_power_off(vm, memtotal)
 }
 
 #[test]
@@ -135,11 +142,7 @@ fn a_scattered_guest_still_gives_hugetlbfs_pages_back() -> Result<()> {
         free.block_mib
     );
     let returned = returned_mib(&mut vm, &pool, used)?;
-    let compacted: u64 = vm
-        .sh_ok("cat /sys/kernel/debug/virtio_balloon_rs/*/blocks_compacted")?
-        .trim()
-        .parse()
-        .context("blocks_compacted")?;
+    let compacted = debugfs(&mut vm, "blocks_compacted")?;
     eprintln!(
         "hugetlbfs, scattered guest: {returned} MiB of 1024 back, {compacted} blocks compacted for"
     );
@@ -152,9 +155,7 @@ fn a_scattered_guest_still_gives_hugetlbfs_pages_back() -> Result<()> {
         returned * 100 >= 1024 * 99,
         "only {returned} MiB of the 1024 ballooned came back to the host's huge page pool from a scattered guest"
     );
-    balloon_to_mib(&mut vm, GUEST_MIB)?;
-    expect_memtotal(&mut vm, memtotal)?;
-    unload_and_power_off(vm, Some(memtotal))
+    deflate_and_power_off(vm, memtotal)
 }
 
 #[test]
@@ -170,6 +171,5 @@ fn compat_buffers_give_no_hugetlbfs_page_back() -> Result<()> {
         returned < 1024 / 10,
         "{returned} MiB came back with 256-PFN buffers: the host frees huge pages some other way, so the blocks test proves nothing"
     );
-    balloon_to_mib(&mut vm, GUEST_MIB)?;
-    unload_and_power_off(vm, Some(memtotal))
+    deflate_and_power_off(vm, memtotal)
 }

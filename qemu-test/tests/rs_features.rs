@@ -17,6 +17,7 @@ use common::balloon_timeout;
 use common::balloon_to_mib;
 use common::boot_loaded;
 use common::bound_device;
+use common::debugfs;
 use common::expect_memtotal;
 use common::guest_stats;
 use common::last_update;
@@ -25,6 +26,7 @@ use common::start_hog;
 use common::stat;
 use common::unload_and_power_off;
 use common::vmstat;
+use common::DEBUGFS;
 use common::GUEST_MIB;
 use qapi::qmp;
 use qapi::qmp::MigrationStatus;
@@ -36,17 +38,6 @@ use qemu_test::Vm;
 use qemu_test::VmConfig;
 use qemu_test::MIB;
 use serde_json::json;
-
-const DEBUGFS: &str = "/sys/kernel/debug/virtio_balloon_rs";
-
-/// A number from our debugfs directory.
-fn debugfs(vm: &mut Vm, file: &str) -> Result<u64> {
-    let dev = bound_device(vm)?;
-    let text = vm.sh_ok(&format!("cat {DEBUGFS}/{dev}/{file}"))?;
-    text.trim()
-        .parse()
-        .map_err(|_| anyhow!("debugfs {file}: not a number: {text:?}"))
-}
 
 /// Whether `a` and `b` (bytes) agree within 10 % or 150 MiB.
 fn close(a: u64, b: u64) -> bool {

@@ -29,6 +29,7 @@ use common::stat;
 use common::unload_and_power_off;
 use common::unload_and_power_off_with;
 use common::vmstat;
+use common::DEBUGFS;
 use common::GUEST_MIB;
 use qapi::qmp;
 use qemu_test::config::ROOT_PORT;
@@ -300,12 +301,7 @@ fn page_allocation_failures_during_inflation_lose_no_page() -> Result<()> {
     vm.qmp().balloon(last * MIB)?;
     expect_exact_target(&mut vm, memtotal, last)?;
     let dev = bound_device(&mut vm)?;
-    eprintln!(
-        "{}",
-        vm.sh_ok(&format!(
-            "cat /sys/kernel/debug/virtio_balloon_rs/{dev}/status"
-        ))?
-    );
+    eprintln!("{}", vm.sh_ok(&format!("cat {DEBUGFS}/{dev}/status"))?);
     vm.rmmod(MODULE)?;
     expect_empty_balloon(&mut vm, memtotal)?;
     expect_no_lost_page(&mut vm)?;

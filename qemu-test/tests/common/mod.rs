@@ -116,6 +116,18 @@ pub fn bound_device(vm: &mut Vm) -> Result<String> {
         .ok_or_else(|| anyhow!("no device bound to virtio_balloon_rs: {listing:?}"))
 }
 
+/// Our module's debugfs directory.
+pub const DEBUGFS: &str = "/sys/kernel/debug/virtio_balloon_rs";
+
+/// A number from the bound device's debugfs directory.
+pub fn debugfs(vm: &mut Vm, file: &str) -> Result<u64> {
+    let dev = bound_device(vm)?;
+    let text = vm.sh_ok(&format!("cat {DEBUGFS}/{dev}/{file}"))?;
+    text.trim()
+        .parse()
+        .map_err(|_| anyhow!("debugfs {file}: not a number: {text:?}"))
+}
+
 /// The feature bits negotiated with the bound device, from sysfs (a string
 /// of '0'/'1', bit 0 first).
 pub fn negotiated_features(vm: &mut Vm) -> Result<u64> {
