@@ -15,6 +15,7 @@ use super::Balloon;
 use crate::mm::{
     Page,
     PageList,
+    ShrinkerHandler,
     HINT_BLOCK_ORDER, //
 };
 use crate::virtio::config::FreePageHintCmdId;
@@ -135,14 +136,15 @@ impl Balloon {
         }
         sent
     }
+}
 
-    /// Pages held as free page hints, for the shrinker.
-    pub(super) fn hint_pages_held(&self) -> u64 {
+/// Memory pressure: hinted blocks go back early (hints are advisory).
+impl ShrinkerHandler for Balloon {
+    fn count(&self) -> u64 {
         self.view.hint_blocks_held.load(Relaxed) << HINT_BLOCK_ORDER
     }
 
-    /// Memory pressure: give hinted blocks back early (hints are advisory).
-    pub(super) fn release_hint_pages(&self, pages: u64) -> u64 {
+    fn scan(&self, pages: u64) -> u64 {
         // Never wait: a hint round may be allocating right now.
         let Some(mut guard) = self.hint.try_lock() else {
             return 0;

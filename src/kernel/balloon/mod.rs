@@ -54,10 +54,13 @@ use crate::mm::{
     BulkAlloc,
     HeldPage,
     MigratingPage,
+    MigrationHandler,
+    OomHandler,
     OomNotifier,
     PageList,
     PageReporting,
     ReportedPages,
+    ReportingHandler,
     Shrinker, //
 };
 use crate::virtio::config::{
@@ -75,11 +78,8 @@ use crate::virtio::{
     WaitQueue, //
 };
 use crate::{
-    impl_has_balloon_dev_info,
-    impl_has_delayed_work,
-    impl_has_oom_notifier,
-    impl_has_page_reporting,
-    impl_has_shrinker, //
+    impl_embeds,
+    impl_has_delayed_work, //
 };
 
 mod debugfs;
@@ -212,15 +212,12 @@ pub(crate) struct Balloon {
 impl_has_delayed_work!(Balloon, update_work, 0, Balloon::update);
 impl_has_delayed_work!(Balloon, stats_work, 1, Balloon::send_stats);
 impl_has_delayed_work!(Balloon, hint_work, 2, Balloon::free_page_hint);
-impl_has_shrinker!(
-    Balloon,
-    hint_shrinker,
-    Balloon::hint_pages_held,
-    Balloon::release_hint_pages
-);
-impl_has_balloon_dev_info!(Balloon, pages, Balloon::migrate);
-impl_has_oom_notifier!(Balloon, oom, Balloon::out_of_memory);
-impl_has_page_reporting!(Balloon, reporting, Balloon::report_free_pages);
+impl_embeds!(Balloon {
+    pages: BalloonDevInfo<Balloon>,
+    oom: OomNotifier<Balloon>,
+    reporting: PageReporting<Balloon>,
+    hint_shrinker: Shrinker<Balloon>,
+});
 
 /// A balloon size adjustment keeps the system awake (`pm_stay_awake`).
 const WAKE_ADJUST: u32 = 1 << 0;
@@ -418,39 +415,6 @@ impl Balloon {
         self.work_finished();
     }
 
-    /// Compaction moved a ballooned page: tell the host.
-    fn migrate(&self, pages: &MigratingPage<'_>) -> Result {
-        // Never wait for the lock: its holder may be waiting for the host,
-        // and compaction has other pages to move. The core retries later.
-        let mut state = self.state.try_lock().ok_or(EAGAIN)?;
-        self.with_engine(&mut state, None, Some(pages), |engine, host, pfns| {
-            engine.migrate(host, pfns, pages.new_pfn, pages.old_pfn)
-        })
-        .ok_or(EAGAIN)?
-        .map_err(|_| EAGAIN)
-    }
-
-    /// The guest is out of memory (`DEFLATE_ON_OOM`): give back one buffer
-    /// of pages, so the OOM killer need not run while the balloon has any.
-    fn out_of_memory(&self) -> u64 {
-        let mut state = self.state.lock();
-        let freed = self
-            .with_engine(&mut state, None, None, |engine, host, pfns| {
-                engine.oom_deflate(host, pfns, PFNS_PER_BUFFER as u64)
-            })
-            .unwrap_or(0);
-        self.geometry.guest_pages(freed)
-    }
-
-    /// The page reporting core has free pages for the host to discard.
-    fn report_free_pages(&self, pages: &ReportedPages<'_>) -> Result {
-        let mut guard = self.reporting_queue.lock();
-        let queue = Option::as_mut(&mut *guard).ok_or(ENODEV)?;
-        queue.report_and_wait(pages, &self.acked, host_timeout())?;
-        self.view.free_page_reports.fetch_add(1, Relaxed);
-        Ok(())
-    }
-
     /// Sets the device up: queues, poison value, stats, notifiers.
     fn bring_up(&self, dev: &Device<Core<'_>>) -> Result {
         let index = self.index;
@@ -644,6 +608,45 @@ impl Balloon {
             }
             return;
         }
+    }
+}
+
+/// Compaction moved a ballooned page: tell the host.
+impl MigrationHandler for Balloon {
+    fn migrate(&self, pages: &MigratingPage<'_>) -> Result {
+        // Never wait for the lock: its holder may be waiting for the host,
+        // and compaction has other pages to move. The core retries later.
+        let mut state = self.state.try_lock().ok_or(EAGAIN)?;
+        self.with_engine(&mut state, None, Some(pages), |engine, host, pfns| {
+            engine.migrate(host, pfns, pages.new_pfn, pages.old_pfn)
+        })
+        .ok_or(EAGAIN)?
+        .map_err(|_| EAGAIN)
+    }
+}
+
+/// The guest is out of memory (`DEFLATE_ON_OOM`): give back one buffer of
+/// pages, so the OOM killer need not run while the balloon has any.
+impl OomHandler for Balloon {
+    fn out_of_memory(&self) -> u64 {
+        let mut state = self.state.lock();
+        let freed = self
+            .with_engine(&mut state, None, None, |engine, host, pfns| {
+                engine.oom_deflate(host, pfns, PFNS_PER_BUFFER as u64)
+            })
+            .unwrap_or(0);
+        self.geometry.guest_pages(freed)
+    }
+}
+
+/// The page reporting core has free pages for the host to discard.
+impl ReportingHandler for Balloon {
+    fn report(&self, pages: &ReportedPages<'_>) -> Result {
+        let mut guard = self.reporting_queue.lock();
+        let queue = Option::as_mut(&mut *guard).ok_or(ENODEV)?;
+        queue.report_and_wait(pages, &self.acked, host_timeout())?;
+        self.view.free_page_reports.fetch_add(1, Relaxed);
+        Ok(())
     }
 }
 

@@ -11,6 +11,7 @@ use kernel::prelude::*;
 use kernel::types::Opaque;
 
 use super::{
+    Embeds,
     HeldPage,
     Page,
     PageList, //
@@ -39,47 +40,13 @@ impl MigratingPage<'_> {
     }
 }
 
-/// The owner of a [`BalloonDevInfo`] and its migration callback.
-///
-/// # Safety
-///
-/// [`HasBalloonDevInfo::balloon_container_of`] must return the owner that embeds the given
-/// `BalloonDevInfo<Self>` field, every `BalloonDevInfo<Self>` must be that field of a
-/// `Self`, and the owner must stay pinned while pages are in the balloon. [`impl_has_balloon_dev_info!`]
-/// implements it for a field.
-pub(crate) unsafe trait HasBalloonDevInfo: Sized + Sync {
-    /// The owner whose `BalloonDevInfo<Self>` field `field` points to.
-    ///
-    /// # Safety
-    ///
-    /// `field` must point to that field of a live `Self`.
-    unsafe fn balloon_container_of(field: *mut BalloonDevInfo<Self>) -> *mut Self;
+/// The owner of a [`BalloonDevInfo`], called when a ballooned page migrates.
+pub(crate) trait MigrationHandler: Embeds<BalloonDevInfo<Self>> + Sync {
     /// Tells the host that the new page replaces the old one in the
     /// balloon. Errors make the core keep the old page (`EAGAIN` to retry
     /// later); on success the core frees the old page unless the owner
     /// holds it ([`MigratingPage::hold`]).
     fn migrate(&self, pages: &MigratingPage<'_>) -> Result;
-}
-
-/// Implements [`HasBalloonDevInfo`] for `$owner` whose `$field` is its balloon.
-#[macro_export]
-macro_rules! impl_has_balloon_dev_info {
-    ($owner:ty, $field:ident, $migrate:path) => {
-        // SAFETY: the container is found with `container_of!` on this
-        // field, whose type is `BalloonDevInfo<$owner>`.
-        unsafe impl $crate::mm::HasBalloonDevInfo for $owner {
-            unsafe fn balloon_container_of(
-                field: *mut $crate::mm::BalloonDevInfo<Self>,
-            ) -> *mut Self {
-                // SAFETY: `field` points to the `$field` of a live `$owner`
-                // (the caller's contract).
-                unsafe { ::kernel::container_of!(field, $owner, $field) }
-            }
-            fn migrate(&self, pages: &$crate::mm::MigratingPage<'_>) -> ::kernel::error::Result {
-                $migrate(self, pages)
-            }
-        }
-    };
 }
 
 /// Order of the blocks the balloon may take whole: 2 MiB with 4 KiB pages,
@@ -110,7 +77,7 @@ unsafe impl<T> Send for BalloonDevInfo<T> {}
 ///
 /// Called by the balloon core with the descriptor of a [`BalloonDevInfo<T>`]
 /// and two valid, locked pages.
-unsafe extern "C" fn migrate_callback<T: HasBalloonDevInfo>(
+unsafe extern "C" fn migrate_callback<T: MigrationHandler>(
     info: *mut bindings::balloon_dev_info,
     newpage: *mut bindings::page,
     page: *mut bindings::page,
@@ -118,7 +85,7 @@ unsafe extern "C" fn migrate_callback<T: HasBalloonDevInfo>(
 ) -> i32 {
     // SAFETY: `info` is the descriptor wrapped (as `info`, `Opaque` being
     // `repr(transparent)`) by a `BalloonDevInfo<T>`, which is a field of a
-    // live, pinned `T` (trait contract); the core passes valid, locked pages.
+    // live, pinned `T` (`Embeds` contract); the core passes valid, locked pages.
     let (owner, pages) = unsafe {
         let field = kernel::container_of!(
             info.cast::<Opaque<bindings::balloon_dev_info>>(),
@@ -126,7 +93,7 @@ unsafe extern "C" fn migrate_callback<T: HasBalloonDevInfo>(
             info
         );
         (
-            &*T::balloon_container_of(field),
+            &*T::container_of(field),
             MigratingPage {
                 page: match NonNull::new(page) {
                     Some(page) => page,
@@ -144,7 +111,7 @@ unsafe extern "C" fn migrate_callback<T: HasBalloonDevInfo>(
     }
 }
 
-impl<T: HasBalloonDevInfo> BalloonDevInfo<T> {
+impl<T: MigrationHandler> BalloonDevInfo<T> {
     /// An initialiser for an empty balloon.
     ///
     /// `adjust_managed` makes the core lower the managed page count (and so
@@ -201,7 +168,7 @@ impl<T: HasBalloonDevInfo> BalloonDevInfo<T> {
 /// blocks stay on a list of the driver's, unmovable (as `vmw_balloon`'s
 /// 2 MiB pages are), and are accounted as the core accounts its pages, so
 /// that `MemTotal`, `Balloon:` and the `balloon_*` events stay exact.
-impl<T: HasBalloonDevInfo> BalloonDevInfo<T> {
+impl<T: MigrationHandler> BalloonDevInfo<T> {
     /// Moves every block of `staged` onto `blocks`, the balloon's own.
     pub(crate) fn enqueue_blocks<const ORDER: u32>(
         &self,

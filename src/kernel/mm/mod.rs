@@ -15,15 +15,17 @@ mod page_reporting;
 mod registration;
 mod shrinker;
 
+pub(crate) use registration::Embeds;
+
 pub(crate) use balloon::{
     BalloonDevInfo,
-    HasBalloonDevInfo,
     MigratingPage,
+    MigrationHandler,
     HUGE_BLOCK_ORDER, //
 };
 pub(crate) use meminfo::*;
 pub(crate) use oom::{
-    HasOomNotifier,
+    OomHandler,
     OomNotifier, //
 };
 pub(crate) use page::{
@@ -33,11 +35,11 @@ pub(crate) use page::{
     PageList, //
 };
 pub(crate) use page_reporting::{
-    HasPageReporting,
     PageReporting,
-    ReportedPages, //
+    ReportedPages,
+    ReportingHandler, //
 };
 pub(crate) use shrinker::{
-    HasShrinker,
-    Shrinker, //
+    Shrinker,
+    ShrinkerHandler, //
 };

@@ -9,48 +9,17 @@ use kernel::ffi;
 use kernel::prelude::*;
 use kernel::types::Opaque;
 
-use super::registration::RegistrationState;
+use super::registration::{
+    Embeds,
+    RegistrationState, //
+};
 use crate::bindings;
 
-/// The owner of an [`OomNotifier`].
-///
-/// # Safety
-///
-/// [`HasOomNotifier::notifier_container_of`] must return the owner that embeds the given
-/// `OomNotifier<Self>` field, every `OomNotifier<Self>` must be that field of a
-/// `Self`, and the owner must stay pinned while the notifier is registered. [`impl_has_oom_notifier!`]
-/// implements it for a field.
-pub(crate) unsafe trait HasOomNotifier: Sized + Sync {
-    /// The owner whose `OomNotifier<Self>` field `field` points to.
-    ///
-    /// # Safety
-    ///
-    /// `field` must point to that field of a live `Self`.
-    unsafe fn notifier_container_of(field: *mut OomNotifier<Self>) -> *mut Self;
+/// The owner of an [`OomNotifier`], called when the guest runs out of memory.
+pub(crate) trait OomHandler: Embeds<OomNotifier<Self>> + Sync {
     /// The guest is out of memory: free what can be freed, return the
     /// number of pages freed (process context, may sleep).
     fn out_of_memory(&self) -> u64;
-}
-
-/// Implements [`HasOomNotifier`] for `$owner` whose `$field` is its notifier.
-#[macro_export]
-macro_rules! impl_has_oom_notifier {
-    ($owner:ty, $field:ident, $handler:path) => {
-        // SAFETY: the container is found with `container_of!` on this
-        // field, whose type is `OomNotifier<$owner>`.
-        unsafe impl $crate::mm::HasOomNotifier for $owner {
-            unsafe fn notifier_container_of(
-                field: *mut $crate::mm::OomNotifier<Self>,
-            ) -> *mut Self {
-                // SAFETY: `field` points to the `$field` of a live `$owner`
-                // (the caller's contract).
-                unsafe { ::kernel::container_of!(field, $owner, $field) }
-            }
-            fn out_of_memory(&self) -> u64 {
-                $handler(self)
-            }
-        }
-    };
 }
 
 /// A registration with the OOM notifier chain, called before the OOM killer
@@ -75,14 +44,14 @@ unsafe impl<T> Send for OomNotifier<T> {}
 ///
 /// Called by the OOM notifier chain with the block of a registered
 /// [`OomNotifier<T>`] and a pointer to the freed-pages counter.
-unsafe extern "C" fn oom_callback<T: HasOomNotifier>(
+unsafe extern "C" fn oom_callback<T: OomHandler>(
     block: *mut bindings::notifier_block,
     _event: ffi::c_ulong,
     freed: *mut ffi::c_void,
 ) -> i32 {
     // SAFETY: `block` is the block wrapped (as `block`, `Opaque` being
     // `repr(transparent)`) by an `OomNotifier<T>`, which is a field of a
-    // live, pinned `T` (trait contract); `freed` points to the caller's
+    // live, pinned `T` (`Embeds` contract); `freed` points to the caller's
     // `unsigned long` counter.
     unsafe {
         let field = kernel::container_of!(
@@ -90,7 +59,7 @@ unsafe extern "C" fn oom_callback<T: HasOomNotifier>(
             OomNotifier<T>,
             block
         );
-        let owner = T::notifier_container_of(field);
+        let owner = T::container_of(field);
         let pages = (*owner).out_of_memory();
         let freed = freed.cast::<ffi::c_ulong>();
         *freed = (*freed).saturating_add(pages as ffi::c_ulong);
@@ -98,7 +67,7 @@ unsafe extern "C" fn oom_callback<T: HasOomNotifier>(
     bindings::VBRS_NOTIFY_OK
 }
 
-impl<T: HasOomNotifier> OomNotifier<T> {
+impl<T: OomHandler> OomNotifier<T> {
     /// An initialiser for an unregistered notifier.
     pub(crate) fn new() -> impl PinInit<Self> {
         pin_init!(Self {
@@ -125,7 +94,9 @@ impl<T: HasOomNotifier> OomNotifier<T> {
             to_result(unsafe { bindings::register_oom_notifier(self.block.get()) })
         })
     }
+}
 
+impl<T> OomNotifier<T> {
     /// Leaves the chain; waits for a running callback to finish.
     pub(crate) fn unregister(&self) {
         self.registration.unregister(|| {
@@ -138,9 +109,6 @@ impl<T: HasOomNotifier> OomNotifier<T> {
 #[pinned_drop]
 impl<T> PinnedDrop for OomNotifier<T> {
     fn drop(self: Pin<&mut Self>) {
-        self.registration.unregister(|| {
-            // SAFETY: the block was registered and is still pinned.
-            unsafe { bindings::unregister_oom_notifier(self.block.get()) };
-        });
+        self.unregister();
     }
 }

@@ -9,7 +9,10 @@ use kernel::error::to_result;
 use kernel::prelude::*;
 use kernel::types::Opaque;
 
-use super::registration::RegistrationState;
+use super::registration::{
+    Embeds,
+    RegistrationState, //
+};
 use super::PAGE_SHIFT;
 use crate::bindings;
 
@@ -28,45 +31,10 @@ impl ReportedPages<'_> {
     }
 }
 
-/// The owner of a [`PageReporting`].
-///
-/// # Safety
-///
-/// [`HasPageReporting::reporting_container_of`] must return the owner that embeds the given
-/// `PageReporting<Self>` field, every `PageReporting<Self>` must be that field of a
-/// `Self`, and the owner must stay pinned while it is registered. [`impl_has_page_reporting!`]
-/// implements it for a field.
-pub(crate) unsafe trait HasPageReporting: Sized + Sync {
-    /// The owner whose `PageReporting<Self>` field `field` points to.
-    ///
-    /// # Safety
-    ///
-    /// `field` must point to that field of a live `Self`.
-    unsafe fn reporting_container_of(field: *mut PageReporting<Self>) -> *mut Self;
+/// The owner of a [`PageReporting`], which reports free pages to the host.
+pub(crate) trait ReportingHandler: Embeds<PageReporting<Self>> + Sync {
     /// Reports `pages` to the host; returns once the host has them.
     fn report(&self, pages: &ReportedPages<'_>) -> Result;
-}
-
-/// Implements [`HasPageReporting`] for `$owner` whose `$field` is its
-/// page reporting registration.
-#[macro_export]
-macro_rules! impl_has_page_reporting {
-    ($owner:ty, $field:ident, $report:path) => {
-        // SAFETY: the container is found with `container_of!` on this
-        // field, whose type is `PageReporting<$owner>`.
-        unsafe impl $crate::mm::HasPageReporting for $owner {
-            unsafe fn reporting_container_of(
-                field: *mut $crate::mm::PageReporting<Self>,
-            ) -> *mut Self {
-                // SAFETY: `field` points to the `$field` of a live `$owner`
-                // (the caller's contract).
-                unsafe { ::kernel::container_of!(field, $owner, $field) }
-            }
-            fn report(&self, pages: &$crate::mm::ReportedPages<'_>) -> ::kernel::error::Result {
-                $report(self, pages)
-            }
-        }
-    };
 }
 
 /// The order of the free blocks to report: with 64 KiB pages the default
@@ -102,7 +70,7 @@ unsafe impl<T> Send for PageReporting<T> {}
 ///
 /// Called by the page reporting core with the descriptor of a registered
 /// [`PageReporting<T>`] and a scatterlist of `nents` entries.
-unsafe extern "C" fn report_callback<T: HasPageReporting>(
+unsafe extern "C" fn report_callback<T: ReportingHandler>(
     info: *mut bindings::page_reporting_dev_info,
     sg: *mut bindings::scatterlist,
     nents: u32,
@@ -114,14 +82,14 @@ unsafe extern "C" fn report_callback<T: HasPageReporting>(
     };
     // SAFETY: `info` is the descriptor wrapped (as `info`, `Opaque` being
     // `repr(transparent)`) by a `PageReporting<T>`, which is a field of a
-    // live, pinned `T` (trait contract).
+    // live, pinned `T` (`Embeds` contract).
     let owner = unsafe {
         let field = kernel::container_of!(
             info.cast::<Opaque<bindings::page_reporting_dev_info>>(),
             PageReporting<T>,
             info
         );
-        &*T::reporting_container_of(field)
+        &*T::container_of(field)
     };
     match owner.report(&pages) {
         Ok(()) => 0,
@@ -129,7 +97,7 @@ unsafe extern "C" fn report_callback<T: HasPageReporting>(
     }
 }
 
-impl<T: HasPageReporting> PageReporting<T> {
+impl<T: ReportingHandler> PageReporting<T> {
     /// An initialiser for an unregistered descriptor.
     pub(crate) fn new() -> impl PinInit<Self> {
         pin_init!(Self {
@@ -159,7 +127,9 @@ impl<T: HasPageReporting> PageReporting<T> {
             }
         })
     }
+}
 
+impl<T> PageReporting<T> {
     /// Stops reporting; waits for a report in progress.
     pub(crate) fn unregister(&self) {
         self.registration.unregister(|| {
@@ -172,9 +142,6 @@ impl<T: HasPageReporting> PageReporting<T> {
 #[pinned_drop]
 impl<T> PinnedDrop for PageReporting<T> {
     fn drop(self: Pin<&mut Self>) {
-        self.registration.unregister(|| {
-            // SAFETY: registered and still pinned.
-            unsafe { bindings::page_reporting_unregister(self.info.get()) };
-        });
+        self.unregister();
     }
 }

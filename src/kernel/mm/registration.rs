@@ -49,3 +49,36 @@ impl RegistrationState {
         }
     }
 }
+
+/// An owner with a field of type `F` (a notifier, a shrinker, a balloon),
+/// found back from the field when the kernel calls through it.
+///
+/// # Safety
+///
+/// [`Embeds::container_of`] must return the `Self` whose field `field`
+/// points to, and every `F` the kernel is given (registered) must be that
+/// field of a pinned `Self`. [`impl_embeds!`] implements it.
+pub(crate) unsafe trait Embeds<F>: Sized {
+    /// The owner whose field `field` points to.
+    ///
+    /// # Safety
+    ///
+    /// `field` must point to that field of a live `Self`.
+    unsafe fn container_of(field: *mut F) -> *mut Self;
+}
+
+/// Implements [`Embeds`] for `$owner`, once per field named.
+#[macro_export]
+macro_rules! impl_embeds {
+    ($owner:ty { $($field:ident: $type:ty),* $(,)? }) => {$(
+        // SAFETY: `container_of!` on `$field`, which only compiles if the
+        // field has type `$type`.
+        unsafe impl $crate::mm::Embeds<$type> for $owner {
+            unsafe fn container_of(field: *mut $type) -> *mut Self {
+                // SAFETY: `field` points to the `$field` of a live `$owner`
+                // (the caller's contract).
+                unsafe { ::kernel::container_of!(field, $owner, $field) }
+            }
+        }
+    )*};
+}

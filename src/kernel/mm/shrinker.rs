@@ -12,50 +12,18 @@ use kernel::sync::atomic::{
     Release, //
 };
 
-use super::registration::RegistrationState;
+use super::registration::{
+    Embeds,
+    RegistrationState, //
+};
 use crate::bindings;
 
-/// The owner of a [`Shrinker`].
-///
-/// # Safety
-///
-/// [`HasShrinker::shrinker_container_of`] must return the owner that embeds the given
-/// `Shrinker<Self>` field, every `Shrinker<Self>` must be that field of a
-/// `Self`, and the owner must stay pinned while the shrinker is registered. [`impl_has_shrinker!`]
-/// implements it for a field.
-pub(crate) unsafe trait HasShrinker: Sized + Sync {
-    /// The owner whose `Shrinker<Self>` field `field` points to.
-    ///
-    /// # Safety
-    ///
-    /// `field` must point to that field of a live `Self`.
-    unsafe fn shrinker_container_of(field: *mut Shrinker<Self>) -> *mut Self;
+/// The owner of a [`Shrinker`], which reclaim asks for pages.
+pub(crate) trait ShrinkerHandler: Embeds<Shrinker<Self>> + Sync {
     /// Pages the owner could free.
     fn count(&self) -> u64;
     /// Frees up to `pages` pages and returns how many it freed.
     fn scan(&self, pages: u64) -> u64;
-}
-
-/// Implements [`HasShrinker`] for `$owner` whose `$field` is its shrinker.
-#[macro_export]
-macro_rules! impl_has_shrinker {
-    ($owner:ty, $field:ident, $count:path, $scan:path) => {
-        // SAFETY: the container is found with `container_of!` on this
-        // field, whose type is `Shrinker<$owner>`.
-        unsafe impl $crate::mm::HasShrinker for $owner {
-            unsafe fn shrinker_container_of(field: *mut $crate::mm::Shrinker<Self>) -> *mut Self {
-                // SAFETY: `field` points to the `$field` of a live `$owner`
-                // (the caller's contract).
-                unsafe { ::kernel::container_of!(field, $owner, $field) }
-            }
-            fn count(&self) -> u64 {
-                $count(self)
-            }
-            fn scan(&self, pages: u64) -> u64 {
-                $scan(self, pages)
-            }
-        }
-    };
 }
 
 /// A memory shrinker: reclaim asks the owner for pages it can give back.
@@ -82,7 +50,7 @@ unsafe impl<T> Send for Shrinker<T> {}
 /// # Safety
 ///
 /// Called by reclaim with a shrinker registered by [`Shrinker::register`].
-unsafe extern "C" fn shrinker_count<T: HasShrinker>(
+unsafe extern "C" fn shrinker_count<T: ShrinkerHandler>(
     shrinker: *mut bindings::shrinker,
     _sc: *mut bindings::shrink_control,
 ) -> ffi::c_ulong {
@@ -97,7 +65,7 @@ unsafe extern "C" fn shrinker_count<T: HasShrinker>(
 ///
 /// Called by reclaim with a shrinker registered by [`Shrinker::register`]
 /// and a valid shrink control.
-unsafe extern "C" fn shrinker_scan<T: HasShrinker>(
+unsafe extern "C" fn shrinker_scan<T: ShrinkerHandler>(
     shrinker: *mut bindings::shrinker,
     sc: *mut bindings::shrink_control,
 ) -> ffi::c_ulong {
@@ -112,7 +80,7 @@ unsafe extern "C" fn shrinker_scan<T: HasShrinker>(
     owner.scan(wanted) as ffi::c_ulong
 }
 
-impl<T: HasShrinker> Shrinker<T> {
+impl<T: ShrinkerHandler> Shrinker<T> {
     /// An initialiser for an unregistered shrinker.
     pub(crate) fn new() -> impl PinInit<Self> {
         pin_init!(Self {
@@ -134,8 +102,8 @@ impl<T: HasShrinker> Shrinker<T> {
                 return Err(ENOMEM);
             }
             // SAFETY: every `Shrinker<T>` is a field of a live, pinned `T`
-            // (trait contract).
-            let owner = unsafe { T::shrinker_container_of(core::ptr::from_ref(self).cast_mut()) };
+            // (`Embeds` contract).
+            let owner = unsafe { T::container_of(core::ptr::from_ref(self).cast_mut()) };
             // SAFETY: `shrinker` is freshly allocated and not yet registered;
             // INVARIANT: its `private_data` is the pinned owner.
             unsafe {
@@ -148,7 +116,9 @@ impl<T: HasShrinker> Shrinker<T> {
             Ok(())
         })
     }
+}
 
+impl<T> Shrinker<T> {
     /// Unregisters and frees the shrinker; waits for running callbacks.
     pub(crate) fn unregister(&self) {
         self.registration.unregister(|| {
@@ -165,12 +135,6 @@ impl<T: HasShrinker> Shrinker<T> {
 #[pinned_drop]
 impl<T> PinnedDrop for Shrinker<T> {
     fn drop(self: Pin<&mut Self>) {
-        self.registration.unregister(|| {
-            let shrinker = self.shrinker.xchg(core::ptr::null_mut(), Full);
-            if !shrinker.is_null() {
-                // SAFETY: allocated and registered by `register`.
-                unsafe { bindings::shrinker_free(shrinker) };
-            }
-        });
+        self.unregister();
     }
 }
