@@ -11,7 +11,6 @@
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
 #include <linux/wait.h>
-#include <linux/workqueue.h>
 #include <uapi/linux/virtio_balloon.h>
 #include <uapi/linux/virtio_ids.h>
 

@@ -13,7 +13,6 @@
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
 #include <linux/wait.h>
-#include <linux/workqueue.h>
 
 #include "helpers.h"
 
@@ -89,26 +88,6 @@ void vbrs_init_waitqueue_head(struct wait_queue_head *wq)
 void vbrs_wake_up(struct wait_queue_head *wq)
 {
 	wake_up(wq);
-}
-
-void vbrs_init_delayed_work(struct delayed_work *dwork, void (*func)(struct work_struct *))
-{
-	INIT_DELAYED_WORK(dwork, func);
-}
-
-struct delayed_work *vbrs_to_delayed_work(struct work_struct *work)
-{
-	return to_delayed_work(work);
-}
-
-bool vbrs_queue_freezable_delayed_work(struct delayed_work *dwork, unsigned long delay)
-{
-	return queue_delayed_work(system_freezable_wq, dwork, delay);
-}
-
-bool vbrs_mod_freezable_delayed_work(struct delayed_work *dwork, unsigned long delay)
-{
-	return mod_delayed_work(system_freezable_wq, dwork, delay);
 }
 
 bool vbrs_virt_addr_valid(const void *addr)

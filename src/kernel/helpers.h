@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * Wrappers around the static inline functions and macros of the virtio,
- * workqueue, wait-queue and mm headers, so that Rust can call them: each
+ * wait-queue and mm headers, so that Rust can call them: each
  * calls one inline or macro (or, for a list or a scatterlist, the two that
  * belong together). Decisions (GFP flags, page orders, status bits) are
  * made in Rust: see virtio/ and mm/ for the safe layer.
@@ -15,8 +15,6 @@ struct virtio_device;
 struct virtqueue;
 struct virtqueue_info;
 struct wait_queue_head;
-struct delayed_work;
-struct work_struct;
 struct list_head;
 struct page;
 struct balloon_dev_info;
@@ -38,10 +36,6 @@ void *vbrs_wait_for_buf(struct wait_queue_head *wq, struct virtqueue *vq, long t
 void vbrs_init_waitqueue_head(struct wait_queue_head *wq);
 void vbrs_wake_up(struct wait_queue_head *wq);
 
-void vbrs_init_delayed_work(struct delayed_work *dwork, void (*func)(struct work_struct *));
-struct delayed_work *vbrs_to_delayed_work(struct work_struct *work);
-bool vbrs_queue_freezable_delayed_work(struct delayed_work *dwork, unsigned long delay);
-bool vbrs_mod_freezable_delayed_work(struct delayed_work *dwork, unsigned long delay);
 bool vbrs_virt_addr_valid(const void *addr);
 
 void vbrs_init_list_head(struct list_head *list);

@@ -48,6 +48,7 @@ use kernel::{
     new_spinlock_irq, //
 };
 
+use crate::impl_embeds;
 use crate::mm::{
     self,
     BalloonDevInfo,
@@ -71,15 +72,21 @@ use crate::virtio::config::{
 use crate::virtio::{
     self,
     BoundDevice,
-    DelayedWork,
     Device,
     Virtqueue,
     Virtqueues,
-    WaitQueue, //
+    WaitQueue,
+    WorkOwner,
+    WorkRef, //
 };
-use crate::{
-    impl_embeds,
-    impl_has_delayed_work, //
+use kernel::workqueue::{
+    DelayedWork,
+    HasDelayedWork,
+    WorkItem, //
+};
+use kernel::{
+    impl_has_delayed_work,
+    new_delayed_work, //
 };
 
 mod debugfs;
@@ -183,11 +190,11 @@ pub(crate) struct Balloon {
     #[pin]
     acked: WaitQueue,
     #[pin]
-    update_work: DelayedWork<Balloon, 0>,
+    update_work: DelayedWork<Balloon, UPDATE>,
     #[pin]
-    stats_work: DelayedWork<Balloon, 1>,
+    stats_work: DelayedWork<Balloon, STATS>,
     #[pin]
-    hint_work: DelayedWork<Balloon, 2>,
+    hint_work: DelayedWork<Balloon, HINT>,
     #[pin]
     hint_shrinker: Shrinker<Balloon>,
     #[pin]
@@ -209,9 +216,16 @@ pub(crate) struct Balloon {
     view: Pin<KBox<Scope<DebugView>>>,
 }
 
-impl_has_delayed_work!(Balloon, update_work, 0, Balloon::update);
-impl_has_delayed_work!(Balloon, stats_work, 1, Balloon::send_stats);
-impl_has_delayed_work!(Balloon, hint_work, 2, Balloon::free_page_hint);
+/// The work items: the size work, the stats work, the hint work.
+const UPDATE: u64 = 0;
+const STATS: u64 = 1;
+const HINT: u64 = 2;
+
+impl_has_delayed_work! {
+    impl HasDelayedWork<Self, UPDATE> for Balloon { self.update_work }
+    impl HasDelayedWork<Self, STATS> for Balloon { self.stats_work }
+    impl HasDelayedWork<Self, HINT> for Balloon { self.hint_work }
+}
 impl_embeds!(Balloon {
     pages: BalloonDevInfo<Balloon>,
     oom: OomNotifier<Balloon>,
@@ -323,9 +337,9 @@ impl Balloon {
     /// awake for it when `wake` names a reason; the check and the queueing
     /// happen under one lock, so that once [`Balloon::quiesce`] has taken
     /// it, nothing new is queued (callable from interrupts).
-    fn queue_unless_stopped<const ID: u64>(&self, work: &DelayedWork<Balloon, ID>, wake: u32)
+    fn queue_unless_stopped<const ID: u64>(&self, wake: u32)
     where
-        Balloon: virtio::HasDelayedWork<ID>,
+        Self: WorkItem<ID, Pointer = WorkRef<Self>> + HasDelayedWork<Self, ID>,
     {
         let mut events = self.events.lock();
         if events.stopped {
@@ -338,7 +352,7 @@ impl Balloon {
                 self.device().stay_awake();
             }
         }
-        work.run_now();
+        self.run_work_now::<ID>();
     }
 
     /// A work item started on behalf of `wake`; false if the device is
@@ -404,11 +418,11 @@ impl Balloon {
         drop(prealloc);
         match step {
             Some(Step::Progress) => {
-                self.update_work.queue(0);
+                self.queue_work::<UPDATE>(0);
                 return;
             }
             // No progress to wait for: the system may sleep meanwhile.
-            Some(Step::Backoff(delay_ms)) => self.update_work.queue(delay_ms),
+            Some(Step::Backoff(delay_ms)) => self.queue_work::<UPDATE>(delay_ms),
             // A late buffer coming back queues the work again.
             Some(Step::Reached) | Some(Step::Stalled) | None => {}
         }
@@ -503,8 +517,8 @@ impl Balloon {
         self.events.lock().stopped = false;
         // Honour a target set before the driver was loaded, and a stats
         // request the host made while the callbacks still ignored it.
-        self.queue_unless_stopped(&self.update_work, WAKE_ADJUST);
-        self.queue_unless_stopped(&self.stats_work, 0);
+        self.queue_unless_stopped::<UPDATE>(WAKE_ADJUST);
+        self.queue_unless_stopped::<STATS>(0);
         Ok(())
     }
 
@@ -518,9 +532,9 @@ impl Balloon {
         self.events.lock().stopped = true;
         self.oom.unregister();
         self.hint_shrinker.unregister();
-        self.update_work.cancel_sync();
-        self.stats_work.cancel_sync();
-        self.hint_work.cancel_sync();
+        self.cancel_work_sync::<UPDATE>();
+        self.cancel_work_sync::<STATS>();
+        self.cancel_work_sync::<HINT>();
         // A cancelled work item never picked up its wakeup event.
         let mut events = self.events.lock();
         events.wakeup = 0;
@@ -650,6 +664,32 @@ impl ReportingHandler for Balloon {
     }
 }
 
+impl WorkItem<UPDATE> for Balloon {
+    type Pointer = WorkRef<Self>;
+    fn run(this: WorkRef<Self>) {
+        this.update();
+    }
+}
+
+impl WorkItem<STATS> for Balloon {
+    type Pointer = WorkRef<Self>;
+    fn run(this: WorkRef<Self>) {
+        this.send_stats();
+    }
+}
+
+impl WorkItem<HINT> for Balloon {
+    type Pointer = WorkRef<Self>;
+    fn run(this: WorkRef<Self>) {
+        this.free_page_hint();
+    }
+}
+
+// SAFETY: a `Balloon` is only made in place, pinned, by the bus adapter;
+// `quiesce`, run by every teardown before the state is dropped, cancels the
+// three work items.
+unsafe impl WorkOwner for Balloon {}
+
 crate::virtio_device_table!(BALLOON_IDS, [virtio::DeviceId::new(features::DEVICE_ID)]);
 
 // SAFETY: the handle stays in `dev` (type invariant), and `teardown`, run
@@ -690,9 +730,9 @@ unsafe impl virtio::Driver for Balloon {
             reporting_queue <- new_mutex!(None),
             hint <- new_mutex!(HintState::new()?),
             acked <- WaitQueue::new(),
-            update_work <- DelayedWork::new(),
-            stats_work <- DelayedWork::new(),
-            hint_work <- DelayedWork::new(),
+            update_work <- new_delayed_work!("virtio_balloon_rs::update"),
+            stats_work <- new_delayed_work!("virtio_balloon_rs::stats"),
+            hint_work <- new_delayed_work!("virtio_balloon_rs::hint"),
             hint_shrinker <- Shrinker::new(),
             pages <- BalloonDevInfo::new(!features.contains(Features::DEFLATE_ON_OOM)),
             oom <- OomNotifier::new(),
@@ -727,7 +767,7 @@ unsafe impl virtio::Driver for Balloon {
         // Stats buffers come back when the host wants figures; every other
         // queue's completion wakes whoever waits for its buffer.
         if this.index.stats == Some(queue_index as usize) {
-            this.queue_unless_stopped(&this.stats_work, WAKE_STATS);
+            this.queue_unless_stopped::<STATS>(WAKE_STATS);
         } else {
             this.acked.wake_up();
             // A late buffer came back: the update work finishes its step.
@@ -735,15 +775,15 @@ unsafe impl virtio::Driver for Balloon {
             if (index == this.index.inflate || index == this.index.deflate)
                 && this.waiting_for_host.load(Acquire)
             {
-                this.queue_unless_stopped(&this.update_work, WAKE_ADJUST);
+                this.queue_unless_stopped::<UPDATE>(WAKE_ADJUST);
             }
         }
     }
 
     fn config_changed(_dev: &Device<Bound>, this: Pin<&Self>) {
-        this.queue_unless_stopped(&this.update_work, WAKE_ADJUST);
+        this.queue_unless_stopped::<UPDATE>(WAKE_ADJUST);
         if this.features.contains(Features::FREE_PAGE_HINT) {
-            this.queue_unless_stopped(&this.hint_work, 0);
+            this.queue_unless_stopped::<HINT>(0);
         }
     }
 

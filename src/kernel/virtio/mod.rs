@@ -8,7 +8,7 @@
 //! config space and status (`device.rs`), the [`Virtqueue`]s
 //! found on it, which own the buffers the device reads (`virtqueue.rs`), and
 //! the two kernel objects the driver sleeps and defers on: [`WaitQueue`]
-//! (`wait_queue.rs`) and [`DelayedWork`] (`work.rs`). Every `unsafe` block
+//! (`wait_queue.rs`) and work items of a [`WorkOwner`] (`work.rs`). Every `unsafe` block
 //! of the module that touches virtio lives below this directory.
 
 pub(crate) mod config;
@@ -36,6 +36,6 @@ pub(crate) use virtqueue::{
 };
 pub(crate) use wait_queue::WaitQueue;
 pub(crate) use work::{
-    DelayedWork,
-    HasDelayedWork, //
+    WorkOwner,
+    WorkRef, //
 };

@@ -1,118 +1,154 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Work items on the freezable system workqueue, embedded in their owner.
+//! Work items of a pinned owner on the freezable system workqueue.
+//!
+//! The work items are the kernel's [`DelayedWork`](kernel::workqueue::DelayedWork),
+//! named with `kernel::impl_has_delayed_work!` and run through
+//! [`WorkItem`]. What 7.3 lacks is here: a pointer for owners that cancel
+//! their work before they go instead of being owned by it (`Arc`, `KBox`,
+//! `ARef`), bringing a delayed run forward (`mod_delayed_work`) and
+//! cancelling (`cancel_delayed_work_sync`).
 
-use core::marker::PhantomData;
+use core::ops::Deref;
+use core::ptr::NonNull;
 
-use kernel::prelude::*;
-use kernel::types::Opaque;
+use kernel::bindings;
+use kernel::workqueue::{
+    self,
+    HasDelayedWork,
+    HasWork,
+    RawDelayedWorkItem,
+    RawWorkItem,
+    Work,
+    WorkItem,
+    WorkItemPointer, //
+};
 
-use crate::bindings;
-
-/// A work item on the freezable system workqueue, optionally delayed.
-///
-/// The owner `T` embeds it and names it with [`impl_has_delayed_work!`];
-/// `ID` tells apart several work items of one owner.
-#[pin_data]
-pub(crate) struct DelayedWork<T, const ID: u64 = 0> {
-    #[pin]
-    work: Opaque<bindings::delayed_work>,
-    _owner: PhantomData<T>,
-}
-
-// SAFETY: the C work item is made for use from any thread.
-unsafe impl<T, const ID: u64> Sync for DelayedWork<T, ID> {}
-// SAFETY: same.
-unsafe impl<T, const ID: u64> Send for DelayedWork<T, ID> {}
-
-/// An owner of a [`DelayedWork`], run when the work fires.
-///
-/// # Safety
-///
-/// [`HasDelayedWork::work_container_of`] must return the owner that embeds
-/// the given work item, and the owner must be pinned and outlive every
-/// queued run (cancel in its teardown). [`impl_has_delayed_work!`] does it.
-pub(crate) unsafe trait HasDelayedWork<const ID: u64>: Sized + Sync {
-    /// The owner whose `DelayedWork<Self, ID>` field `work` points to.
-    ///
-    /// # Safety
-    ///
-    /// `work` must point to that field of a live `Self`.
-    unsafe fn work_container_of(work: *mut DelayedWork<Self, ID>) -> *mut Self;
-    /// The work itself (process context, may sleep).
-    fn run(&self);
-}
-
-/// Implements [`HasDelayedWork`] for `$owner` whose `$field` is its work item.
-#[macro_export]
-macro_rules! impl_has_delayed_work {
-    ($owner:ty, $field:ident, $id:literal, $run:path) => {
-        // SAFETY: `work_container_of` is `container_of!` on this field,
-        // whose type is `DelayedWork<$owner, $id>`.
-        unsafe impl $crate::virtio::HasDelayedWork<$id> for $owner {
-            unsafe fn work_container_of(
-                work: *mut $crate::virtio::DelayedWork<Self, $id>,
-            ) -> *mut Self {
-                // SAFETY: `work` points to the `$field` of a live `$owner`
-                // (the caller's contract).
-                unsafe { ::kernel::container_of!(work, $owner, $field) }
-            }
-            fn run(&self) {
-                $run(self)
-            }
-        }
-    };
-}
-
-/// Runs the owner's work.
+/// An owner of work items that stays in place while they are queued.
 ///
 /// # Safety
 ///
-/// Called by the workqueue with the `work_struct` of a [`DelayedWork<T>`].
-unsafe extern "C" fn work_callback<T: HasDelayedWork<ID>, const ID: u64>(
-    work: *mut bindings::work_struct,
-) {
-    // SAFETY: `work` is the `work` of the `delayed_work` wrapped (as
-    // `work`, `Opaque` being `repr(transparent)`) by a `DelayedWork<T, ID>`
-    // field of a live, pinned `T` (trait contract).
-    unsafe {
-        let dwork = bindings::vbrs_to_delayed_work(work).cast::<Opaque<bindings::delayed_work>>();
-        let item = kernel::container_of!(dwork, DelayedWork<T, ID>, work);
-        (*T::work_container_of(item)).run();
-    }
-}
-
-impl<T: HasDelayedWork<ID>, const ID: u64> DelayedWork<T, ID> {
-    /// An initialiser for an idle work item.
-    pub(crate) fn new() -> impl PinInit<Self> {
-        pin_init!(Self {
-            work <- Opaque::ffi_init(|slot| {
-                // SAFETY: `slot` is valid pinned memory for a delayed work.
-                unsafe { bindings::vbrs_init_delayed_work(slot, Some(work_callback::<T, ID>)) }
-            }),
-            _owner: PhantomData,
-        })
-    }
-
-    /// Queues the work on the freezable system workqueue after `delay_ms`;
-    /// does nothing if it is already queued.
-    pub(crate) fn queue(&self, delay_ms: u32) {
+/// Every `Self` is pinned, and cancels each of its work items
+/// ([`WorkOwner::cancel_work_sync`]) before it is dropped.
+pub(crate) unsafe trait WorkOwner: Sized + Sync + 'static {
+    /// Queues work item `ID` on the freezable system workqueue after
+    /// `delay_ms`; does nothing if it is already queued.
+    fn queue_work<const ID: u64>(&self, delay_ms: u32)
+    where
+        Self: WorkItem<ID, Pointer = WorkRef<Self>> + HasDelayedWork<Self, ID>,
+    {
         let delay = kernel::time::msecs_to_jiffies(delay_ms);
-        // SAFETY: the work was initialised by `new`; the owner outlives it
-        // (trait contract).
-        unsafe { bindings::vbrs_queue_freezable_delayed_work(self.work.get(), delay) };
+        workqueue::system_freezable().enqueue_delayed(WorkRef::new(self), delay);
     }
 
-    /// Runs the work as soon as possible, bringing a delayed run forward.
-    pub(crate) fn run_now(&self) {
-        // SAFETY: the work was initialised by `new`; the owner outlives it.
-        unsafe { bindings::vbrs_mod_freezable_delayed_work(self.work.get(), 0) };
+    /// Runs work item `ID` as soon as possible, bringing a delayed run
+    /// forward.
+    fn run_work_now<const ID: u64>(&self)
+    where
+        Self: WorkItem<ID, Pointer = WorkRef<Self>> + HasDelayedWork<Self, ID>,
+    {
+        // SAFETY: the work item was initialised with `WorkRef::run`, and
+        // the owner stays in place until it cancels it (trait contract);
+        // the freezable system workqueue exists from boot on.
+        unsafe {
+            bindings::mod_delayed_work_on(
+                bindings::wq_misc_consts_WORK_CPU_UNBOUND as i32,
+                bindings::system_freezable_wq,
+                delayed_work::<Self, ID>(self),
+                0,
+            )
+        };
     }
 
-    /// Cancels the work and waits for a running instance, including one that
-    /// re-queues itself.
-    pub(crate) fn cancel_sync(&self) {
-        // SAFETY: the work was initialised by `new`.
-        unsafe { bindings::cancel_delayed_work_sync(self.work.get()) };
+    /// Cancels work item `ID` and waits for a running instance, including
+    /// one that queues itself again.
+    fn cancel_work_sync<const ID: u64>(&self)
+    where
+        Self: HasDelayedWork<Self, ID>,
+    {
+        // SAFETY: the work item is initialised.
+        unsafe { bindings::cancel_delayed_work_sync(delayed_work::<Self, ID>(self)) };
     }
+}
+
+/// The `delayed_work` of work item `ID` of `owner`.
+fn delayed_work<T: HasDelayedWork<T, ID>, const ID: u64>(owner: &T) -> *mut bindings::delayed_work {
+    let owner = core::ptr::from_ref(owner).cast_mut();
+    // SAFETY: `owner` points to a live `T`, so `raw_get_work` returns its
+    // `Work` field, which is the `work` of a `delayed_work`
+    // (`HasDelayedWork` contract).
+    unsafe {
+        let work = Work::raw_get(T::raw_get_work(owner));
+        kernel::container_of!(work, bindings::delayed_work, work)
+    }
+}
+
+/// The pointer a queued run of a [`WorkOwner`]'s work item holds: it owns
+/// nothing, the owner's contract keeps the owner in place.
+///
+/// # Invariants
+///
+/// Points to a live, pinned `T`.
+pub(crate) struct WorkRef<T>(NonNull<T>);
+
+// SAFETY: it only gives out `&T`, and `T` is `Sync`.
+unsafe impl<T: Sync> Send for WorkRef<T> {}
+
+impl<T: WorkOwner> WorkRef<T> {
+    fn new(owner: &T) -> Self {
+        // INVARIANT: every `T` is pinned (`WorkOwner` contract).
+        Self(NonNull::from(owner))
+    }
+}
+
+impl<T> Deref for WorkRef<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        // SAFETY: the owner is live (type invariant).
+        unsafe { self.0.as_ref() }
+    }
+}
+
+// SAFETY: `__enqueue` below queues the `work_struct` of the owner's
+// `Work<T, ID>` field, which `DelayedWork::new` initialised with
+// `T::Pointer::run`, this `run`.
+unsafe impl<T, const ID: u64> WorkItemPointer<ID> for WorkRef<T>
+where
+    T: WorkOwner + WorkItem<ID, Pointer = Self> + HasWork<T, ID>,
+{
+    unsafe extern "C" fn run(ptr: *mut bindings::work_struct) {
+        // SAFETY: `ptr` is the work of a `Work<T, ID>` field (`__enqueue`)
+        // of a live owner: it cancels its work before it goes.
+        let owner = unsafe { T::work_container_of(ptr.cast::<Work<T, ID>>()) };
+        // SAFETY: `work_container_of` returns a valid, non-null pointer.
+        // INVARIANT: the owner is live and pinned (`WorkOwner` contract).
+        T::run(WorkRef(unsafe { NonNull::new_unchecked(owner) }))
+    }
+}
+
+// SAFETY: the pointer given to `queue_work_on` is the work of a live,
+// pinned owner, which stays valid until the run: the owner cancels its work
+// before it goes (`WorkOwner` contract).
+unsafe impl<T, const ID: u64> RawWorkItem<ID> for WorkRef<T>
+where
+    T: WorkOwner + WorkItem<ID, Pointer = Self> + HasWork<T, ID>,
+{
+    /// Whether the work was queued (false: it already was).
+    type EnqueueOutput = bool;
+
+    unsafe fn __enqueue<F>(self, queue_work_on: F) -> bool
+    where
+        F: FnOnce(*mut bindings::work_struct) -> bool,
+    {
+        // SAFETY: `self` points to a live `T` (type invariant).
+        queue_work_on(unsafe { Work::raw_get(T::raw_get_work(self.0.as_ptr())) })
+    }
+}
+
+// SAFETY: the work is the `work` of a `delayed_work`, under the same rules
+// (`HasDelayedWork` contract).
+unsafe impl<T, const ID: u64> RawDelayedWorkItem<ID> for WorkRef<T> where
+    T: WorkOwner + WorkItem<ID, Pointer = Self> + HasDelayedWork<T, ID>
+{
 }
