@@ -96,34 +96,57 @@ impl DebugView {
     }
 }
 
-/// Defines a debugfs read callback per engine figure: `name(view, f)`
-/// prints `expr` of the engine snapshot `e`.
-macro_rules! engine_files {
-    ($($name:ident => |$e:ident| $expr:expr;)*) => {
+/// The figures, each a file of its own and a line of `status`, in order:
+/// `name => |engine, view| value`. Those named `*_pages` count 4 KiB pages
+/// and show in KiB in `status`.
+macro_rules! figures {
+    ($($name:ident => |$e:tt, $v:tt| $value:expr;)*) => {
         $(
             fn $name(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                let $e = view.engine();
-                writeln!(f, "{}", $expr)
+                let get = |$e: &EngineView, $v: &DebugView| $value;
+                writeln!(f, "{}", get(&view.engine(), view))
             }
         )*
+
+        fn create_files<'data>(view: &'data DebugView, dir: &ScopedDir<'data, '_>) {
+            dir.read_callback_file(c"status", view, &write_status);
+            dir.read_callback_file(c"features", view, &write_features);
+            $(dir.read_callback_file(kernel::c_str!(stringify!($name)), view, &$name);)*
+        }
+
+        fn write_status(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            writeln!(f, "features:          {:?}", DisplayFeatures(view.features))?;
+            let engine = view.engine();
+            $(
+                let get = |$e: &EngineView, $v: &DebugView| $value;
+                status_line(f, stringify!($name), u64::from(get(&engine, view)))?;
+            )*
+            Ok(())
+        }
     };
 }
 
-engine_files! {
-    target_pages => |e| e.target_pages;
-    actual_pages => |e| e.actual_pages;
-    inflated_pages => |e| e.counters.inflated;
-    deflated_pages => |e| e.counters.deflated;
-    migrated_pages => |e| e.counters.migrated;
-    oom_deflated_pages => |e| e.counters.oom_deflated;
-    reserve_pages => |e| e.reserve_pages;
-    alloc_failures => |e| e.counters.alloc_failures;
-    backoff_ms => |e| e.backoff_ms;
-    host_stalled => |e| u8::from(e.stalled);
-    late_buffers => |e| e.counters.late_buffers;
-    balloon_blocks => |e| e.blocks;
-    blocks_inflated => |e| e.counters.blocks_inflated;
-    block_fallbacks => |e| e.counters.block_fallbacks;
+figures! {
+    target_pages => |e, _| e.target_pages;
+    actual_pages => |e, _| e.actual_pages;
+    inflated_pages => |e, _| e.counters.inflated;
+    deflated_pages => |e, _| e.counters.deflated;
+    migrated_pages => |e, _| e.counters.migrated;
+    oom_deflated_pages => |e, _| e.counters.oom_deflated;
+    reserve_pages => |e, _| e.reserve_pages;
+    alloc_failures => |e, _| e.counters.alloc_failures;
+    backoff_ms => |e, _| e.backoff_ms;
+    stats_updates => |_, v| v.stats_updates.load(Relaxed);
+    free_page_reports => |_, v| v.free_page_reports.load(Relaxed);
+    hint_rounds => |_, v| v.hint_rounds.load(Relaxed);
+    hinted_blocks => |_, v| v.hinted_blocks.load(Relaxed);
+    hint_blocks_held => |_, v| v.hint_blocks_held.load(Relaxed);
+    host_stalled => |e, _| u8::from(e.stalled);
+    late_buffers => |e, _| e.counters.late_buffers;
+    balloon_blocks => |e, _| e.blocks;
+    blocks_inflated => |e, _| e.counters.blocks_inflated;
+    blocks_compacted => |_, v| v.blocks_compacted.load(Relaxed);
+    block_fallbacks => |e, _| e.counters.block_fallbacks;
 }
 
 /// The device's debugfs directory `name` under `root`, with its files.
@@ -139,31 +162,6 @@ pub(super) fn directory<'a>(
     root.scope(DebugView::new(features, geometry), name, create_files)
 }
 
-fn create_files<'data>(view: &'data DebugView, dir: &ScopedDir<'data, '_>) {
-    dir.read_callback_file(c"status", view, &write_status);
-    dir.read_callback_file(c"features", view, &write_features);
-    dir.read_callback_file(c"target_pages", view, &target_pages);
-    dir.read_callback_file(c"actual_pages", view, &actual_pages);
-    dir.read_callback_file(c"inflated_pages", view, &inflated_pages);
-    dir.read_callback_file(c"deflated_pages", view, &deflated_pages);
-    dir.read_callback_file(c"migrated_pages", view, &migrated_pages);
-    dir.read_callback_file(c"oom_deflated_pages", view, &oom_deflated_pages);
-    dir.read_callback_file(c"reserve_pages", view, &reserve_pages);
-    dir.read_callback_file(c"alloc_failures", view, &alloc_failures);
-    dir.read_callback_file(c"backoff_ms", view, &backoff_ms);
-    dir.read_only_file(c"stats_updates", &view.stats_updates);
-    dir.read_only_file(c"free_page_reports", &view.free_page_reports);
-    dir.read_only_file(c"hint_rounds", &view.hint_rounds);
-    dir.read_only_file(c"hinted_blocks", &view.hinted_blocks);
-    dir.read_only_file(c"hint_blocks_held", &view.hint_blocks_held);
-    dir.read_callback_file(c"host_stalled", view, &host_stalled);
-    dir.read_callback_file(c"late_buffers", view, &late_buffers);
-    dir.read_callback_file(c"balloon_blocks", view, &balloon_blocks);
-    dir.read_callback_file(c"blocks_inflated", view, &blocks_inflated);
-    dir.read_callback_file(c"block_fallbacks", view, &block_fallbacks);
-    dir.read_only_file(c"blocks_compacted", &view.blocks_compacted);
-}
-
 fn write_features(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     writeln!(
         f,
@@ -173,34 +171,14 @@ fn write_features(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     )
 }
 
-fn write_status(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    let e = view.engine();
-    let count = |value: &Atomic<u64>| value.load(Relaxed);
-    writeln!(f, "features:          {:?}", DisplayFeatures(view.features))?;
-    writeln!(
-        f,
-        "target:            {} KiB",
-        u64::from(e.target_pages) * 4
-    )?;
-    writeln!(f, "actual:            {} KiB", e.actual_pages * 4)?;
-    writeln!(f, "inflated:          {} KiB", e.counters.inflated * 4)?;
-    writeln!(f, "deflated:          {} KiB", e.counters.deflated * 4)?;
-    writeln!(f, "migrated:          {} KiB", e.counters.migrated * 4)?;
-    writeln!(f, "oom_deflated:      {} KiB", e.counters.oom_deflated * 4)?;
-    writeln!(f, "reserve:           {} KiB", e.reserve_pages * 4)?;
-    writeln!(f, "alloc_failures:    {}", e.counters.alloc_failures)?;
-    writeln!(f, "backoff_ms:        {}", e.backoff_ms)?;
-    writeln!(f, "stats_updates:     {}", count(&view.stats_updates))?;
-    writeln!(f, "free_page_reports: {}", count(&view.free_page_reports))?;
-    writeln!(f, "hint_rounds:       {}", count(&view.hint_rounds))?;
-    writeln!(f, "hinted_blocks:     {}", count(&view.hinted_blocks))?;
-    writeln!(f, "hint_blocks_held:  {}", count(&view.hint_blocks_held))?;
-    writeln!(f, "host_stalled:      {}", u8::from(e.stalled))?;
-    writeln!(f, "late_buffers:      {}", e.counters.late_buffers)?;
-    writeln!(f, "balloon_blocks:    {}", e.blocks)?;
-    writeln!(f, "blocks_inflated:   {}", e.counters.blocks_inflated)?;
-    writeln!(f, "blocks_compacted:  {}", count(&view.blocks_compacted))?;
-    writeln!(f, "block_fallbacks:   {}", e.counters.block_fallbacks)
+/// One line of `status`, aligned: a figure in 4 KiB pages shows in KiB.
+fn status_line(f: &mut fmt::Formatter<'_>, name: &str, value: u64) -> fmt::Result {
+    let (label, value, unit) = match name.strip_suffix("_pages") {
+        Some(label) => (label, value * 4, " KiB"),
+        None => (name, value, ""),
+    };
+    let pad = 18usize.saturating_sub(label.len());
+    writeln!(f, "{label}:{:pad$}{value}{unit}", "")
 }
 
 /// The negotiated feature names, for the probe line and debugfs.
