@@ -226,6 +226,11 @@ impl_has_delayed_work! {
     impl HasDelayedWork<Self, STATS> for Balloon { self.stats_work }
     impl HasDelayedWork<Self, HINT> for Balloon { self.hint_work }
 }
+// What the handler traits below (`unsafe impl`) rely on: `oom`, `reporting`
+// and `hint_shrinker` are fields of the pinned state, registered only by
+// `bring_up` and unregistered by `quiesce` or `teardown`, which unbind and a
+// failed start run before the state is dropped; `pages` holds pages only
+// between the first inflate and `teardown`, which empties it.
 impl_embeds!(Balloon {
     pages: BalloonDevInfo<Balloon>,
     oom: OomNotifier<Balloon>,
@@ -626,7 +631,8 @@ impl Balloon {
 }
 
 /// Compaction moved a ballooned page: tell the host.
-impl MigrationHandler for Balloon {
+// SAFETY: as said at `impl_embeds!` above.
+unsafe impl MigrationHandler for Balloon {
     fn migrate(&self, pages: &MigratingPage<'_>) -> Result {
         // Never wait for the lock: its holder may be waiting for the host,
         // and compaction has other pages to move. The core retries later.
@@ -641,7 +647,8 @@ impl MigrationHandler for Balloon {
 
 /// The guest is out of memory (`DEFLATE_ON_OOM`): give back one buffer of
 /// pages, so the OOM killer need not run while the balloon has any.
-impl OomHandler for Balloon {
+// SAFETY: as said at `impl_embeds!` above.
+unsafe impl OomHandler for Balloon {
     fn out_of_memory(&self) -> u64 {
         let mut state = self.state.lock();
         let freed = self
@@ -654,7 +661,8 @@ impl OomHandler for Balloon {
 }
 
 /// The page reporting core has free pages for the host to discard.
-impl ReportingHandler for Balloon {
+// SAFETY: as said at `impl_embeds!` above.
+unsafe impl ReportingHandler for Balloon {
     fn report(&self, pages: &ReportedPages<'_>) -> Result {
         let mut guard = self.reporting_queue.lock();
         let queue = Option::as_mut(&mut *guard).ok_or(ENODEV)?;

@@ -41,7 +41,15 @@ impl MigratingPage<'_> {
 }
 
 /// The owner of a [`BalloonDevInfo`], called when a ballooned page migrates.
-pub(crate) trait MigrationHandler: Embeds<BalloonDevInfo<Self>> + Sync {
+///
+/// # Safety
+///
+/// Every `BalloonDevInfo<Self>` that holds pages is the field of a pinned `Self`
+/// that `Embeds` names, and is emptied before anything else of that `Self`
+/// is dropped.
+pub(crate) unsafe trait MigrationHandler:
+    Embeds<BalloonDevInfo<Self>> + Sync
+{
     /// Tells the host that the new page replaces the old one in the
     /// balloon. Errors make the core keep the old page (`EAGAIN` to retry
     /// later); on success the core frees the old page unless the owner
@@ -84,8 +92,9 @@ unsafe extern "C" fn migrate_callback<T: MigrationHandler>(
     _mode: bindings::migrate_mode,
 ) -> i32 {
     // SAFETY: `info` is the descriptor wrapped (as `info`, `Opaque` being
-    // `repr(transparent)`) by a `BalloonDevInfo<T>`, which is a field of a
-    // live, pinned `T` (`Embeds` contract); the core passes valid, locked pages.
+    // `repr(transparent)`) by a `BalloonDevInfo<T>` that holds pages, so a
+    // field of a live, pinned `T` (`MigrationHandler` contract); the core
+    // passes valid, locked pages.
     let (owner, pages) = unsafe {
         let field = kernel::container_of!(
             info.cast::<Opaque<bindings::balloon_dev_info>>(),

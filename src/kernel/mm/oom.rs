@@ -16,7 +16,13 @@ use super::registration::{
 use crate::bindings;
 
 /// The owner of an [`OomNotifier`], called when the guest runs out of memory.
-pub(crate) trait OomHandler: Embeds<OomNotifier<Self>> + Sync {
+///
+/// # Safety
+///
+/// Every `OomNotifier<Self>` that is registered is the field of a pinned `Self`
+/// that `Embeds` names, and is unregistered before anything else of that
+/// `Self` is dropped.
+pub(crate) unsafe trait OomHandler: Embeds<OomNotifier<Self>> + Sync {
     /// The guest is out of memory: free what can be freed, return the
     /// number of pages freed (process context, may sleep).
     fn out_of_memory(&self) -> u64;
@@ -51,7 +57,7 @@ unsafe extern "C" fn oom_callback<T: OomHandler>(
 ) -> i32 {
     // SAFETY: `block` is the block wrapped (as `block`, `Opaque` being
     // `repr(transparent)`) by an `OomNotifier<T>`, which is a field of a
-    // live, pinned `T` (`Embeds` contract); `freed` points to the caller's
+    // live, pinned `T` (`OomHandler` contract); `freed` points to the caller's
     // `unsigned long` counter.
     unsafe {
         let field = kernel::container_of!(

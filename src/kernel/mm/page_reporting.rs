@@ -32,7 +32,13 @@ impl ReportedPages<'_> {
 }
 
 /// The owner of a [`PageReporting`], which reports free pages to the host.
-pub(crate) trait ReportingHandler: Embeds<PageReporting<Self>> + Sync {
+///
+/// # Safety
+///
+/// Every `PageReporting<Self>` that is registered is the field of a pinned `Self`
+/// that `Embeds` names, and is unregistered before anything else of that
+/// `Self` is dropped.
+pub(crate) unsafe trait ReportingHandler: Embeds<PageReporting<Self>> + Sync {
     /// Reports `pages` to the host; returns once the host has them.
     fn report(&self, pages: &ReportedPages<'_>) -> Result;
 }
@@ -82,7 +88,7 @@ unsafe extern "C" fn report_callback<T: ReportingHandler>(
     };
     // SAFETY: `info` is the descriptor wrapped (as `info`, `Opaque` being
     // `repr(transparent)`) by a `PageReporting<T>`, which is a field of a
-    // live, pinned `T` (`Embeds` contract).
+    // live, pinned `T` (`ReportingHandler` contract).
     let owner = unsafe {
         let field = kernel::container_of!(
             info.cast::<Opaque<bindings::page_reporting_dev_info>>(),

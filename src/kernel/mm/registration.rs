@@ -56,8 +56,8 @@ impl RegistrationState {
 /// # Safety
 ///
 /// [`Embeds::container_of`] must return the `Self` whose field `field`
-/// points to, and every `F` the kernel is given (registered) must be that
-/// field of a pinned `Self`. [`impl_embeds!`] implements it.
+/// points to. [`impl_embeds!`] implements it. That the kernel is only given
+/// such a field, of a pinned owner, is the promise of each handler trait.
 pub(crate) unsafe trait Embeds<F>: Sized {
     /// The owner whose field `field` points to.
     ///

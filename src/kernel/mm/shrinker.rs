@@ -19,7 +19,13 @@ use super::registration::{
 use crate::bindings;
 
 /// The owner of a [`Shrinker`], which reclaim asks for pages.
-pub(crate) trait ShrinkerHandler: Embeds<Shrinker<Self>> + Sync {
+///
+/// # Safety
+///
+/// Every `Shrinker<Self>` that is registered is the field of a pinned `Self`
+/// that `Embeds` names, and is unregistered before anything else of that
+/// `Self` is dropped.
+pub(crate) unsafe trait ShrinkerHandler: Embeds<Shrinker<Self>> + Sync {
     /// Pages the owner could free.
     fn count(&self) -> u64;
     /// Frees up to `pages` pages and returns how many it freed.
@@ -101,8 +107,8 @@ impl<T: ShrinkerHandler> Shrinker<T> {
             if shrinker.is_null() {
                 return Err(ENOMEM);
             }
-            // SAFETY: every `Shrinker<T>` is a field of a live, pinned `T`
-            // (`Embeds` contract).
+            // SAFETY: `self` is being registered, so it is the field of a
+            // live, pinned `T` (`ShrinkerHandler` contract).
             let owner = unsafe { T::container_of(core::ptr::from_ref(self).cast_mut()) };
             // SAFETY: `shrinker` is freshly allocated and not yet registered;
             // INVARIANT: its `private_data` is the pinned owner.
