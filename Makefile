@@ -107,9 +107,14 @@ debug-module: check-debug-kdir
 
 # The VM tests on the debug kernel, including the ones only it can run
 # (#[ignore]d in `make test`). VBRS_STRESS=full for the full stress counts.
+# Every VM suite but the stock kernel's and libvirt's, which boot their own
+# kernel or need libvirtd (make test-stock, make test-libvirt).
+DEBUG_SUITES = --lib --bins $(foreach t,$(filter-out libvirt stock,\
+	$(basename $(notdir $(wildcard qemu-test/tests/*.rs)))),--test $(t))
+
 vm-test-debug: check-debug-kdir
 	VBRS_KDIR=$(KDIR_DEBUG) VBRS_MODULE=$(DEBUG_MODULE) \
-		cargo test -p qemu-test $(TEST_ARGS) -- --test-threads=1 --include-ignored
+		cargo test -p qemu-test $(or $(TEST_ARGS),$(DEBUG_SUITES)) -- --test-threads=1 --include-ignored
 
 test-debug: debug-kernel
 	$(MAKE) debug-module
