@@ -218,6 +218,19 @@ impl Late {
     }
 }
 
+/// How many of `pages` to take as single pages after `got` of `wanted`
+/// whole blocks of `per_block` pages came: the rest once no block comes at
+/// all, but none while some still do, so that the next step asks for
+/// blocks again (compaction makes them a few at a time) instead of
+/// scattering single pages over host huge pages.
+pub fn single_pages_after_blocks(pages: u64, per_block: u64, wanted: u64, got: u64) -> u64 {
+    if got > 0 && got < wanted {
+        0
+    } else {
+        pages.saturating_sub(got * per_block)
+    }
+}
+
 /// The balloon's state and the policy that moves it.
 pub struct Engine {
     geometry: PageGeometry,
@@ -565,7 +578,7 @@ impl Engine {
         let blocks_wanted = budget.checked_div(per_block).unwrap_or(0);
         let blocks = if blocks_wanted > 0 {
             let got = backend.alloc_blocks(blocks_wanted).min(blocks_wanted);
-            if got < blocks_wanted {
+            if got == 0 {
                 self.counters.block_fallbacks += 1;
                 // Rate-limited by the running total.
                 if self.counters.block_fallbacks.is_power_of_two() {
@@ -581,7 +594,14 @@ impl Engine {
         } else {
             0
         };
-        let single = budget - blocks * per_block;
+        let single = single_pages_after_blocks(budget, per_block, blocks_wanted, blocks);
+        // While compaction still makes blocks, the next step asks for more
+        // instead of taking single pages: a short step is no failure.
+        let want = if blocks < blocks_wanted && single == 0 {
+            blocks * per_block
+        } else {
+            want
+        };
         let got = blocks * per_block
             + if single > 0 {
                 backend.alloc_pages(single)

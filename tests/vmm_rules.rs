@@ -165,7 +165,7 @@ fn without_a_free_block_inflation_falls_back_to_single_pages() {
     assert_eq!(model.huge_frees, 0);
     remove(&mut engine, &mut model);
 
-    // Some blocks, then single pages in the same buffers.
+    // Some blocks, then single pages once no block comes.
     let mut model = Model::for_vmm(Vmm::Qemu, 12, GUEST);
     model.block_alloc_left = Some(3);
     let mut engine = engine_in(&model, BufferFormat::Full);
@@ -174,6 +174,27 @@ fn without_a_free_block_inflation_falls_back_to_single_pages() {
     // Single pages of a fresh guest come in address order, so QEMU frees
     // some host pages by luck as well.
     assert!(model.huge_frees >= 3);
+    remove(&mut engine, &mut model);
+}
+
+#[test]
+fn blocks_that_come_a_few_at_a_time_are_waited_for_not_replaced_by_single_pages() {
+    let mut model = Model::for_vmm(Vmm::Qemu, 12, GUEST);
+    model.blocks_per_call = Some(2);
+    let mut engine = engine_in(&model, BufferFormat::Full);
+    reach(&mut engine, &mut model, 32 * MIB);
+    assert_eq!(
+        engine.blocks(),
+        16,
+        "every 2 MiB of the target a whole block"
+    );
+    assert_eq!(engine.counters().block_fallbacks, 0);
+    assert_eq!(
+        engine.counters().alloc_failures,
+        0,
+        "a short step of blocks is no failure"
+    );
+    assert_eq!(model.huge_frees, 16);
     remove(&mut engine, &mut model);
 }
 

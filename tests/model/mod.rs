@@ -106,6 +106,9 @@ pub struct Model {
     pub balloon_blocks: Vec<u64>,
     /// Block allocation fails after this many more blocks (None: never).
     pub block_alloc_left: Option<u64>,
+    /// Whole blocks one allocation call makes at most, as compaction makes
+    /// them a few at a time (`None`: as many as are free).
+    pub blocks_per_call: Option<u64>,
     /// Whose device reads the buffers.
     pub vmm: Vmm,
     /// Guest RAM is backed by 2 MiB host huge pages (hugetlbfs).
@@ -161,6 +164,7 @@ impl Model {
             staged_deflate_blocks: Vec::new(),
             balloon_blocks: Vec::new(),
             block_alloc_left: None,
+            blocks_per_call: None,
             vmm: Vmm::Reference,
             host_huge_pages: false,
             huge_freed: BTreeSet::new(),
@@ -725,6 +729,7 @@ impl Backend for Model {
             "allocating over a staged batch"
         );
         let per = self.block_pages();
+        let max = self.blocks_per_call.map_or(max, |most| max.min(most));
         let mut got = 0;
         let mut candidate = self
             .free

@@ -8,6 +8,7 @@
 //! are reached through [`crate::virtio`] and [`crate::mm`].
 
 use balloon_logic::engine::{
+    single_pages_after_blocks,
     Engine,
     Step, //
 };
@@ -407,7 +408,7 @@ impl Balloon {
         if let Some((pages, blocks, per_block)) = wanted.filter(|(pages, ..)| *pages > 0) {
             let (got, compacted) = prealloc.fill_blocks(blocks);
             self.view.blocks_compacted.fetch_add(compacted, Relaxed);
-            prealloc.fill(pages.saturating_sub(got * per_block));
+            prealloc.fill(single_pages_after_blocks(pages, per_block, blocks, got));
         }
         let step = {
             let mut state = self.state.lock();
