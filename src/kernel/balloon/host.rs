@@ -12,7 +12,13 @@ use balloon_logic::features::QueueRole;
 use balloon_logic::pfn::PFNS_PER_BUFFER;
 use kernel::device::Bound;
 use kernel::prelude::*;
-use kernel::time::Jiffies;
+use kernel::time::delay::fsleep;
+use kernel::time::{
+    Delta,
+    Instant,
+    Jiffies,
+    Monotonic, //
+};
 
 use super::Balloon;
 use crate::mm::{
@@ -45,6 +51,10 @@ pub(super) struct Prealloc {
     pub(super) bulk: BulkAlloc,
 }
 
+/// How long [`Prealloc::fill_blocks`] keeps asking for a block by
+/// compaction once a request failed.
+const COMPACTION_PATIENCE_MS: i64 = 100;
+
 /// Whole 2 MiB blocks (a host huge page each).
 pub(super) type BlockList = PageList<HUGE_BLOCK_ORDER>;
 
@@ -63,17 +73,32 @@ impl Prealloc {
     /// them took compaction. Fewer than `count` means the guest has no
     /// 2 MiB block left, even after compacting: the rest is taken as single
     /// pages.
+    ///
+    /// The kernel skips compaction for a while after it failed elsewhere
+    /// (kcompactd defers it, counting the requests that come meanwhile), so
+    /// a failed request is asked again, a millisecond apart, until requests
+    /// have failed for [`COMPACTION_PATIENCE_MS`] in a row.
     pub(super) fn fill_blocks(&mut self, count: u64) -> (u64, u64) {
         let (mut got, mut compacted) = (0, 0);
+        let mut failing_since = None;
         while got < count {
             let block = match Page::alloc_free_block() {
                 Some(block) => block,
                 None => match Page::alloc_compacted_block() {
                     Some(block) => {
                         compacted += 1;
+                        failing_since = None;
                         block
                     }
-                    None => break,
+                    None if !Page::<HUGE_BLOCK_ORDER>::compactable() => break,
+                    None => {
+                        let since = *failing_since.get_or_insert_with(Instant::<Monotonic>::now);
+                        if since.elapsed().as_millis() >= COMPACTION_PATIENCE_MS {
+                            break;
+                        }
+                        fsleep(Delta::from_millis(1));
+                        continue;
+                    }
                 },
             };
             self.blocks.as_mut().push(block);

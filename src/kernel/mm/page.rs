@@ -48,8 +48,7 @@ impl<const ORDER: u32> Page<ORDER> {
     /// and mixes with no movable page, which is why only blocks of at least
     /// a pageblock are taken this way. `None`: none could be made.
     pub(crate) fn alloc_compacted_block() -> Option<Self> {
-        // SAFETY: no preconditions.
-        if ORDER < unsafe { bindings::vbrs_pageblock_order() } {
+        if !Self::compactable() {
             return None;
         }
         Self::alloc_block(
@@ -61,6 +60,13 @@ impl<const ORDER: u32> Page<ORDER> {
                 | bindings::VBRS___GFP_NOWARN
                 | bindings::VBRS___GFP_NOMEMALLOC,
         )
+    }
+
+    /// Whether blocks of this order are made by compaction: those of at
+    /// least a pageblock.
+    pub(crate) fn compactable() -> bool {
+        // SAFETY: no preconditions.
+        ORDER >= unsafe { bindings::vbrs_pageblock_order() }
     }
 
     fn alloc_block(gfp: bindings::gfp_t) -> Option<Self> {
