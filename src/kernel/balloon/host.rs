@@ -70,9 +70,9 @@ impl Prealloc {
     /// Allocates up to `count` whole blocks: free ones first, without
     /// reclaim, retry or warning (as `vmw_balloon` takes its 2 MiB pages),
     /// then by compacting for them. Returns how many it got and how many of
-    /// them took compaction. Fewer than `count` means the guest has no
-    /// 2 MiB block left, even after compacting: the rest is taken as single
-    /// pages.
+    /// them took compaction. Fewer than `count` means no more could be
+    /// made for now; the engine takes single pages only when none came
+    /// (`balloon_logic::engine::single_pages_after_blocks`).
     ///
     /// The kernel skips compaction for a while after it failed elsewhere
     /// (kcompactd defers it, counting the requests that come meanwhile), so
