@@ -36,7 +36,15 @@ if [ "$(id -u)" != 0 ]; then
 	# debootstrap and chroot need root.
 	exec sudo VBRS_CACHE="$cache" VBRS_STOCK_KVER="$kver" JOBS="$jobs" bash "$0" "$@"
 fi
-command -v debootstrap >/dev/null || die "no debootstrap: apt-get install -t bookworm-backports debootstrap"
+# debootstrap from bookworm-backports, the one proven here to make a trixie
+# root (`make stock-kernel` runs `make setup` first, which adds that suite);
+# bookworm's own is the fallback. A fresh machine has neither.
+if ! command -v debootstrap >/dev/null; then
+	say "installing debootstrap"
+	env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm-backports debootstrap ||
+		env DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap
+	command -v debootstrap >/dev/null || die "debootstrap did not install (apt-get install debootstrap)"
+fi
 
 . "$top/qemu-test/apt-mirror.sh"
 mirror=$(debian_mirror) || die "cannot find the Debian mirror in the machine's apt sources"
