@@ -319,6 +319,23 @@ impl Vm {
         output_if_ok(command, self.run(command, scaled(COMMAND_TIMEOUT))?)
     }
 
+    /// Starts `command` (one simple or compound command, e.g. `( a; b )`)
+    /// in the background with its output in the guest file `log`; returns
+    /// its process id, the process to kill to stop it.
+    ///
+    /// The log is created before the job starts, so a reader that comes
+    /// right after this returns finds the file (empty, perhaps) rather than
+    /// racing the background shell's redirection: `cat` of a log that did
+    /// not exist yet once failed a test at random.
+    pub fn spawn(&mut self, command: &str, log: &str) -> Result<u32> {
+        let out = self.sh_ok(&format!(
+            ": > {log}; {command} >> {log} 2>&1 </dev/null & echo $!"
+        ))?;
+        out.trim()
+            .parse()
+            .map_err(|_| anyhow!("no process id from `{command}` in the background: {out:?}"))
+    }
+
     /// Reads a `/proc/meminfo` field (e.g. `MemTotal`) in kB, exact
     /// ([`MEMINFO`] folds the per-CPU counters first).
     pub fn meminfo(&mut self, field: &str) -> Result<u64> {

@@ -286,7 +286,7 @@ fn rmmod_during_inflation_and_config_changes_is_clean() -> Result<()> {
         // the target while the driver goes away.
         vm.qmp().balloon(512 * MIB)?;
         std::thread::sleep(Duration::from_millis(100 + 150 * round));
-        vm.sh_ok("rmmod virtio_balloon_rs > /tmp/rmmod.log 2>&1 &")?;
+        vm.spawn("rmmod virtio_balloon_rs", "/tmp/rmmod.log")?;
         for target in [900u64, 1400, 700, 2048] {
             vm.qmp().balloon(target * MIB)?;
             std::thread::sleep(Duration::from_millis(20));

@@ -142,9 +142,11 @@ fn random_targets_under_a_workload_end_exact() -> Result<()> {
         ),
     ];
     for (name, job, _) in jobs {
-        vm.sh_ok(&format!(
-            "( echo 1000 > /proc/self/oom_score_adj; {job} ) > /tmp/{name}.log 2>&1 & echo $! >> /tmp/workload.pids"
-        ))?;
+        let pid = vm.spawn(
+            &format!("( echo 1000 > /proc/self/oom_score_adj; {job} )"),
+            &format!("/tmp/{name}.log"),
+        )?;
+        vm.sh_ok(&format!("echo {pid} >> /tmp/workload.pids"))?;
     }
     // The targets start once every job has done a round.
     let timeout = scaled(Duration::from_secs(60));

@@ -184,7 +184,7 @@ pub fn stat(stats: &Value, name: &str) -> Result<u64> {
 /// Starts `memhog <mib> <hold_secs>` in the background (output in `log`)
 /// and waits until it holds its memory; returns the MiB it got.
 pub fn start_hog(vm: &mut Vm, mib: u64, hold_secs: u64, log: &str) -> Result<u64> {
-    vm.sh_ok(&format!("memhog {mib} {hold_secs} > {log} 2>&1 &"))?;
+    vm.spawn(&format!("memhog {mib} {hold_secs}"), log)?;
     let timeout = scaled(Duration::from_secs(60));
     let start = std::time::Instant::now();
     loop {
