@@ -341,9 +341,9 @@ impl Engine {
     /// Guest pages in one 2 MiB block, or 0 when guest pages are 2 MiB or
     /// larger (a block would be one page: there is nothing to keep whole).
     fn block_guest_pages(&self) -> u64 {
-        match self.geometry.guest_pages(PFNS_PER_BLOCK as u64) {
-            0 | 1 => 0,
-            pages => pages,
+        match self.geometry.block_order() {
+            0 => 0,
+            order => 1 << order,
         }
     }
 
@@ -583,7 +583,7 @@ impl Engine {
                 // Rate-limited by the running total.
                 if self.counters.block_fallbacks.is_power_of_two() {
                     log::info!(
-                        "no 2 MiB block left, even after compacting ({} of {} wanted): ballooning 4 KiB pages instead ({} times so far)\n",
+                        "no 2 MiB block left, even after compacting ({} of {} wanted): ballooning single pages instead ({} times so far)\n",
                         got,
                         blocks_wanted,
                         self.counters.block_fallbacks

@@ -51,6 +51,21 @@ impl PageGeometry {
         1 << self.shift
     }
 
+    /// The order, in guest pages, of a 2 MiB block
+    /// ([`crate::format::PFNS_PER_BLOCK`] balloon pages, a host huge page):
+    /// 9 with 4 KiB pages, 7 with 16 KiB, 5 with 64 KiB; 0 once a guest
+    /// page is 2 MiB or larger, where a block would be one page and there
+    /// is nothing to keep whole.
+    ///
+    /// The kernel allocates blocks of this order and the engine counts them
+    /// by it, so a block is 2 MiB of the guest and 2 MiB of the host
+    /// whatever the page size.
+    pub const fn block_order(self) -> u32 {
+        crate::format::PFNS_PER_BLOCK
+            .trailing_zeros()
+            .saturating_sub(self.shift)
+    }
+
     /// The first balloon PFN of the guest page with frame number `pfn`.
     pub fn balloon_pfn(self, pfn: u64) -> Result<u32, PfnError> {
         let first = pfn

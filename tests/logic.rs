@@ -5,6 +5,7 @@
 
 use balloon_logic::backoff::{Backoff, MAX_DELAY_MS};
 use balloon_logic::features::{self, queue_layout, Features, QueueRole};
+use balloon_logic::format::PFNS_PER_BLOCK;
 use balloon_logic::pfn::{PageGeometry, PfnBatch, PfnError, BALLOON_PFN_SHIFT};
 use balloon_logic::target::{inflate_budget, reserve_pages, Direction, Target};
 
@@ -111,6 +112,26 @@ fn page_geometry_for_4k_16k_64k() {
         PageGeometry::new(11),
         Err(PfnError::UnsupportedPageShift(11))
     );
+}
+
+#[test]
+fn a_block_is_2_mib_of_guest_and_host_at_every_page_size() {
+    for (page_shift, order) in [(12, 9), (14, 7), (16, 5)] {
+        let geometry = PageGeometry::new(page_shift).unwrap();
+        assert_eq!(geometry.block_order(), order, "page shift {page_shift}");
+        // What the guest gives: 2 MiB of its own pages ...
+        assert_eq!(1u64 << (order + page_shift), 2 << 20);
+        // ... and what the host is told: PFNS_PER_BLOCK 4 KiB PFNs, 2 MiB.
+        assert_eq!(
+            geometry.guest_pages(PFNS_PER_BLOCK as u64)
+                * u64::from(geometry.balloon_pages_per_page()),
+            PFNS_PER_BLOCK as u64
+        );
+        assert_eq!(geometry.guest_pages(PFNS_PER_BLOCK as u64), 1 << order);
+    }
+    // A guest page of 2 MiB or more: a block would be one page, so none.
+    assert_eq!(PageGeometry::new(21).unwrap().block_order(), 0);
+    assert_eq!(PageGeometry::new(22).unwrap().block_order(), 0);
 }
 
 #[test]

@@ -7,6 +7,7 @@
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 
+use balloon_logic::pfn::PageGeometry;
 use kernel::prelude::*;
 use kernel::types::Opaque;
 
@@ -57,9 +58,19 @@ pub(crate) unsafe trait MigrationHandler:
     fn migrate(&self, pages: &MigratingPage<'_>) -> Result;
 }
 
-/// Order of the blocks the balloon may take whole: 2 MiB with 4 KiB pages,
-/// the size of a host huge page.
-pub(crate) const HUGE_BLOCK_ORDER: u32 = 9;
+/// Order of the blocks the balloon may take whole: 2 MiB, the size of a
+/// host huge page, at every page size (9 with 4 KiB pages, 7 with 16 KiB,
+/// 5 with 64 KiB).
+///
+/// It comes from the geometry the engine counts blocks with
+/// ([`PageGeometry::block_order`]): a fixed order 9 took 8 MiB per block
+/// from a 16 KiB guest and 32 MiB from a 64 KiB one while telling the host
+/// 2 MiB. Where a guest page is 2 MiB or more the order is 0, and the
+/// engine takes no blocks.
+pub(crate) const HUGE_BLOCK_ORDER: u32 = match PageGeometry::new(super::PAGE_SHIFT) {
+    Ok(geometry) => geometry.block_order(),
+    Err(_) => 0,
+};
 
 /// A balloon: the kernel's list of inflated pages of one device.
 ///
