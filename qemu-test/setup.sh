@@ -13,12 +13,16 @@ top=$(cd "$here/.." && pwd)
 cache=${VBRS_CACHE:-$HOME/.cache/virtio-balloon-rs}
 kver_pkg=${VBRS_KERNEL_PKG:-linux-source-7.3}
 jobs=${JOBS:-$(nproc)}
-# `setup.sh` builds the test kernel; `setup.sh debug` the debug kernel.
+# `setup.sh` builds the test kernel; `setup.sh debug` the debug kernel;
+# `setup.sh normal|debug arm64 4k|16k|64k` those of arm64 at a page size.
 mode=${1:-normal}
-case "$mode" in
-normal | debug) ;;
-*) echo "usage: $0 [normal|debug]" >&2; exit 2 ;;
+arch=${2:-x86_64}
+page=${3:-4k}
+case "$mode-$arch" in
+normal-x86_64 | debug-x86_64 | normal-arm64 | debug-arm64) ;;
+*) echo "usage: $0 [normal|debug] [x86_64|arm64 [4k|16k|64k]]" >&2; exit 2 ;;
 esac
+case "$page" in 4k | 16k | 64k) ;; *) echo "$0: page size $page: expected 4k, 16k or 64k" >&2; exit 2 ;; esac
 mkdir -p "$cache"
 
 say() { printf '[setup] %s\n' "$*"; }
@@ -32,6 +36,12 @@ as_root() {
 apt_sources=/etc/apt/sources.list.d/virtio-balloon-rs-backports.sources
 packages_base="build-essential flex bison libelf-dev cpio kmod rsync busybox-static bc libssl-dev xz-utils"
 packages_bpo="clang-19 libclang-19-dev lld-19 llvm-19 qemu-system-x86"
+if [ "$arch" = arm64 ]; then
+	# The guest helpers are static arm64 binaries (gcc's cross compiler and
+	# libc); QEMU of the same version as the x86 one.
+	packages_base="$packages_base gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
+	packages_bpo="$packages_bpo qemu-system-arm"
+fi
 
 need_apt=0
 for p in $packages_base $packages_bpo; do
@@ -117,6 +127,37 @@ fi
 ksrc=$(find "$src_root" -mindepth 1 -maxdepth 1 -type d -name 'linux-source-*' | head -1)
 [ -n "$ksrc" ] || die "no kernel tree under $src_root"
 
+# --- 4b. arm64's static busybox ------------------------------------------------
+# Debian's busybox-static for arm64, unpacked into the cache: apt is asked
+# through a state of its own (arm64 lists of bookworm main only), so the
+# machine's apt never gains a foreign architecture.
+if [ "$arch" = arm64 ]; then
+	bb_dir="$cache/busybox-arm64"
+	if [ ! -x "$bb_dir/bin/busybox" ]; then
+		say "fetching Debian's busybox-static for arm64"
+		. "$here/apt-mirror.sh"
+		mirror=$(debian_mirror) || die "cannot find the Debian mirror in the machine's apt sources"
+		apt_state="$cache/apt-arm64"
+		mkdir -p "$apt_state/lists/partial" "$apt_state/archives/partial"
+		printf 'deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s bookworm main\n' \
+			"$mirror" >"$apt_state/sources.list"
+		apt_arm64() {
+			apt-get -q -o APT::Architecture=arm64 -o APT::Architectures::=arm64 \
+				-o Dir::State::Lists="$apt_state/lists" -o Dir::Cache="$apt_state" \
+				-o Dir::State::status=/dev/null \
+				-o Dir::Etc::SourceList="$apt_state/sources.list" -o Dir::Etc::SourceParts=/nonexistent "$@"
+		}
+		apt_arm64 update
+		tmp=$(mktemp -d)
+		(cd "$tmp" && apt_arm64 download busybox-static:arm64)
+		rm -rf "$bb_dir.partial"
+		dpkg -x "$tmp"/busybox-static_*_arm64.deb "$bb_dir.partial"
+		rm -rf "$tmp"
+		[ -x "$bb_dir.partial/bin/busybox" ] || die "busybox-static:arm64 has no /bin/busybox"
+		rm -rf "$bb_dir"; mv "$bb_dir.partial" "$bb_dir"
+	fi
+fi
+
 # --- 5. the test kernels ---------------------------------------------------------
 # Reads a config fragment (NAME=y|m|n|value per line, # comments) into
 # scripts/config arguments, in the array `args`.
@@ -152,12 +193,12 @@ verify_fragment() {
 	return "$bad"
 }
 
-# build_kernel WHAT DIR "MAKE ARGS" FRAGMENT...: tinyconfig, then each
-# fragment in order (applied twice: some options only appear once their
-# dependencies are set), verified line by line, then bzImage and modules.
+# build_kernel WHAT DIR "MAKE ARGS" IMAGE FRAGMENT...: tinyconfig, then
+# each fragment in order (applied twice: some options only appear once their
+# dependencies are set), verified line by line, then IMAGE and modules.
 build_kernel() {
-	local what=$1 dir=$2 margs=$3 f
-	shift 3
+	local what=$1 dir=$2 margs=$3 image=$4 f
+	shift 4
 	# shellcheck disable=SC2086 # margs is a word list, e.g. LLVM=-19
 	kmake() { make -C "$ksrc" O="$dir" RUST_LIB_SRC="$RUST_LIB_SRC" $margs "$@"; }
 	mkdir -p "$dir"
@@ -182,31 +223,38 @@ build_kernel() {
 	for f in "$@"; do [ "$f" -nt "$dir/.built" ] && stale=1; done
 	if [ "$stale" = 1 ]; then
 		say "building the $what with -j$jobs"
-		kmake -j"$jobs" bzImage modules
+		kmake -j"$jobs" "$image" modules
 		touch "$dir/.built"
 	fi
 }
 
-# The cache directories come from kernel-key.sh, which the Makefile also
-# asks: a changed fragment gets a new directory (a cold build), an unchanged
-# one finds its build (warm). Builds for other keys are left alone: other
-# work trees or branches of this repository may be using them (remove
-# unused ones by hand, `rm -rf $VBRS_CACHE/kbuild-<key>`).
-fragment="$here/kernel.config"
-if [ "$mode" = normal ]; then
-	kbuild=$(bash "$here/kernel-key.sh" test)
-	build_kernel "test kernel (about 5 minutes on 2 cores)" "$kbuild" "" "$fragment"
+# The cache directory and the fragments come from kernel-key.sh, which the
+# Makefile also asks: a changed fragment gets a new directory (a cold
+# build), an unchanged one finds its build (warm). Builds for other keys are
+# left alone: other work trees or branches of this repository may be using
+# them (remove unused ones by hand, `rm -rf $VBRS_CACHE/k*-<key>`).
+kind=test
+[ "$mode" = debug ] && kind=debug
+key_args=("$kind" "$arch" "$page")
+kdir=$(bash "$here/kernel-key.sh" "${key_args[@]}")
+mapfile -t fragments < <(bash "$here/kernel-key.sh" --fragments "${key_args[@]}")
+llvm=$(bash "$here/kernel-key.sh" --llvm "${key_args[@]}")
+margs=""
+[ -n "$llvm" ] && margs="LLVM=$llvm"
+if [ -n "$llvm" ]; then
+	command -v "clang$llvm" >/dev/null || die "clang$llvm is missing (bookworm-backports)"
 fi
-
-# The debug kernel: the test kernel's fragment, then kernel.debug.config
-# (KASAN, lockdep, kmemleak, fault injection...), built with clang-19 because
-# KASAN with Rust needs a clang-built kernel. Keyed by everything that built it.
-if [ "$mode" = debug ]; then
-	debug_fragment="$here/kernel.debug.config"
-	command -v clang-19 >/dev/null || die "clang-19 is missing (bookworm-backports)"
-	kdebug=$(bash "$here/kernel-key.sh" debug)
-	build_kernel "debug kernel (clang-19, KASAN; about 10 minutes on 2 cores)" "$kdebug" "LLVM=-19" "$fragment" "$debug_fragment"
-fi
+case "$arch" in
+x86_64) image=bzImage; image_path=arch/x86/boot/bzImage ;;
+arm64) image=Image; image_path=arch/arm64/boot/Image; margs="$margs ARCH=arm64" ;;
+esac
+case "$kind-$arch" in
+test-x86_64) what="test kernel (about 5 minutes on 2 cores)" ;;
+debug-x86_64) what="debug kernel (clang-19, KASAN; about 10 minutes on 2 cores)" ;;
+test-arm64) what="arm64 $page test kernel (clang-19)" ;;
+debug-arm64) what="arm64 $page debug kernel (clang-19, KASAN)" ;;
+esac
+build_kernel "$what" "$kdir" "$margs" "$image" "${fragments[@]}"
 
 # Record where the tools are, for the Makefile (the kernel build trees it
 # finds with kernel-key.sh). Not env.mk: that file, with one KDIR_TEST for the
@@ -217,8 +265,4 @@ RUST_LIB_SRC := $RUST_LIB_SRC
 LIBCLANG_PATH := $LIBCLANG_PATH
 BINDGEN_DIR := $bindgen_dir/bin
 ENV
-if [ "$mode" = debug ]; then
-	say "ready: debug kernel $kdebug/arch/x86/boot/bzImage"
-else
-	say "ready: kernel $kbuild/arch/x86/boot/bzImage"
-fi
+say "ready: $kdir/$image_path"

@@ -3,7 +3,7 @@
 //! Finds the files a test VM needs: the guest kernel and the driver modules.
 //!
 //! Each file comes from its environment variable if it is set, else, for a
-//! file of the kernel build (bzImage, the C driver), from the build tree
+//! file of the kernel build (the kernel image, the C driver), from the build tree
 //! `VBRS_KDIR` names (`make test-debug` points it at the debug kernel), else
 //! from the repository's Makefile (`make -s -C <repo> print-<thing>`), which
 //! knows where the set-up script built the test kernel and where Kbuild left
@@ -14,6 +14,8 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
 
+use crate::arch::Arch;
+use crate::kernel::KernelConfig;
 use crate::repo_top;
 use crate::Result;
 use anyhow::anyhow;
@@ -26,26 +28,49 @@ pub struct Artifact {
     /// The environment variable that overrides the Makefile.
     pub env_var: &'static str,
     /// Where the file is inside a kernel build tree, if it is part of one.
-    pub in_kernel_build: Option<&'static str>,
+    pub in_kernel_build: Option<InBuild>,
     /// The Makefile target that prints the path.
     pub make_target: &'static str,
     /// The command that builds the file when it is missing.
     pub how_to_build: &'static str,
 }
 
+/// Where a file is inside a kernel build tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InBuild {
+    /// At this path, on every architecture.
+    Path(&'static str),
+    /// The kernel image of the tree's architecture ([`Arch::image_in_build`]).
+    KernelImage,
+}
+
+impl InBuild {
+    /// The path inside the build tree `kdir`.
+    fn path(self, kdir: &Path) -> Result<&'static str> {
+        match self {
+            InBuild::Path(path) => Ok(path),
+            InBuild::KernelImage => {
+                let config = KernelConfig::read(kdir)?;
+                let arch = Arch::of_config(&config).ok_or_else(|| {
+                    anyhow!("{}/.config is for neither x86_64 nor arm64", kdir.display())
+                })?;
+                Ok(arch.image_in_build())
+            }
+        }
+    }
+}
+
 /// The environment variable naming the kernel build tree to test.
 pub const KDIR_ENV: &str = "VBRS_KDIR";
 
-/// Where `bzImage` is inside a kernel build tree.
-const BZIMAGE_IN_BUILD: &str = "arch/x86/boot/bzImage";
-
-/// The guest kernel (`bzImage` of the test kernel build).
-pub const BZIMAGE: Artifact = Artifact {
-    what: "guest kernel bzImage",
+/// The guest kernel: the image of the test kernel build (`bzImage` on
+/// x86_64, `Image` on arm64).
+pub const KERNEL_IMAGE: Artifact = Artifact {
+    what: "guest kernel image",
     env_var: "VBRS_BZIMAGE",
-    in_kernel_build: Some(BZIMAGE_IN_BUILD),
+    in_kernel_build: Some(InBuild::KernelImage),
     make_target: "print-bzimage",
-    how_to_build: "run `make setup` to build the test kernel",
+    how_to_build: "run `make setup` (arm64: `make arm64-kernel`) to build the test kernel",
 };
 
 /// Our driver, `virtio_balloon_rs.ko`.
@@ -61,7 +86,7 @@ pub const RS_MODULE: Artifact = Artifact {
 pub const C_MODULE: Artifact = Artifact {
     what: "C reference driver virtio_balloon.ko",
     env_var: "VBRS_C_MODULE",
-    in_kernel_build: Some("drivers/virtio/virtio_balloon.ko"),
+    in_kernel_build: Some(InBuild::Path("drivers/virtio/virtio_balloon.ko")),
     make_target: "print-c-module",
     how_to_build: "run `make setup` to build the test kernel and its modules",
 };
@@ -74,7 +99,7 @@ impl Artifact {
     pub fn find(&self) -> Result<PathBuf> {
         let path = match (non_empty_env(self.env_var), kdir(), self.in_kernel_build) {
             (Some(value), _, _) => PathBuf::from(value),
-            (None, Some(kdir), Some(inside)) => kdir.join(inside),
+            (None, Some(kdir), Some(inside)) => kdir.join(inside.path(&kdir)?),
             _ => self.ask_make()?,
         };
         if path.is_file() {
@@ -135,8 +160,9 @@ fn kdir() -> Option<PathBuf> {
 }
 
 /// The build tree of the guest kernel: `VBRS_KDIR`, else the tree the
-/// bzImage sits in (`<build>/arch/x86/boot/bzImage`), if it has a
-/// `.config`; `None` for a bzImage outside a build tree.
+/// kernel image sits in (`<build>/arch/x86/boot/bzImage` or
+/// `<build>/arch/arm64/boot/Image`), if it has a `.config`; `None` for an
+/// image outside a build tree.
 pub fn kernel_build() -> Result<Option<PathBuf>> {
     if let Some(kdir) = kdir() {
         return if kdir.join(".config").is_file() {
@@ -148,18 +174,21 @@ pub fn kernel_build() -> Result<Option<PathBuf>> {
             ))
         };
     }
-    let bzimage = bzimage()?;
-    let depth = Path::new(BZIMAGE_IN_BUILD).components().count();
-    Ok(bzimage
-        .ancestors()
-        .nth(depth)
-        .filter(|build| build.join(BZIMAGE_IN_BUILD) == bzimage && build.join(".config").is_file())
-        .map(Path::to_path_buf))
+    let image = kernel_image()?;
+    Ok([Arch::X86_64, Arch::Arm64].iter().find_map(|arch| {
+        let inside = arch.image_in_build();
+        let depth = Path::new(inside).components().count();
+        image
+            .ancestors()
+            .nth(depth)
+            .filter(|build| build.join(inside) == image && build.join(".config").is_file())
+            .map(Path::to_path_buf)
+    }))
 }
 
-/// Path of the guest kernel, see [`BZIMAGE`].
-pub fn bzimage() -> Result<PathBuf> {
-    BZIMAGE.find()
+/// Path of the guest kernel, see [`KERNEL_IMAGE`].
+pub fn kernel_image() -> Result<PathBuf> {
+    KERNEL_IMAGE.find()
 }
 
 /// Path of our driver module, see [`RS_MODULE`].

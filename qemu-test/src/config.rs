@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! What a test VM is booted with: the accelerator, the machine and the
-//! [`VmConfig`] builder (memory, CPUs, balloon options, modules, extra
-//! arguments).
+//! [`VmConfig`] builder (architecture, memory, CPUs, balloon options,
+//! modules, extra arguments).
 
 use std::path::Path;
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 
+use crate::arch::Arch;
 use crate::driver::Driver;
 use crate::Result;
 
@@ -30,12 +31,13 @@ pub enum Accel {
 }
 
 impl Accel {
-    /// Chooses the accelerator: `VBRS_ACCEL=kvm|tcg` if set, else KVM only
-    /// when `/dev/kvm` exists and the CPU has `vmx` or `svm`, else TCG.
+    /// Chooses the accelerator for a guest of `arch`: `VBRS_ACCEL=kvm|tcg`
+    /// if set, else KVM only for an x86_64 guest on an x86_64 host where
+    /// `/dev/kvm` exists and the CPU has `vmx` or `svm`, else TCG.
     ///
     /// The CPU-flag test matters: a nested `/dev/kvm` without those flags
     /// (as on the build machines here) opens fine but cannot run a guest.
-    pub fn detect() -> Result<Self> {
+    pub fn detect(arch: Arch) -> Result<Self> {
         match std::env::var("VBRS_ACCEL").ok().as_deref() {
             Some("kvm") => return Ok(Accel::Kvm),
             Some("tcg") => return Ok(Accel::Tcg),
@@ -47,84 +49,107 @@ impl Accel {
             .lines()
             .filter(|line| line.starts_with("flags"))
             .any(|line| line.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-        if has_vt && Path::new("/dev/kvm").exists() {
+        // KVM runs a guest of the host's own architecture only.
+        let native = cfg!(target_arch = "x86_64") && arch == Arch::X86_64;
+        if native && has_vt && Path::new("/dev/kvm").exists() {
             Ok(Accel::Kvm)
         } else {
             Ok(Accel::Tcg)
         }
     }
 
-    /// The QEMU arguments that select this accelerator.
-    ///
-    /// Under TCG the CPU is `max` without 5-level paging. `max` offers LA57,
-    /// and a KASAN kernel on 5-level paging reports a wild memory access
-    /// when an interrupt lands while `identify_boot_cpu` has cleared the
-    /// boot CPU's feature bits: `KASAN_SHADOW_START` follows
-    /// `pgtable_l5_enabled()`, which reads the LA57 bit, so for that moment
-    /// every direct-map address (`ff11…`) looks wild. It is the kernel's
-    /// race, not the driver's, and it failed a debug boot now and then.
-    pub fn qemu_args(self) -> [&'static str; 4] {
+    /// The QEMU arguments that select this accelerator for a guest of
+    /// `arch` (under TCG, [`Arch::tcg_cpu`]).
+    pub fn qemu_args(self, arch: Arch) -> [&'static str; 4] {
         match self {
             Accel::Kvm => ["-accel", "kvm", "-cpu", "host"],
-            Accel::Tcg => ["-accel", "tcg", "-cpu", "max,la57=off"],
+            Accel::Tcg => ["-accel", "tcg", "-cpu", arch.tcg_cpu()],
         }
     }
 }
 
-/// QEMU's machine type, which decides the balloon's transport.
+/// QEMU's machine, which decides the balloon's transport; what it is made
+/// of depends on the [`Arch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Machine {
-    /// `q35`: the balloon is `virtio-balloon-pci`, on `pcie.0` (or on a
-    /// root port, [`VmConfig::balloon_on_root_port`]).
+    /// The balloon is `virtio-balloon-pci` on the machine's PCIe bus
+    /// `pcie.0` (or on a root port, [`VmConfig::balloon_on_root_port`]):
+    /// `q35` on x86_64, `virt` on arm64.
     #[default]
-    Q35,
-    /// `microvm,acpi=off`: no PCI, no ACPI; the balloon is
-    /// `virtio-balloon-device` on a virtio-mmio transport, which QEMU names
-    /// on the kernel command line (`virtio_mmio.device=512@<base>:<irq>`,
-    /// microvm's `auto-kernel-cmdline`), the CPUs and interrupts come from
-    /// the MP table. The machine makes one ISA serial port, the console;
-    /// the shell gets a second `isa-serial` device.
+    Pci,
+    /// The balloon is `virtio-balloon-device` on a virtio-mmio transport.
     ///
-    /// Why not microvm's default `acpi=on`: its MADT has no override for
-    /// ISA IRQ 0 while QEMU's IOAPIC raises the PIT on pin 2, so under TCG
-    /// (no kvmclock) the kernel never gets a timer tick and hangs
-    /// calibrating the local APIC timer. Without ACPI there is no power-off
-    /// either: the guest leaves with `reboot -f` (a triple fault,
-    /// `reboot=t`), which `-no-reboot` turns into QEMU's exit.
-    Microvm,
+    /// On arm64, `virt` with its virtio-mmio transports, which the device
+    /// tree describes.
+    ///
+    /// On x86_64, `microvm,acpi=off`: no PCI, no ACPI; QEMU names the
+    /// transport on the kernel command line
+    /// (`virtio_mmio.device=512@<base>:<irq>`, microvm's
+    /// `auto-kernel-cmdline`), the CPUs and interrupts come from the MP
+    /// table. The machine makes one ISA serial port, the console; the shell
+    /// gets a second `isa-serial` device. Why not microvm's default
+    /// `acpi=on`: its MADT has no override for ISA IRQ 0 while QEMU's
+    /// IOAPIC raises the PIT on pin 2, so under TCG (no kvmclock) the
+    /// kernel never gets a timer tick and hangs calibrating the local APIC
+    /// timer. Without ACPI there is no power-off either: the guest leaves
+    /// with `reboot -f` (a triple fault, `reboot=t`), which `-no-reboot`
+    /// turns into QEMU's exit.
+    Mmio,
 }
 
 impl Machine {
     /// The `-machine` value.
-    pub fn qemu_name(self) -> &'static str {
-        match self {
-            Machine::Q35 => "q35",
-            Machine::Microvm => "microvm,acpi=off",
+    pub fn qemu_name(self, arch: Arch) -> &'static str {
+        match (arch, self) {
+            (Arch::X86_64, Machine::Pci) => "q35",
+            (Arch::X86_64, Machine::Mmio) => "microvm,acpi=off",
+            // GICv3 with its ITS, as arm64 servers have: PCIe devices get
+            // MSIs (GICv2, virt's default, has none, and pciehp on INTx
+            // never saw a device plugged into an emptied root port).
+            (Arch::Arm64, _) => "virt,gic-version=3",
         }
     }
 
     /// What this machine adds to the kernel command line.
-    pub fn cmdline(self) -> &'static str {
-        match self {
-            Machine::Q35 => "",
+    pub fn cmdline(self, arch: Arch) -> &'static str {
+        match (arch, self) {
             // acpi=off: no search for an RSDP that is not there.
-            Machine::Microvm => "acpi=off reboot=t",
+            (Arch::X86_64, Machine::Mmio) => "acpi=off reboot=t",
+            _ => "",
         }
     }
 
     /// The shell command that makes QEMU exit (with `-no-reboot`).
-    pub fn shutdown_command(self) -> &'static str {
-        match self {
-            Machine::Q35 => "poweroff -f",
-            Machine::Microvm => "reboot -f",
+    pub fn shutdown_command(self, arch: Arch) -> &'static str {
+        match (arch, self) {
+            (Arch::X86_64, Machine::Mmio) => "reboot -f",
+            // ACPI on q35, PSCI's SYSTEM_OFF on virt.
+            _ => "poweroff -f",
         }
+    }
+
+    /// The QEMU arguments that connect the test shell's serial port to the
+    /// chardev `shell` (the console is the first `-serial`).
+    pub fn shell_serial_args(self, arch: Arch) -> [&'static str; 2] {
+        match (arch, self) {
+            // microvm makes one ISA serial port, from the first `-serial`;
+            // COM2 is added as a device.
+            (Arch::X86_64, Machine::Mmio) => ["-device", "isa-serial,index=1,chardev=shell"],
+            // q35: COM2 (0x2f8, IRQ 3); virt (QEMU >= 9.1): a second PL011.
+            _ => ["-serial", "chardev:shell"],
+        }
+    }
+
+    /// Whether the machine has PCIe (a root port for hot unplug).
+    pub fn has_pcie(self, arch: Arch) -> bool {
+        !(arch == Arch::X86_64 && self == Machine::Mmio)
     }
 
     /// The QEMU device type of the balloon on this machine.
     pub fn balloon_device(self) -> &'static str {
         match self {
-            Machine::Q35 => "virtio-balloon-pci",
-            Machine::Microvm => "virtio-balloon-device",
+            Machine::Pci => "virtio-balloon-pci",
+            Machine::Mmio => "virtio-balloon-device",
         }
     }
 }
@@ -134,7 +159,10 @@ impl Machine {
 pub struct VmConfig {
     /// Name of the VM, used in the log directory name.
     pub name: String,
-    /// QEMU's machine type (default [`Machine::Q35`]).
+    /// The guest architecture (default: the guest kernel's,
+    /// [`crate::kernel::GuestKernel::arch`]).
+    pub arch: Arch,
+    /// QEMU's machine type (default [`Machine::Pci`]).
     pub machine: Machine,
     /// Guest RAM in MiB.
     pub memory_mib: u64,
@@ -168,6 +196,9 @@ impl VmConfig {
     pub fn new(name: &str) -> Self {
         Self {
             name: name.to_string(),
+            arch: crate::kernel::guest_kernel()
+                .map(|kernel| kernel.arch)
+                .unwrap_or_default(),
             machine: Machine::default(),
             memory_mib: 2048,
             smp: 2,
@@ -288,8 +319,12 @@ mod tests {
         assert_eq!(config.cmdline, "a=1 b=2");
         assert_eq!(config.qemu_args, vec!["-s".to_string()]);
         assert!(!config.rs_module && config.c_module);
-        assert_eq!(config.machine, Machine::Q35);
-        let microvm = VmConfig::new("y").machine(Machine::Microvm);
-        assert_eq!(microvm.machine.balloon_device(), "virtio-balloon-device");
+        assert_eq!(config.machine, Machine::Pci);
+        let mmio = VmConfig::new("y").machine(Machine::Mmio);
+        assert_eq!(mmio.machine.balloon_device(), "virtio-balloon-device");
+        assert_eq!(Machine::Mmio.qemu_name(Arch::X86_64), "microvm,acpi=off");
+        assert_eq!(Machine::Mmio.qemu_name(Arch::Arm64), "virt,gic-version=3");
+        assert!(Machine::Mmio.has_pcie(Arch::Arm64));
+        assert!(!Machine::Mmio.has_pcie(Arch::X86_64));
     }
 }

@@ -17,6 +17,7 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
 
+use crate::arch::Arch;
 use crate::Result;
 use anyhow::bail;
 use anyhow::Context;
@@ -27,12 +28,6 @@ use flate2::Compression;
 
 /// The line `/init` prints on the shell port when the shell is about to start.
 pub const READY_MARKER: &str = "@@VBRS_READY@@";
-
-/// Where the static busybox comes from (Debian `busybox-static`).
-pub const BUSYBOX: &str = "/bin/busybox";
-
-/// The guest serial port the test shell runs on (the kernel console is ttyS0).
-pub const SHELL_TTY: &str = "/dev/ttyS1";
 
 /// Guest path of our driver module.
 pub const RS_MODULE_PATH: &str = "/lib/modules/virtio_balloon_rs.ko";
@@ -47,7 +42,8 @@ const MEMHOG_SOURCE: &str = include_str!("../guest/memhog.c");
 /// an initramfs with [`crate::VmConfig::file`]).
 const SCATTER_SOURCE: &str = include_str!("../guest/scatter.c");
 
-/// The `/init` script.
+/// The `/init` script; `@SHELL_TTY@` stands for the shell's serial port
+/// ([`Arch::shell_tty`]).
 ///
 /// It mounts the usual file systems, makes the shell port quiet (no echo, no
 /// CR added to output) and runs a shell on it for ever. Init keeps the port
@@ -65,8 +61,8 @@ mount -t devtmpfs devtmpfs /dev
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t tmpfs tmpfs /tmp
 echo "vbrs-init: file systems mounted"
-if ! exec 3<>/dev/ttyS1; then
-	echo "vbrs-init: cannot open /dev/ttyS1, powering off"
+if ! exec 3<>@SHELL_TTY@; then
+	echo "vbrs-init: cannot open @SHELL_TTY@, powering off"
 	poweroff -f
 fi
 stty -echo -onlcr <&3
@@ -186,31 +182,41 @@ impl<W: Write> Cpio<W> {
     }
 }
 
-/// Compiles `/bin/memhog` (once per source version) and returns its path.
-pub fn memhog() -> Result<PathBuf> {
-    guest_helper("memhog", MEMHOG_SOURCE)
+/// Compiles `/bin/memhog` for `arch` (once per source version) and returns
+/// its path.
+pub fn memhog(arch: Arch) -> Result<PathBuf> {
+    guest_helper(arch, "memhog", MEMHOG_SOURCE)
 }
 
-/// Compiles the `scatter` helper (once per source version) and returns its
-/// path: `scatter <MiB> <keep_every>` fragments the guest's free memory.
+/// Compiles the `scatter` helper for the guest kernel's architecture (once
+/// per source version) and returns its path: `scatter <MiB> <keep_every>`
+/// fragments the guest's free memory.
 pub fn scatter() -> Result<PathBuf> {
-    guest_helper("scatter", SCATTER_SOURCE)
+    guest_helper(
+        crate::kernel::guest_kernel()?.arch,
+        "scatter",
+        SCATTER_SOURCE,
+    )
 }
 
-/// Compiles a static guest helper from C `source` (once per source version)
-/// and returns its path.
+/// Compiles a static guest helper for `arch` from C `source` (once per
+/// source version) and returns its path.
 ///
-/// The binary is kept under `<target>/qemu-test/`, named after a hash of its
-/// source; it is built into a temporary name and renamed, so tests running
-/// at the same time never see half a file.
-fn guest_helper(name: &str, source_text: &str) -> Result<PathBuf> {
+/// The binary is kept under `<target>/qemu-test/`, named after the
+/// architecture and a hash of its source; it is built into a temporary name
+/// and renamed, so tests running at the same time never see half a file.
+fn guest_helper(arch: Arch, name: &str, source_text: &str) -> Result<PathBuf> {
     use std::hash::Hash;
     use std::hash::Hasher;
 
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     source_text.hash(&mut hasher);
     let dir = crate::target_dir().join("qemu-test");
-    let binary = dir.join(format!("{name}-{:016x}", hasher.finish()));
+    let binary = dir.join(format!(
+        "{name}-{}-{:016x}",
+        arch.kernel_name(),
+        hasher.finish()
+    ));
     if binary.is_file() {
         return Ok(binary);
     }
@@ -219,17 +225,18 @@ fn guest_helper(name: &str, source_text: &str) -> Result<PathBuf> {
     let source = dir.join(format!("{name}-{unique}.c"));
     let partial = dir.join(format!("{name}-{unique}.tmp"));
     std::fs::write(&source, source_text).with_context(|| format!("writing {name}.c"))?;
-    let output = Command::new("gcc")
+    let cc = arch.static_cc();
+    let output = Command::new(cc)
         .args(["-static", "-O2", "-Wall", "-o"])
         .arg(&partial)
         .arg(&source)
         .output()
-        .with_context(|| format!("running gcc for {name} (is gcc installed?)"))?;
+        .with_context(|| format!("running {cc} for {name} (`make setup` installs it)"))?;
     let _ = std::fs::remove_file(&source);
     if !output.status.success() {
         let _ = std::fs::remove_file(&partial);
         bail!(
-            "gcc -static failed for {name} ({}): {}",
+            "{cc} -static failed for {name} ({}): {}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
@@ -241,11 +248,21 @@ fn guest_helper(name: &str, source_text: &str) -> Result<PathBuf> {
 /// What goes into an initramfs besides busybox, `/init` and memhog.
 #[derive(Debug, Clone, Default)]
 pub struct InitramfsSpec {
+    /// The guest's architecture: busybox's, memhog's and the shell port's.
+    pub arch: Arch,
     /// Files to copy: (guest path, host path), added with mode 0755.
     pub files: Vec<(String, PathBuf)>,
 }
 
 impl InitramfsSpec {
+    /// An initramfs for a guest of `arch` with nothing extra.
+    pub fn new(arch: Arch) -> Self {
+        Self {
+            arch,
+            files: Vec::new(),
+        }
+    }
+
     /// Adds a host file at a guest path.
     pub fn file(mut self, guest: impl Into<String>, host: impl Into<PathBuf>) -> Self {
         self.files.push((guest.into(), host.into()));
@@ -253,14 +270,26 @@ impl InitramfsSpec {
     }
 }
 
-/// The applets busybox was built with, from `busybox --list`.
+/// The applets busybox was built with, from `busybox --list` of the
+/// host's busybox.
+///
+/// An arm64 busybox cannot run here to list its own: the host's is Debian's
+/// `busybox-static` of the same release, built from the same source with
+/// the same configuration, so its list is the arm64 one's too (an applet
+/// missing there would show as "applet not found" in a test, not pass).
 fn busybox_applets() -> Result<Vec<String>> {
-    let output = Command::new(BUSYBOX)
+    let host = Arch::X86_64.busybox();
+    let output = Command::new(&host)
         .arg("--list")
         .output()
-        .with_context(|| format!("running {BUSYBOX} --list (install Debian busybox-static)"))?;
+        .with_context(|| {
+            format!(
+                "running {} --list (install Debian busybox-static)",
+                host.display()
+            )
+        })?;
     if !output.status.success() {
-        bail!("{BUSYBOX} --list failed: {}", output.status);
+        bail!("{} --list failed: {}", host.display(), output.status);
     }
     Ok(String::from_utf8_lossy(&output.stdout)
         .lines()
@@ -281,14 +310,23 @@ pub fn build(spec: &InitramfsSpec, out: &Path) -> Result<()> {
     // The kernel opens /dev/console for init before devtmpfs is mounted.
     cpio.char_dev("dev/console", 0o600, 5, 1)
         .with_context(writing)?;
-    cpio.file_from_host("bin/busybox", 0o755, Path::new(BUSYBOX))?;
+    let busybox = spec.arch.busybox();
+    if !busybox.is_file() {
+        bail!(
+            "no {} busybox at {}: `make setup` (arm64: `make arm64-kernel`) fetches it",
+            spec.arch.kernel_name(),
+            busybox.display()
+        );
+    }
+    cpio.file_from_host("bin/busybox", 0o755, &busybox)?;
     for applet in busybox_applets()? {
         cpio.symlink(&format!("bin/{applet}"), "busybox")
             .with_context(writing)?;
     }
-    cpio.file("init", 0o755, INIT_SCRIPT.as_bytes())
+    let init = INIT_SCRIPT.replace("@SHELL_TTY@", spec.arch.shell_tty());
+    cpio.file("init", 0o755, init.as_bytes())
         .with_context(writing)?;
-    cpio.file_from_host("bin/memhog", 0o755, &memhog()?)?;
+    cpio.file_from_host("bin/memhog", 0o755, &memhog(spec.arch)?)?;
     for (guest, host) in &spec.files {
         cpio.file_from_host(guest, 0o755, host)?;
     }

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::arch::Arch;
 use crate::artifacts;
 use crate::Result;
 use anyhow::anyhow;
@@ -61,6 +62,18 @@ impl KernelConfig {
             .any(|name| self.enabled(name))
     }
 
+    /// The kernel's page size in bytes: arm64's 16 or 64 KiB options, else
+    /// 4 KiB (x86_64, and a kernel whose `.config` is not at hand).
+    pub fn page_size(&self) -> u64 {
+        if self.enabled("ARM64_64K_PAGES") {
+            64 * 1024
+        } else if self.enabled("ARM64_16K_PAGES") {
+            16 * 1024
+        } else {
+            4096
+        }
+    }
+
     /// Whether kmemleak is built in (the harness then scans for leaks).
     pub fn has_kmemleak(&self) -> bool {
         self.enabled("DEBUG_KMEMLEAK")
@@ -87,6 +100,8 @@ pub struct GuestKernel {
     pub config: KernelConfig,
     /// Factor applied to every timeout, see [`scaled`].
     pub time_factor: u32,
+    /// Its architecture: `VBRS_ARCH`, else its `.config`'s, else x86_64.
+    pub arch: Arch,
 }
 
 impl GuestKernel {
@@ -105,9 +120,14 @@ impl GuestKernel {
             _ if config.is_debug() => DEBUG_TIME_FACTOR,
             _ => 1,
         };
+        let arch = match Arch::from_env()? {
+            Some(arch) => arch,
+            None => Arch::of_config(&config).unwrap_or_default(),
+        };
         Ok(Self {
             config,
             time_factor,
+            arch,
         })
     }
 }
@@ -145,5 +165,14 @@ mod tests {
         assert!(config.is_debug());
         assert!(!config.has_kmemleak());
         assert!(!KernelConfig::parse("CONFIG_RUST=y\n").is_debug());
+        assert_eq!(config.page_size(), 4096);
+        assert_eq!(
+            KernelConfig::parse("CONFIG_ARM64_16K_PAGES=y\n").page_size(),
+            16384
+        );
+        assert_eq!(
+            KernelConfig::parse("CONFIG_ARM64_64K_PAGES=y\n").page_size(),
+            65536
+        );
     }
 }

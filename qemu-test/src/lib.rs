@@ -7,6 +7,7 @@
 //! serial port, talks QMP to the balloon device and checks the kernel log.
 //! [`Vm`] is the entry point; [`artifacts`] finds the kernel and modules.
 
+pub mod arch;
 pub mod artifacts;
 pub mod config;
 pub mod console;
@@ -22,6 +23,7 @@ pub mod scatter;
 pub mod serial;
 pub mod shell_command;
 
+pub use arch::Arch;
 pub use config::Machine;
 pub use config::VmConfig;
 pub use console::check_clean_console;

@@ -20,6 +20,7 @@ use std::process::Command;
 use std::time::Duration;
 use std::time::Instant;
 
+use crate::arch::Arch;
 use crate::artifacts;
 use crate::console::last_lines;
 use crate::initramfs;
@@ -193,9 +194,10 @@ impl Domain {
                 .with_context(|| format!("chmod {}", path.display()))
         };
         readable(&run_dir, 0o755)?;
-        std::fs::copy(artifacts::bzimage()?, run_dir.join("bzImage")).context("copying bzImage")?;
+        std::fs::copy(artifacts::kernel_image()?, run_dir.join("bzImage"))
+            .context("copying bzImage")?;
         readable(&run_dir.join("bzImage"), 0o644)?;
-        let spec = initramfs::InitramfsSpec::default()
+        let spec = initramfs::InitramfsSpec::new(Arch::X86_64)
             .file(initramfs::RS_MODULE_PATH, artifacts::rs_module()?);
         let initrd = run_dir.join("initramfs.cpio.gz");
         initramfs::build(&spec, &initrd)?;

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The guest's two serial ports as this side holds them: the kernel console
-//! (`ttyS0`, `console.log`) and the test shell (`ttyS1`, `shell.log`) with
-//! its marker protocol. [`crate::Vm`] and [`crate::libvirt::Domain`] both
+//! (`ttyS0`, `ttyAMA0` on arm64; `console.log`) and the test shell (`ttyS1`,
+//! `ttyAMA1`; `shell.log`) with its marker protocol. [`crate::Vm`] and [`crate::libvirt::Domain`] both
 //! start them here.
 //!
 //! QEMU connects each port to a Unix socket this side listens on before the

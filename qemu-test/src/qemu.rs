@@ -4,8 +4,9 @@
 //! commands on a serial port ([`crate::ports`]), QMP on a socket, the kernel
 //! log on another serial port; keeps the logs and checks the guest's health.
 //!
-//! The kernel console is `ttyS0` (`console.log`); the test shell runs on
-//! `ttyS1` (`shell.log`), so kernel messages never mix into command output.
+//! The kernel console is the first serial port (`ttyS0`, `ttyAMA0` on
+//! arm64; `console.log`); the test shell runs on the second (`shell.log`),
+//! so kernel messages never mix into command output.
 //! QEMU connects to sockets this side listens on, before the guest runs, so
 //! no byte of either port is lost. Each VM keeps its logs in
 //! `<target>/vm-logs/<name>-<timestamp>/`; a VM dropped without a clean
@@ -28,7 +29,6 @@ use std::time::SystemTime;
 
 use crate::artifacts;
 use crate::config::Accel;
-use crate::config::Machine;
 use crate::config::VmConfig;
 use crate::config::ROOT_PORT;
 use crate::console::check_clean_console;
@@ -113,8 +113,9 @@ impl Vm {
 
     fn boot_once(config: VmConfig) -> Result<Vm> {
         let started = Instant::now();
-        let bzimage = artifacts::bzimage()?;
-        let mut spec = initramfs::InitramfsSpec::default();
+        let arch = config.arch;
+        let kernel_image = artifacts::kernel_image()?;
+        let mut spec = initramfs::InitramfsSpec::new(arch);
         if config.rs_module {
             spec = spec.file(initramfs::RS_MODULE_PATH, artifacts::rs_module()?);
         }
@@ -126,7 +127,7 @@ impl Vm {
         }
         let accel = match config.accel {
             Some(accel) => accel,
-            None => Accel::detect()?,
+            None => Accel::detect(arch)?,
         };
 
         let log_dir = make_log_dir(&config.name)?;
@@ -154,17 +155,17 @@ impl Vm {
         let (shell_path, shell_listener) = listen("shell")?;
         let (qmp_path, qmp_listener) = listen("qmp")?;
 
-        let mut cmdline = String::from("console=ttyS0 panic=-1");
-        if !config.machine.cmdline().is_empty() {
+        let mut cmdline = format!("console={} panic=-1", arch.console_tty());
+        if !config.machine.cmdline(arch).is_empty() {
             cmdline.push(' ');
-            cmdline.push_str(config.machine.cmdline());
+            cmdline.push_str(config.machine.cmdline(arch));
         }
         if !config.cmdline.is_empty() {
             cmdline.push(' ');
             cmdline.push_str(&config.cmdline);
         }
         ensure!(
-            !(config.balloon_on_root_port && config.machine == Machine::Microvm),
+            !config.balloon_on_root_port || config.machine.has_pcie(arch),
             "balloon_on_root_port needs PCIe: the microvm machine has none"
         );
         let mut balloon = format!("{},id=balloon0", config.machine.balloon_device());
@@ -176,13 +177,13 @@ impl Vm {
             balloon.push(',');
             balloon.push_str(&config.balloon_options);
         }
-        let qemu = std::env::var("VBRS_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
+        let qemu = arch.qemu_binary();
         let mut command = Command::new(&qemu);
         command
             .arg("-name")
             .arg(format!("vbrs-{}", config.name))
-            .args(["-machine", config.machine.qemu_name()])
-            .args(accel.qemu_args())
+            .args(["-machine", config.machine.qemu_name(arch)])
+            .args(accel.qemu_args(arch))
             .arg("-m")
             .arg(config.memory_mib.to_string())
             .arg("-smp")
@@ -195,7 +196,7 @@ impl Vm {
                 "-no-reboot",
             ])
             .arg("-kernel")
-            .arg(&bzimage)
+            .arg(&kernel_image)
             .arg("-initrd")
             .arg(&initrd)
             .arg("-append")
@@ -205,13 +206,7 @@ impl Vm {
             .args(["-serial", "chardev:console"])
             .arg("-chardev")
             .arg(format!("socket,id=shell,path={}", shell_path.display()))
-            .args(match config.machine {
-                // The second ISA serial port (COM2, 0x2f8, IRQ 3).
-                Machine::Q35 => ["-serial", "chardev:shell"],
-                // microvm makes one ISA serial port, from the first
-                // `-serial`; COM2 is added as a device.
-                Machine::Microvm => ["-device", "isa-serial,index=1,chardev=shell"],
-            })
+            .args(config.machine.shell_serial_args(arch))
             .arg("-chardev")
             .arg(format!("socket,id=qmp,path={}", qmp_path.display()))
             .args(["-mon", "chardev=qmp,mode=control"])
@@ -470,7 +465,7 @@ impl Vm {
     }
 
     /// Powers the guest off (`poweroff -f`; on microvm `reboot -f`, see
-    /// [`Machine::Microvm`]) and waits for QEMU to exit.
+    /// [`crate::Machine::Mmio`]) and waits for QEMU to exit.
     ///
     /// After a clean exit the log directory is removed, unless
     /// `VBRS_KEEP_LOGS` is set. If QEMU does not exit in time it is killed
@@ -481,7 +476,7 @@ impl Vm {
         let console_start = self.ports.console.len();
         // The shell may already be gone; waiting for QEMU says what happened.
         self.ports
-            .shut_down_with(self.config.machine.shutdown_command());
+            .shut_down_with(self.config.machine.shutdown_command(self.config.arch));
         let shutdown_timeout = scaled(SHUTDOWN_TIMEOUT);
         let deadline = Instant::now() + shutdown_timeout;
         loop {
@@ -512,7 +507,7 @@ impl Vm {
                 Ok(None) => {
                     return Err(self.failure(&format!(
                         "QEMU did not exit within {shutdown_timeout:?} of {}",
-                        self.config.machine.shutdown_command()
+                        self.config.machine.shutdown_command(self.config.arch)
                     )))
                 }
                 Err(e) => bail!("waiting for QEMU: {e}"),
@@ -564,7 +559,7 @@ const BOOT_REPORT: &str =
 /// CPU now has no LA57, [`crate::config::Accel::qemu_args`], which ends
 /// that one at its cause, and the retry stays for others).
 pub(crate) fn is_boot_flake(message: &str) -> bool {
-    (message.contains("qemu-system-x86_64: ") && message.contains("Assertion"))
+    (message.contains("qemu-system-") && message.contains("Assertion"))
         || message.contains(BOOT_REPORT)
 }
 

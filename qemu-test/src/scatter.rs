@@ -32,6 +32,7 @@ pub struct FreeMemory {
 /// Reads the guest's free memory and how much of it is in 2 MiB blocks.
 pub fn free_memory(vm: &mut Vm) -> Result<FreeMemory> {
     let text = vm.sh_ok("cat /proc/buddyinfo")?;
+    let page_kib = crate::kernel::guest_kernel()?.config.page_size() / 1024;
     let (mut free_kib, mut block_kib) = (0, 0);
     for line in text.lines().filter(|l| l.starts_with("Node")) {
         // "Node 0, zone   Normal  <order 0> <order 1> ..."
@@ -39,9 +40,10 @@ pub fn free_memory(vm: &mut Vm) -> Result<FreeMemory> {
             let count: u64 = count
                 .parse()
                 .with_context(|| format!("guest /proc/buddyinfo: {line:?}"))?;
-            let kib = (count * 4) << order;
+            let block_of_order_kib = page_kib << order;
+            let kib = count * block_of_order_kib;
             free_kib += kib;
-            if order >= 9 {
+            if block_of_order_kib >= 2048 {
                 block_kib += kib;
             }
         }
@@ -54,6 +56,22 @@ pub fn free_memory(vm: &mut Vm) -> Result<FreeMemory> {
         free_mib: free_kib / 1024,
         block_mib: block_kib / 1024,
     })
+}
+
+/// The guest's pageblock in MiB, from `/proc/pagetypeinfo` ("Page block
+/// order: N"): compaction moves pages within pageblocks, and the balloon
+/// keeps asking it for a 2 MiB block only where a block is a whole
+/// pageblock or more (2 MiB on x86_64 and arm64 4k, 32 MiB on 16k, 512 MiB
+/// on 64k).
+pub fn pageblock_mib(vm: &mut Vm) -> Result<u64> {
+    let text = vm.sh_ok("head -2 /proc/pagetypeinfo")?;
+    let order: u32 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("Page block order:"))
+        .and_then(|order| order.trim().parse().ok())
+        .with_context(|| format!("no page block order in /proc/pagetypeinfo: {text:?}"))?;
+    let page_size = crate::kernel::guest_kernel()?.config.page_size();
+    Ok((page_size << order) / crate::MIB)
 }
 
 /// Scatters the guest's free memory: all of it but [`SPARE_MIB`] is

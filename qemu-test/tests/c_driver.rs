@@ -13,6 +13,7 @@ use anyhow::ensure;
 use common::actual_mib;
 use common::balloon_to_mib;
 use common::expect_memtotal;
+use common::guest_pages;
 use common::vmstat;
 use common::GUEST_MIB;
 use qemu_test::Driver;
@@ -53,10 +54,10 @@ fn c_driver_inflates_and_deflates() -> Result<()> {
         "meminfo Balloon: {balloon_kb} kB, expected {GIB_KB} kB"
     );
     let inflated_pages = vmstat(&mut vm, "balloon_inflate")?;
+    let expected_pages = guest_pages(1024)?;
     ensure!(
-        inflated_pages == GIB_KB / 4,
-        "vmstat balloon_inflate is {inflated_pages}, expected {}",
-        GIB_KB / 4
+        inflated_pages == expected_pages,
+        "vmstat balloon_inflate is {inflated_pages}, expected {expected_pages}"
     );
 
     let deflate = balloon_to_mib(&mut vm, GUEST_MIB)?;

@@ -17,6 +17,7 @@ use common::balloon_to_mib;
 use common::boot;
 use common::debugfs;
 use common::expect_memtotal;
+use common::guest_pages;
 use common::unload_and_power_off;
 use common::vmstat;
 use common::GUEST_MIB;
@@ -109,9 +110,10 @@ fn whole_blocks_give_hugetlbfs_pages_back_to_the_host() -> Result<()> {
         "Balloon: is not the ballooned 1 GiB"
     );
     let events = vmstat(&mut vm, "balloon_inflate")? - inflate_events;
+    let ballooned = guest_pages(1024)?;
     ensure!(
-        events == 1024 * 256,
-        "balloon_inflate grew by {events}, not by the 262144 pages ballooned"
+        events == ballooned,
+        "balloon_inflate grew by {events}, not by the {ballooned} pages ballooned"
     );
     eprintln!("hugetlbfs: {returned} MiB of 1024 back in the host's pool; {blocks} blocks");
     // A freshly booted guest has 1 GiB of free 2 MiB blocks: the whole
@@ -141,20 +143,36 @@ fn a_scattered_guest_still_gives_hugetlbfs_pages_back() -> Result<()> {
         free.free_mib,
         free.block_mib
     );
+    let pageblock_mib = scatter::pageblock_mib(&mut vm)?;
     let returned = returned_mib(&mut vm, &pool, used)?;
     let compacted = debugfs(&mut vm, "blocks_compacted")?;
     eprintln!(
-        "hugetlbfs, scattered guest: {returned} MiB of 1024 back, {compacted} blocks compacted for"
+        "hugetlbfs, scattered guest ({pageblock_mib} MiB pageblocks): {returned} MiB of 1024 back, {compacted} blocks compacted for"
     );
-    ensure!(
-        compacted > 0,
-        "no block was compacted for, yet the guest had only {} MiB of free blocks",
-        free.block_mib
-    );
-    ensure!(
-        returned * 100 >= 1024 * 99,
-        "only {returned} MiB of the 1024 ballooned came back to the host's huge page pool from a scattered guest"
-    );
+    if pageblock_mib <= 2 {
+        // A 2 MiB block is a whole pageblock (x86_64, arm64 4k): the driver
+        // compacts for every block it lacks, and gets them all.
+        ensure!(
+            compacted > 0,
+            "no block was compacted for, yet the guest had only {} MiB of free blocks",
+            free.block_mib
+        );
+        ensure!(
+            returned * 100 >= 1024 * 99,
+            "only {returned} MiB of the 1024 ballooned came back to the host's huge page pool from a scattered guest"
+        );
+    } else {
+        // Larger pageblocks (arm64 16k: 32 MiB, 64k: 512 MiB): the kernel's
+        // asynchronous compaction, which the driver asks once per block,
+        // rarely makes a 2 MiB block inside one, and the driver does not
+        // insist (it would stall). What must come back is at least every
+        // free block the guest had, less one step of slack.
+        ensure!(
+            returned + 16 >= free.block_mib.min(1024),
+            "only {returned} MiB came back from a scattered guest with {} MiB of free 2 MiB blocks",
+            free.block_mib
+        );
+    }
     deflate_and_power_off(vm, memtotal)
 }
 

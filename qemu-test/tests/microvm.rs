@@ -6,7 +6,7 @@
 //! `VendorID` ("QEMU"), the balloon follows the host's targets exactly,
 //! stats reach the host over the stats queue, and compat buffers work too;
 //! on QEMU's default (legacy) virtio-mmio transport and on the modern one.
-//! See [`Machine::Microvm`] for how the machine is set up.
+//! See [`Machine::Mmio`] for how the machine is set up.
 
 mod common;
 
@@ -39,7 +39,7 @@ const QEMU_MMIO_VENDOR: &str = "0x554d4551";
 
 /// [`boot`]s a microvm guest and loads our module with `params`.
 fn boot_microvm(name: &str, params: &str) -> Result<Vm> {
-    let mut vm = boot(VmConfig::new(name).machine(Machine::Microvm))?;
+    let mut vm = boot(VmConfig::new(name).machine(Machine::Mmio))?;
     vm.insmod(Driver::Rs.guest_path(), params)?;
     Ok(vm)
 }
@@ -50,8 +50,10 @@ fn expect_bound_over_mmio(vm: &mut Vm, format: &str) -> Result<()> {
     let dev = bound_device(vm)?;
     let sysfs = format!("/sys/bus/virtio/devices/{dev}");
     let path = vm.sh_ok(&format!("readlink -f {sysfs}"))?;
+    // x86's microvm: a command-line device, `/sys/devices/platform/virtio-mmio.<n>`;
+    // arm64's virt: a device-tree node, `/sys/devices/platform/<addr>.virtio_mmio`.
     ensure!(
-        path.contains("/virtio-mmio."),
+        path.contains("/virtio-mmio.") || path.contains(".virtio_mmio/"),
         "{dev} is not on virtio-mmio: {path}"
     );
     let device = vm.sh_ok(&format!("cat {sysfs}/device"))?;
@@ -150,7 +152,7 @@ fn microvm_modern_mmio_negotiates_version_1_and_reaches_every_target() -> Result
     // QEMU's virtio-mmio is legacy (version 1) unless told otherwise; the
     // modern transport (version 2) is what other VMMs offer.
     let config = VmConfig::new("microvm_modern")
-        .machine(Machine::Microvm)
+        .machine(Machine::Mmio)
         .qemu_args(["-global", "virtio-mmio.force-legacy=false"]);
     let mut vm = boot(config)?;
     vm.load(Driver::Rs)?;

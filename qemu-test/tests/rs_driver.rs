@@ -21,6 +21,7 @@ use common::boot;
 use common::bound_device;
 use common::expect_exact_target;
 use common::expect_memtotal;
+use common::guest_pages;
 use common::negotiated_features;
 use common::start_hog;
 use common::unload_and_power_off;
@@ -101,9 +102,9 @@ fn follows_each_target_exactly() -> Result<()> {
     }
     let inflated = vmstat(&mut vm, "balloon_inflate")?;
     let deflated = vmstat(&mut vm, "balloon_deflate")?;
-    // 512 + 512 + 512 MiB in, 1536 MiB out, in 4 KiB pages.
+    // 512 + 512 + 512 MiB in, 1536 MiB out, in guest pages.
     ensure!(
-        inflated == 1536 * 256 && deflated == 1536 * 256,
+        inflated == guest_pages(1536)? && deflated == guest_pages(1536)?,
         "vmstat balloon_inflate {inflated}, balloon_deflate {deflated}"
     );
     unload_and_power_off(vm, None)
@@ -127,7 +128,7 @@ fn rmmod_while_inflated_gives_everything_back() -> Result<()> {
     let inflated = vmstat(&mut vm, "balloon_inflate")?;
     let deflated = vmstat(&mut vm, "balloon_deflate")?;
     ensure!(
-        inflated == deflated && inflated == 1024 * 256,
+        inflated == deflated && inflated == guest_pages(1024)?,
         "pages lost: inflated {inflated}, deflated {deflated}"
     );
     vm.check_clean()?;

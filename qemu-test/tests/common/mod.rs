@@ -95,6 +95,13 @@ pub fn expect_exact_target(vm: &mut Vm, memtotal_kb: u64, target_mib: u64) -> Re
     Ok(took)
 }
 
+/// Guest pages in `mib` MiB, at the guest kernel's page size (vmstat's
+/// balloon events count guest pages: 256 a MiB with 4 KiB pages, 16 with
+/// 64 KiB).
+pub fn guest_pages(mib: u64) -> Result<u64> {
+    Ok(mib * MIB / qemu_test::kernel::guest_kernel()?.config.page_size())
+}
+
 /// Reads a `/proc/vmstat` counter, after folding the per-CPU deltas.
 pub fn vmstat(vm: &mut Vm, counter: &str) -> Result<u64> {
     let text = vm.sh_ok("echo 1 >/proc/sys/vm/stat_refresh 2>/dev/null; cat /proc/vmstat")?;
