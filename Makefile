@@ -13,6 +13,7 @@
 #   make test-debug     the VM suite (and the debug-only tests) on the debug kernel
 #   make test-arm64 [PAGE_SIZE=4k|16k|64k]   the VM suites on arm64 guests (all three
 #                       page sizes unless PAGE_SIZE says), cross-built kernels (cached)
+#   make bench-arm64 [PAGE_SIZE=...]   make bench on each arm64 kernel
 
 SHELL := /bin/bash
 VBRS_CACHE ?= $(HOME)/.cache/virtio-balloon-rs
@@ -291,38 +292,57 @@ ARM64_CI_SUITES = --test rs_driver --test c_driver
 # attention button then powers it off again. Hot unplug runs.
 ARM64_SKIP = hot_plugged_balloons_bind_follow_targets_and_unplug_cleanly
 
-.PHONY: arm64-kernel arm64-module test-arm64 vm-test-arm64 check-page-size \
+.PHONY: arm64-kernel arm64-module test-arm64 vm-test-arm64 bench-arm64 check-page-size \
 	print-arm64-image print-arm64-module print-arm64-c-module print-arm64-kdir
 
 check-page-size:
 	@case "$(PAGE_SIZE)" in 4k|16k|64k) ;; \
 	*) echo "error: PAGE_SIZE=4k, 16k or 64k, not '$(PAGE_SIZE)'" >&2; exit 1 ;; esac
 
-arm64-kernel: setup
+arm64-kernel:
 	@for size in $(ARM64_SIZES); do bash qemu-test/setup.sh normal arm64 $$size || exit 1; done
 
-# The module for each arm64 kernel, copied out of the tree (as the debug
-# module is) so that the next build for another kernel starts clean.
+# The module for one arm64 kernel ($$size in a shell loop), copied out of
+# the tree: Kbuild keeps one set of objects, so the next build for another
+# kernel cleans the tree, and its clean removes every *.ko below it, these
+# copies too. Each target below therefore builds a size's module right
+# before it uses it.
+ARM64_MODULE_FOR_SIZE = kdir=$$(bash qemu-test/kernel-key.sh test arm64 $$size) && \
+	$(MAKE) module KDIR=$$kdir && mkdir -p build/arm64-$$size && \
+	cp virtio_balloon_rs.ko build/arm64-$$size/
+
 arm64-module: $(VENDOR)/.stamp
-	@for size in $(ARM64_SIZES); do \
-		kdir=$$(bash qemu-test/kernel-key.sh test arm64 $$size); \
-		$(MAKE) module KDIR=$$kdir || exit 1; \
-		mkdir -p build/arm64-$$size && cp virtio_balloon_rs.ko build/arm64-$$size/ || exit 1; \
-	done
+	@for size in $(ARM64_SIZES); do $(ARM64_MODULE_FOR_SIZE) || exit 1; done
 
-test-arm64: arm64-kernel
-	$(MAKE) arm64-module
-	$(MAKE) vm-test-arm64
+# The VM tests on each size's kernel with the module built for it, one size
+# after the other; every size runs and the target fails if any failed.
+# TEST_ARGS replaces the suite selection (e.g. TEST_ARGS="--test rs_driver").
+ARM64_TESTS = VBRS_KDIR=$$kdir VBRS_MODULE=$(TOP)/build/arm64-$$size/virtio_balloon_rs.ko \
+	cargo test --no-fail-fast -p qemu-test $(or $(TEST_ARGS),$(ARM64_SUITES)) \
+	-- --test-threads=1 $(addprefix --skip ,$(ARM64_SKIP))
 
-# Every size runs; the target fails if any failed. TEST_ARGS replaces the
-# suite selection (e.g. TEST_ARGS="--test rs_driver").
+test-arm64: arm64-kernel $(VENDOR)/.stamp
+	@rc=0; for size in $(ARM64_SIZES); do \
+		echo "[make] VM tests on the arm64 $$size kernel"; \
+		{ $(ARM64_MODULE_FOR_SIZE) && $(ARM64_TESTS); } || rc=1; \
+	done; exit $$rc
+
+# The same on modules already built (make arm64-module, for one size).
 vm-test-arm64:
 	@rc=0; for size in $(ARM64_SIZES); do \
 		echo "[make] VM tests on the arm64 $$size kernel"; \
 		kdir=$$(bash qemu-test/kernel-key.sh test arm64 $$size); \
+		$(ARM64_TESTS) || rc=1; \
+	done; exit $$rc
+
+# `make bench` on each arm64 kernel: ours against the same kernel's C
+# driver (speed, and host memory returned per backing), one run per size.
+bench-arm64: arm64-kernel $(VENDOR)/.stamp
+	@rc=0; for size in $(ARM64_SIZES); do \
+		echo "[make] bench on the arm64 $$size kernel"; \
+		{ $(ARM64_MODULE_FOR_SIZE) && \
 		VBRS_KDIR=$$kdir VBRS_MODULE=$(TOP)/build/arm64-$$size/virtio_balloon_rs.ko \
-			cargo test --no-fail-fast -p qemu-test $(or $(TEST_ARGS),$(ARM64_SUITES)) \
-			-- --test-threads=1 $(addprefix --skip ,$(ARM64_SKIP)) || rc=1; \
+			cargo run -q -p qemu-test --release --bin bench -- $(BENCH_ARGS); } || rc=1; \
 	done; exit $$rc
 
 print-arm64-kdir: check-page-size
@@ -336,3 +356,67 @@ print-arm64-module: check-page-size
 
 print-arm64-c-module: check-page-size
 	@echo $(call arm64_kdir,$(PAGE_SIZE))/drivers/virtio/virtio_balloon.ko
+
+# --- Debian's arm64 kernels (stock, cross-built for) ---------------------------
+#
+# A distribution KDIR of another architecture than this machine's (Debian's
+# arm64 headers on amd64): kbuild needs CROSS_COMPILE, the prefix of the
+# kernel's own compiler (aarch64-linux-gnu-gcc-14), and a host compiler whose
+# programs run here, its native sibling (gcc-14); this HOSTCC= comes after the
+# distribution one above, and the later one wins.
+ifneq ($(DISTRO_HEADERS),)
+ifeq ($(KDIR_ARCH),arm64)
+ifneq ($(shell uname -m),aarch64)
+KMAKE += CROSS_COMPILE=$(shell echo '$(DISTRO_CC)' | sed -n 's/^\(.*-\)gcc.*/\1/p') \
+	HOSTCC=$(shell echo '$(DISTRO_CC)' | sed 's/^.*-gcc/gcc/')
+endif
+endif
+endif
+
+# Debian's arm64 kernel of FLAVOUR (arm64-16k, or arm64 or cloud-arm64; Debian
+# has no 64 KiB one) under qemu-system-aarch64 (TCG), with this module built
+# for it by Debian's own rustc in the amd64 trixie root, cross
+# (qemu-test/stock/stock-kernel.sh writes stock-<flavour>.mk).
+FLAVOUR ?= arm64-16k
+-include $(VBRS_CACHE)/stock-$(FLAVOUR).mk
+STOCK_ARM64_ENV = VBRS_ARCH=arm64 VBRS_BZIMAGE=$(STOCK_ARM64_IMAGE) VBRS_MODULE=$(STOCK_ARM64_MODULE) \
+	VBRS_KDIR=$(STOCK_ARM64_KDIR)
+# As on amd64 (STOCK_SKIP), plus what arm64 leaves out (ARM64_SKIP).
+STOCK_ARM64_SKIP = $(STOCK_SKIP) $(ARM64_SKIP)
+
+.PHONY: stock-kernel-arm64 check-stock-arm64 test-stock-arm64 vm-test-stock-arm64 \
+	print-stock-arm64-image print-stock-arm64-module print-stock-arm64-c-module
+
+stock-kernel-arm64: setup
+	VBRS_STOCK_FLAVOUR=$(FLAVOUR) bash qemu-test/stock/stock-kernel.sh build
+
+check-stock-arm64:
+	@case "$(FLAVOUR)" in *arm64*) ;; \
+	*) echo "error: FLAVOUR=arm64-16k, arm64 or cloud-arm64, not '$(FLAVOUR)'" >&2; exit 1 ;; esac
+	@if [ -z "$(STOCK_ARM64_IMAGE)" ] || [ ! -f "$(STOCK_ARM64_IMAGE)" ] || [ ! -f "$(STOCK_ARM64_MODULE)" ]; then \
+		echo "error: no stock arm64 $(FLAVOUR) kernel or module: run 'make stock-kernel-arm64 FLAVOUR=$(FLAVOUR)'" >&2; \
+		exit 1; \
+	fi
+
+print-stock-arm64-image: check-stock-arm64
+	@echo $(STOCK_ARM64_IMAGE)
+
+print-stock-arm64-module: check-stock-arm64
+	@echo $(STOCK_ARM64_MODULE)
+
+print-stock-arm64-c-module: check-stock-arm64
+	@echo $(STOCK_ARM64_C_MODULE)
+
+test-stock-arm64: stock-kernel-arm64
+	$(MAKE) vm-test-stock-arm64
+
+# tests/stock.rs (its S3 test says why it does not apply on arm64) and the
+# core suite; both groups run, the target fails if either failed.
+# TEST_ARGS replaces the second group's suites (e.g. the whole of
+# vm-test-stock's: TEST_ARGS="--test rs_driver --test rs_features --test stress").
+vm-test-stock-arm64: check-stock-arm64
+	@rc=0; \
+	$(STOCK_ARM64_ENV) cargo test -p qemu-test --test stock -- --ignored --test-threads=1 || rc=1; \
+	$(STOCK_ARM64_ENV) cargo test --no-fail-fast -p qemu-test $(or $(TEST_ARGS),--test rs_driver) -- \
+		--test-threads=1 $(addprefix --skip ,$(STOCK_ARM64_SKIP)) || rc=1; \
+	exit $$rc
