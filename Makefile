@@ -283,8 +283,6 @@ arm64_module = $(TOP)/build/arm64-$(1)/virtio_balloon_rs.ko
 # and the stock Debian amd64 kernel's.
 ARM64_SUITES = $(foreach t,$(filter-out libvirt stock,\
 	$(basename $(notdir $(wildcard qemu-test/tests/*.rs)))),--test $(t))
-# What CI runs on arm64 (the README says why these).
-ARM64_CI_SUITES = --test rs_driver --test c_driver
 # Left out on arm64, by name: a balloon hot-plugged into a native PCIe
 # root port whose slot the guest powered off (virt has no ACPI hotplug)
 # gets no presence-detect event in the guest under QEMU 10.0; the guest
@@ -345,6 +343,26 @@ bench-arm64: arm64-kernel $(VENDOR)/.stamp
 			cargo run -q -p qemu-test --release --bin bench -- $(BENCH_ARGS); } || rc=1; \
 	done; exit $$rc
 
+# The arm64 debug kernel (KASAN generic, lockdep, kmemleak, fail_page_alloc:
+# qemu-test/kconfig/debug.config on the arm64 fragments), 64 KiB pages
+# unless PAGE_SIZE says, and the stress suite on it (TEST_ARGS replaces
+# the selection) with the tests only a debug kernel runs.
+ARM64_DEBUG_SIZE = $(or $(PAGE_SIZE),64k)
+.PHONY: arm64-debug-kernel test-arm64-debug print-arm64-debug-kdir
+arm64-debug-kernel:
+	bash qemu-test/setup.sh debug arm64 $(ARM64_DEBUG_SIZE)
+
+test-arm64-debug: arm64-debug-kernel $(VENDOR)/.stamp
+	@size=$(ARM64_DEBUG_SIZE); kdir=$$(bash qemu-test/kernel-key.sh debug arm64 $$size); \
+	$(MAKE) module KDIR=$$kdir && mkdir -p build/arm64-debug-$$size && \
+	cp virtio_balloon_rs.ko build/arm64-debug-$$size/ && \
+	VBRS_KDIR=$$kdir VBRS_MODULE=$(TOP)/build/arm64-debug-$$size/virtio_balloon_rs.ko \
+		cargo test --no-fail-fast -p qemu-test $(or $(TEST_ARGS),--test stress) \
+		-- --test-threads=1 --include-ignored $(addprefix --skip ,$(ARM64_SKIP))
+
+print-arm64-debug-kdir:
+	@bash qemu-test/kernel-key.sh debug arm64 $(ARM64_DEBUG_SIZE)
+
 print-arm64-kdir: check-page-size
 	@echo $(call arm64_kdir,$(PAGE_SIZE))
 
@@ -384,15 +402,17 @@ STOCK_ARM64_ENV = VBRS_ARCH=arm64 VBRS_BZIMAGE=$(STOCK_ARM64_IMAGE) VBRS_MODULE=
 # As on amd64 (STOCK_SKIP), plus what arm64 leaves out (ARM64_SKIP).
 STOCK_ARM64_SKIP = $(STOCK_SKIP) $(ARM64_SKIP)
 
-.PHONY: stock-kernel-arm64 check-stock-arm64 test-stock-arm64 vm-test-stock-arm64 \
+.PHONY: stock-kernel-arm64 check-flavour check-stock-arm64 test-stock-arm64 vm-test-stock-arm64 \
 	print-stock-arm64-image print-stock-arm64-module print-stock-arm64-c-module
 
-stock-kernel-arm64: setup
+check-flavour:
+	@case "$(FLAVOUR)" in arm64 | *-arm64 | arm64-*) ;; \
+	*) echo "error: FLAVOUR=arm64-16k, arm64 or cloud-arm64, not '$(FLAVOUR)'" >&2; exit 1 ;; esac
+
+stock-kernel-arm64: check-flavour setup
 	VBRS_STOCK_FLAVOUR=$(FLAVOUR) bash qemu-test/stock/stock-kernel.sh build
 
-check-stock-arm64:
-	@case "$(FLAVOUR)" in *arm64*) ;; \
-	*) echo "error: FLAVOUR=arm64-16k, arm64 or cloud-arm64, not '$(FLAVOUR)'" >&2; exit 1 ;; esac
+check-stock-arm64: check-flavour
 	@if [ -z "$(STOCK_ARM64_IMAGE)" ] || [ ! -f "$(STOCK_ARM64_IMAGE)" ] || [ ! -f "$(STOCK_ARM64_MODULE)" ]; then \
 		echo "error: no stock arm64 $(FLAVOUR) kernel or module: run 'make stock-kernel-arm64 FLAVOUR=$(FLAVOUR)'" >&2; \
 		exit 1; \
