@@ -83,6 +83,14 @@ module: tree-for-kdir $(VENDOR)/.stamp
 setup kernel:
 	bash qemu-test/setup.sh
 
+# What `make setup` installs (packages, the backports suites, bindgen, the
+# kernel source), without building a kernel; tools-arm64 adds arm64's.
+.PHONY: tools tools-arm64
+tools:
+	bash qemu-test/setup.sh tools
+tools-arm64:
+	bash qemu-test/setup.sh tools arm64
+
 host-test:
 	cargo test -p balloon-logic
 
@@ -352,13 +360,20 @@ ARM64_DEBUG_SIZE = $(or $(PAGE_SIZE),64k)
 arm64-debug-kernel:
 	bash qemu-test/setup.sh debug arm64 $(ARM64_DEBUG_SIZE)
 
+# Also left out on the debug kernel: hot unplug, whose native PCIe path
+# (pciehp, no ACPI on virt) makes lockdep report the kernel's own
+# pci_rescan_remove_lock / ctrl->reset_lock order (pciehp_probe against
+# pciehp_ist; no frame of this module) and turns lockdep off for the rest
+# of the run. It runs on the non-debug arm64 kernels.
+ARM64_DEBUG_SKIP = $(ARM64_SKIP) hot_unplug_while_inflating_gives_every_page_back
+
 test-arm64-debug: arm64-debug-kernel $(VENDOR)/.stamp
 	@size=$(ARM64_DEBUG_SIZE); kdir=$$(bash qemu-test/kernel-key.sh debug arm64 $$size); \
 	$(MAKE) module KDIR=$$kdir && mkdir -p build/arm64-debug-$$size && \
 	cp virtio_balloon_rs.ko build/arm64-debug-$$size/ && \
 	VBRS_KDIR=$$kdir VBRS_MODULE=$(TOP)/build/arm64-debug-$$size/virtio_balloon_rs.ko \
 		cargo test --no-fail-fast -p qemu-test $(or $(TEST_ARGS),--test stress) \
-		-- --test-threads=1 --include-ignored $(addprefix --skip ,$(ARM64_SKIP))
+		-- --test-threads=1 --include-ignored $(addprefix --skip ,$(ARM64_DEBUG_SKIP))
 
 print-arm64-debug-kdir:
 	@bash qemu-test/kernel-key.sh debug arm64 $(ARM64_DEBUG_SIZE)
@@ -399,8 +414,11 @@ FLAVOUR ?= arm64-16k
 -include $(VBRS_CACHE)/stock-$(FLAVOUR).mk
 STOCK_ARM64_ENV = VBRS_ARCH=arm64 VBRS_BZIMAGE=$(STOCK_ARM64_IMAGE) VBRS_MODULE=$(STOCK_ARM64_MODULE) \
 	VBRS_KDIR=$(STOCK_ARM64_KDIR)
-# As on amd64 (STOCK_SKIP), plus what arm64 leaves out (ARM64_SKIP).
-STOCK_ARM64_SKIP = $(STOCK_SKIP) $(ARM64_SKIP)
+# As on amd64 (STOCK_SKIP), plus what arm64 leaves out (ARM64_SKIP), and
+# the S3 test: QEMU's arm64 virt has no suspend to RAM (no ACPI S3, and
+# QEMU 10.0's PSCI has no SYSTEM_SUSPEND: Debian's arm64 kernel offers only
+# s2idle in /sys/power/mem_sleep).
+STOCK_ARM64_SKIP = $(STOCK_SKIP) $(ARM64_SKIP) suspend_to_ram_and_wakeup_keep_the_target
 
 .PHONY: stock-kernel-arm64 check-flavour check-stock-arm64 test-stock-arm64 vm-test-stock-arm64 \
 	print-stock-arm64-image print-stock-arm64-module print-stock-arm64-c-module
@@ -409,7 +427,7 @@ check-flavour:
 	@case "$(FLAVOUR)" in arm64 | *-arm64 | arm64-*) ;; \
 	*) echo "error: FLAVOUR=arm64-16k, arm64 or cloud-arm64, not '$(FLAVOUR)'" >&2; exit 1 ;; esac
 
-stock-kernel-arm64: check-flavour setup
+stock-kernel-arm64: check-flavour tools-arm64
 	VBRS_STOCK_FLAVOUR=$(FLAVOUR) bash qemu-test/stock/stock-kernel.sh build
 
 check-stock-arm64: check-flavour
@@ -430,13 +448,13 @@ print-stock-arm64-c-module: check-stock-arm64
 test-stock-arm64: stock-kernel-arm64
 	$(MAKE) vm-test-stock-arm64
 
-# tests/stock.rs (its S3 test says why it does not apply on arm64) and the
-# core suite; both groups run, the target fails if either failed.
+# tests/stock.rs (but its S3 test, see STOCK_ARM64_SKIP) and the core suite; both groups run, the target fails if either failed.
 # TEST_ARGS replaces the second group's suites (e.g. the whole of
 # vm-test-stock's: TEST_ARGS="--test rs_driver --test rs_features --test stress").
 vm-test-stock-arm64: check-stock-arm64
 	@rc=0; \
-	$(STOCK_ARM64_ENV) cargo test -p qemu-test --test stock -- --ignored --test-threads=1 || rc=1; \
+	$(STOCK_ARM64_ENV) cargo test -p qemu-test --test stock -- --ignored --test-threads=1 \
+		$(addprefix --skip ,$(STOCK_ARM64_SKIP)) || rc=1; \
 	$(STOCK_ARM64_ENV) cargo test --no-fail-fast -p qemu-test $(or $(TEST_ARGS),--test rs_driver) -- \
 		--test-threads=1 $(addprefix --skip ,$(STOCK_ARM64_SKIP)) || rc=1; \
 	exit $$rc

@@ -5,8 +5,10 @@
 # was built for. Rust symbol names carry a hash of the exact compiler build
 # (`_RNvNtNtCs2lKf6AS60Zg_4core...`): a module compiled by another rustc,
 # even of the same version number, imports names the kernel does not have,
-# and insmod would fail with "Unknown symbol". On a mismatch this says which
-# rustc the kernel needs and removes the module.
+# and insmod would fail with "Unknown symbol". The hash does not depend on
+# the target: Debian's amd64 and arm64 7.3.4 kernels export the same names,
+# and its amd64 rustc cross-builds them for arm64. On a mismatch this says
+# which rustc the kernel needs and removes the module.
 #
 #   check-rust-symbols.sh <module .ko> <kernel build dir>
 set -euo pipefail
@@ -33,7 +35,8 @@ count=$(printf '%s\n' "$missing" | wc -l)
 	echo "       Rust symbol names carry a hash of the exact compiler build: this kernel was built"
 	echo "       with '${needed:-an unknown rustc}', the module with '${built_with:-an unknown rustc}'."
 	echo "       Build the module with the kernel's own rustc (for a Debian kernel: the rustc package"
-	echo "       of the Debian release the kernel comes from), then run make again."
+	echo "       of the Debian release the kernel comes from, of any architecture: a cross build for"
+	echo "       an arm64 kernel gets the same names), then run make again."
 	echo "       $(basename "$module") was removed so that it is not loaded by mistake."
 } >&2
 rm -f "$module"

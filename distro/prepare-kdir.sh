@@ -34,6 +34,36 @@ series=$(echo "$version" | cut -d. -f1,2) # 7.3
 kconfig() { sed -n "s/^CONFIG_$1=\"\{0,1\}\([^\"]*\)\"\{0,1\}$/\1/p" "$config"; }
 cc=$(kconfig CC_VERSION_TEXT | awk '{print $1}')
 command -v "$cc" >/dev/null || die "the kernel was built with '$(kconfig CC_VERSION_TEXT)': install $cc"
+# A kernel of another architecture than this machine's (Debian's arm64 one on
+# amd64): kbuild needs ARCH and CROSS_COMPILE, the prefix of the kernel's own
+# compiler (aarch64-linux-gnu-gcc-14 -> aarch64-linux-gnu-, so that the
+# binutils match too), and a host compiler whose programs run here: the
+# cross compiler's native sibling (gcc-14).
+kargs=()
+hostcc=$cc
+if grep -qx 'CONFIG_ARM64=y' "$config"; then
+	kargs=(ARCH=arm64)
+	if [ "$(uname -m)" != aarch64 ]; then
+		case $cc in
+		*-gcc*) ;;
+		*) die "an arm64 kernel built with '$cc' cannot be cross-built for here: its .config names no aarch64-linux-gnu- compiler" ;;
+		esac
+		kargs+=(CROSS_COMPILE="${cc%gcc*}")
+		hostcc=gcc${cc##*-gcc}
+		command -v "${cc%gcc*}ld" >/dev/null || die "no ${cc%gcc*}ld: install binutils-${cc%-gcc*}"
+		command -v "$hostcc" >/dev/null || die "no $hostcc for kbuild's host programs: install $hostcc"
+	fi
+	# The 32-bit vDSO of a gcc-built kernel needs a 32-bit ARM compiler:
+	# without CROSS_COMPILE_COMPAT, COMPAT_VDSO drops out of the config
+	# (Debian builds with arm-linux-gnueabihf-, its .kernelvariables says).
+	if grep -qx 'CONFIG_COMPAT_VDSO=y' "$config" && ! grep -qx 'CONFIG_CC_IS_CLANG=y' "$config"; then
+		compat=$(sed -n 's/^override CROSS_COMPILE_COMPAT = //p' "$headers/.kernelvariables" 2>/dev/null)
+		compat=${compat:-arm-linux-gnueabihf-}
+		command -v "${compat}gcc" >/dev/null ||
+			die "the kernel has a 32-bit vDSO (CONFIG_COMPAT_VDSO): install ${compat}gcc (Debian: gcc-${compat%-})"
+		kargs+=(CROSS_COMPILE_COMPAT="$compat")
+	fi
+fi
 kernel_rustc=$(kconfig RUSTC_VERSION_TEXT)
 rustc_now=$(rustc --version 2>/dev/null) || die "no rustc: install the compiler the kernel was built with ($kernel_rustc)"
 if [ "$rustc_now" != "$kernel_rustc" ]; then
@@ -75,7 +105,7 @@ fi
 say "preparing Rust metadata for $release in $out (once; a few minutes)"
 rm -f "$out/.vbrs-prepared"
 cp "$config" "$out/.config"
-kmake() { make -C "$ksrc" O="$out" CC="$cc" HOSTCC="$cc" KERNELRELEASE="$release" "$@"; }
+kmake() { make -C "$ksrc" O="$out" "${kargs[@]}" CC="$cc" HOSTCC="$hostcc" KERNELRELEASE="$release" "$@"; }
 kmake -s olddefconfig
 # Options that need a tool the kernel's build machine had (pahole for BTF,
 # for one) silently drop out here and change struct layouts: insist on the

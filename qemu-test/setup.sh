@@ -14,13 +14,14 @@ cache=${VBRS_CACHE:-$HOME/.cache/virtio-balloon-rs}
 kver_pkg=${VBRS_KERNEL_PKG:-linux-source-7.3}
 jobs=${JOBS:-$(nproc)}
 # `setup.sh` builds the test kernel; `setup.sh debug` the debug kernel;
-# `setup.sh normal|debug arm64 4k|16k|64k` those of arm64 at a page size.
+# `setup.sh normal|debug arm64 4k|16k|64k` those of arm64 at a page size;
+# `setup.sh tools [arm64]` everything but a kernel.
 mode=${1:-normal}
 arch=${2:-x86_64}
 page=${3:-4k}
 case "$mode-$arch" in
-normal-x86_64 | debug-x86_64 | normal-arm64 | debug-arm64) ;;
-*) echo "usage: $0 [normal|debug] [x86_64|arm64 [4k|16k|64k]]" >&2; exit 2 ;;
+normal-x86_64 | debug-x86_64 | normal-arm64 | debug-arm64 | tools-x86_64 | tools-arm64) ;;
+*) echo "usage: $0 [normal|debug|tools] [x86_64|arm64 [4k|16k|64k]]" >&2; exit 2 ;;
 esac
 case "$page" in 4k | 16k | 64k) ;; *) echo "$0: page size $page: expected 4k, 16k or 64k" >&2; exit 2 ;; esac
 mkdir -p "$cache"
@@ -254,7 +255,9 @@ debug-x86_64) what="debug kernel (clang-19, KASAN; about 10 minutes on 2 cores)"
 test-arm64) what="arm64 $page test kernel (clang-19)" ;;
 debug-arm64) what="arm64 $page debug kernel (clang-19, KASAN)" ;;
 esac
-build_kernel "$what" "$kdir" "$margs" "$image" "${fragments[@]}"
+if [ "$mode" != tools ]; then
+	build_kernel "$what" "$kdir" "$margs" "$image" "${fragments[@]}"
+fi
 
 # Record where the tools are, for the Makefile (the kernel build trees it
 # finds with kernel-key.sh). Not env.mk: that file, with one KDIR_TEST for the
@@ -265,4 +268,8 @@ RUST_LIB_SRC := $RUST_LIB_SRC
 LIBCLANG_PATH := $LIBCLANG_PATH
 BINDGEN_DIR := $bindgen_dir/bin
 ENV
-say "ready: $kdir/$image_path"
+if [ "$mode" = tools ]; then
+	say "ready: the tools and the kernel source $ksrc"
+else
+	say "ready: $kdir/$image_path"
+fi

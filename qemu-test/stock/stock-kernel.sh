@@ -13,16 +13,27 @@
 # Everything lives in $VBRS_CACHE/stock-<key>, the key hashing the Debian
 # package versions and this script; $VBRS_CACHE/stock.mk says where.
 #
+# Debian's arm64 kernels (VBRS_STOCK_KVER=...-arm64, ...-arm64-16k,
+# ...-cloud-arm64, or VBRS_STOCK_FLAVOUR=arm64-16k) are cross-built for: the
+# root stays amd64, with Debian's aarch64-linux-gnu-gcc-14 added; the arm64
+# linux-headers, linux-binary and linux-modules packages are only unpacked
+# (their programs cannot run here; the .config, Module.symvers, kernel.release
+# and the Image are all that is needed). $VBRS_CACHE/stock-<flavour>.mk says
+# where those are.
+#
 #   stock-kernel.sh [build|dkms|shell]
 #     build  (default) the above; the module is rebuilt from the tree each time
 #     dkms   `dkms install -k <kver>` of this tree in the root, then checks it
+#            (amd64 only)
 #     shell  a shell in the root, with /proc and /dev mounted
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
 cache=${VBRS_CACHE:-$HOME/.cache/virtio-balloon-rs}
-kver=${VBRS_STOCK_KVER:-7.3.4+deb13-cloud-amd64}
+# The kernel ABI of the default; a flavour alone picks that ABI's kernel.
+stock_abi=7.3.4+deb13
+kver=${VBRS_STOCK_KVER:-$stock_abi-${VBRS_STOCK_FLAVOUR:-cloud-amd64}}
 jobs=${JOBS:-$(nproc)}
 mode=${1:-build}
 release_suite=trixie
@@ -36,6 +47,20 @@ if [ "$(id -u)" != 0 ]; then
 	# debootstrap and chroot need root.
 	exec sudo VBRS_CACHE="$cache" VBRS_STOCK_KVER="$kver" JOBS="$jobs" bash "$0" "$@"
 fi
+case $kver in
+*-amd64) arch=amd64 ;;
+*-arm64 | *-arm64-*) arch=arm64 ;;
+*) die "VBRS_STOCK_KVER=$kver: expected a Debian amd64 or arm64 kernel (...-cloud-amd64, ...-arm64-16k, ...-cloud-arm64)" ;;
+esac
+flavour=${kver#*+deb[0-9]*-} # arm64-16k: names stock-<flavour>.mk
+series=${kver%%.[0-9]+*}
+# arm64: Debian's cross compiler of the same gcc-14 the kernel was built
+# with (its .config says aarch64-linux-gnu-gcc-14) and its libc (without
+# one CC_CAN_LINK drops out of the config), and the 32-bit ARM compiler of
+# the compat vDSO (without one COMPAT_VDSO drops out), into the amd64 root;
+# of the kernel packages only the source is installed there.
+cross_packages="gcc-14-aarch64-linux-gnu binutils-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf"
+arm64_debs="linux-headers-$kver linux-binary-$kver linux-modules-$kver"
 # debootstrap from bookworm-backports, the one proven here to make a trixie
 # root (`make stock-kernel` runs `make setup` first, which adds that suite);
 # bookworm's own is the fallback. A fresh machine has neither.
@@ -49,17 +74,89 @@ fi
 . "$top/qemu-test/apt-mirror.sh"
 mirror=$(debian_mirror) || die "cannot find the Debian mirror in the machine's apt sources"
 
+# The arm64 packages come through an apt state of their own (arm64 lists of
+# trixie-backports main only, as setup.sh does for busybox), so neither the
+# machine's apt nor the root gains a foreign architecture.
+apt_state=$cache/apt-arm64-$release_suite-backports
+apt_arm64() {
+	local tool=$1
+	shift
+	"$tool" -q -o APT::Architecture=arm64 -o APT::Architectures::=arm64 \
+		-o Dir::State::Lists="$apt_state/lists" -o Dir::Cache="$apt_state" \
+		-o Dir::State::status=/dev/null -o Debug::NoLocking=1 -o APT::Sandbox::User=root \
+		-o Dir::Etc::SourceList="$apt_state/sources.list" -o Dir::Etc::SourceParts=/nonexistent "$@"
+}
+apt_arm64_update() {
+	mkdir -p "$apt_state/lists/partial" "$apt_state/archives/partial"
+	printf 'deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s %s-backports main\n' \
+		"$mirror" "$release_suite" >"$apt_state/sources.list"
+	apt_arm64 apt-get update >/dev/null
+}
+
+# The host side of an arm64 guest, as `setup.sh normal arm64` provides it
+# but without building its arm64 test kernel: QEMU for aarch64 (from
+# bookworm-backports, as the x86 one), the cross gcc and libc of the static
+# guest helpers, and Debian's arm64 busybox-static in $cache/busybox-arm64.
+if [ "$arch" = arm64 ]; then
+	for p in gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' && continue
+		say "installing the host packages of arm64 guests"
+		env DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+		env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm-backports qemu-system-arm
+		break
+	done
+	if [ ! -x "$cache/busybox-arm64/bin/busybox" ]; then
+		say "fetching Debian's busybox-static for arm64"
+		bb_state=$(mktemp -d)
+		mkdir -p "$bb_state/lists/partial" "$bb_state/archives/partial"
+		printf 'deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s bookworm main\n' \
+			"$mirror" >"$bb_state/sources.list"
+		bb_apt() {
+			apt-get -q -o APT::Architecture=arm64 -o APT::Architectures::=arm64 \
+				-o Dir::State::Lists="$bb_state/lists" -o Dir::Cache="$bb_state" \
+				-o Dir::State::status=/dev/null -o Debug::NoLocking=1 -o APT::Sandbox::User=root \
+				-o Dir::Etc::SourceList="$bb_state/sources.list" -o Dir::Etc::SourceParts=/nonexistent "$@"
+		}
+		bb_apt update >/dev/null
+		(cd "$bb_state" && bb_apt download busybox-static:arm64)
+		rm -rf "$cache/busybox-arm64.partial"
+		dpkg -x "$bb_state"/busybox-static_*_arm64.deb "$cache/busybox-arm64.partial"
+		rm -rf "$bb_state"
+		[ -x "$cache/busybox-arm64.partial/bin/busybox" ] || die "busybox-static:arm64 has no /bin/busybox"
+		rm -rf "$cache/busybox-arm64"
+		mv "$cache/busybox-arm64.partial" "$cache/busybox-arm64"
+	fi
+fi
+
 # The key: the kernel packages' versions as the machine's apt sees them
 # (setup.sh adds trixie-backports), the package lists and the part of this
-# script that makes the root (section 1); the module is rebuilt every time.
+# script that makes the root (section 1, or 1a for arm64); the module is
+# rebuilt every time.
 pkg_version() {
 	apt-cache show "$1" 2>/dev/null | awk '/^Version:/ { print $2; exit }'
 }
-image_version=$(pkg_version "linux-binary-$kver")
-[ -n "$image_version" ] || die "apt knows no linux-binary-$kver: run 'make setup' (it adds trixie-backports) or apt-get update"
-key=$( { echo "$kver $image_version $release_suite"; echo $packages $bpo_packages;
-	sed -n '/^# --- 1\. the root/,/^# --- end of the root/p' "$0"; } |
-	sha256sum | cut -c1-16)
+if [ "$arch" = amd64 ]; then
+	image_version=$(pkg_version "linux-binary-$kver")
+	[ -n "$image_version" ] || die "apt knows no linux-binary-$kver: run 'make setup' (it adds trixie-backports) or apt-get update"
+	key=$( { echo "$kver $image_version $release_suite"; echo $packages $bpo_packages;
+		sed -n '/^# --- 1\. the root/,/^# --- end of the root/p' "$0"; } |
+		sha256sum | cut -c1-16)
+else
+	[ -f "$apt_state/sources.list" ] || apt_arm64_update
+	image_version=$(apt_arm64 apt-cache show "linux-binary-$kver:arm64" 2>/dev/null | awk '/^Version:/ { print $2; exit }' || true)
+	if [ -z "$image_version" ]; then
+		apt_arm64_update
+		image_version=$(apt_arm64 apt-cache show "linux-binary-$kver:arm64" 2>/dev/null | awk '/^Version:/ { print $2; exit }' || true)
+	fi
+	[ -n "$image_version" ] || die "$release_suite-backports has no linux-binary-$kver for arm64"
+	# The source is architecture-independent and must be the same upload.
+	source_version=$(pkg_version "linux-source-$series")
+	[ "$source_version" = "$image_version" ] ||
+		die "linux-source-$series is '${source_version:-unknown to apt}', linux-binary-$kver is $image_version: run 'make setup' or apt-get update"
+	key=$( { echo "$kver $image_version $release_suite arm64"; echo $packages $cross_packages linux-source-$series $arm64_debs;
+		sed -n '/^# --- 1a\. the arm64 root/,/^# --- end of the arm64 root/p' "$0"; } |
+		sha256sum | cut -c1-16)
+fi
 dir=$cache/stock-$key
 root=$dir/root
 mkdir -p "$dir"
@@ -88,6 +185,45 @@ in_root() {
 	chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
 		DEBIAN_FRONTEND=noninteractive JOBS="$jobs" "$@"
 }
+
+# --- 1a. the arm64 root ----------------------------------------------------------
+if [ "$arch" = arm64 ] && [ ! -f "$dir/.root-done" ]; then
+	say "debootstrap --variant=minbase $release_suite into $root (about a minute)"
+	rm -rf "$root"
+	debootstrap --variant=minbase --include="$(echo $packages | tr ' ' ,)" \
+		"$release_suite" "$root" "$mirror"
+	cat >"$root/etc/apt/sources.list.d/backports.sources" <<SRC
+Types: deb
+URIs: $mirror
+Suites: $release_suite-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+	printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
+	chmod +x "$root/usr/sbin/policy-rc.d"
+	mount_root
+	in_root apt-get update -q
+	in_root apt-get install -y -q --no-install-recommends $cross_packages
+	in_root apt-get install -y -q --no-install-recommends -t "$release_suite-backports" "linux-source-$series"
+	apt_arm64_update
+	rm -rf "$dir/debs" && mkdir -p "$dir/debs"
+	(cd "$dir/debs" && apt_arm64 apt-get download $(printf '%s:arm64 ' $arm64_debs))
+	for deb in $arm64_debs; do
+		version=$(dpkg-deb -f "$dir"/debs/"$deb"_*_arm64.deb Version)
+		[ "$version" = "$image_version" ] || die "$deb is $version, not $image_version"
+	done
+	# The headers where the amd64 flow has them, only unpacked: of them the
+	# build reads .config, Module.symvers and include/config/kernel.release.
+	dpkg -x "$dir"/debs/linux-headers-"$kver"_*_arm64.deb "$root"
+	rm -rf "$dir/image"
+	dpkg -x "$dir"/debs/linux-binary-"$kver"_*_arm64.deb "$dir/image"
+	[ -f "$dir/image/usr/lib/modules/$kver/vmlinuz" ] || die "linux-binary-$kver has no vmlinuz"
+	{ in_root dpkg-query -W rustc bindgen gcc-14 $cross_packages dwarves "linux-source-$series"
+	  for deb in "$dir"/debs/*.deb; do dpkg-deb -f "$deb" Package Version Architecture | paste -sd' '; done
+	} >"$dir/versions.txt"
+	touch "$dir/.root-done"
+fi
+# --- end of the arm64 root
 
 # --- 1. the root ---------------------------------------------------------------
 if [ ! -f "$dir/.root-done" ]; then
@@ -127,10 +263,14 @@ headers=/usr/src/linux-headers-$kver
 c_module=$dir/virtio_balloon.ko
 if [ ! -f "$c_module" ]; then
 	say "fetching Debian's virtio_balloon.ko (linux-modules-$kver) for the benchmark"
-	in_root sh -c "cd /tmp && apt-get download -q -t $release_suite-backports linux-modules-$kver"
 	rm -rf "$dir/modules"
-	dpkg -x "$root"/tmp/linux-modules-"$kver"_*.deb "$dir/modules"
-	rm -f "$root"/tmp/linux-modules-"$kver"_*.deb
+	if [ "$arch" = amd64 ]; then
+		in_root sh -c "cd /tmp && apt-get download -q -t $release_suite-backports linux-modules-$kver"
+		dpkg -x "$root"/tmp/linux-modules-"$kver"_*.deb "$dir/modules"
+		rm -f "$root"/tmp/linux-modules-"$kver"_*.deb
+	else
+		dpkg -x "$dir"/debs/linux-modules-"$kver"_*_arm64.deb "$dir/modules"
+	fi
 	packed=$(find "$dir/modules" -name 'virtio_balloon.ko*' | head -1)
 	[ -n "$packed" ] || die "linux-modules-$kver has no virtio_balloon.ko"
 	case $packed in
@@ -163,7 +303,8 @@ build)
 	in_root make -C /build/src KDIR="$headers" JOBS="$jobs"
 	say "module built in $(($(date +%s) - start)) s"
 	cp "$root/build/src/virtio_balloon_rs.ko" "$dir/virtio_balloon_rs.ko"
-	cat >"$cache/stock.mk" <<ENV
+	if [ "$arch" = amd64 ]; then
+		cat >"$cache/stock.mk" <<ENV
 STOCK_DIR := $dir
 STOCK_ROOT := $root
 STOCK_KVER := $kver
@@ -172,11 +313,26 @@ STOCK_MODULE := $dir/virtio_balloon_rs.ko
 STOCK_C_MODULE := $c_module
 STOCK_KDIR := $root/build/src/build/kdir-$kver
 ENV
+	else
+		# Names of their own: the Makefile includes stock.mk as well.
+		cat >"$cache/stock-$flavour.mk" <<ENV
+STOCK_ARM64_DIR := $dir
+STOCK_ARM64_ROOT := $root
+STOCK_ARM64_KVER := $kver
+STOCK_ARM64_IMAGE := $vmlinuz
+STOCK_ARM64_MODULE := $dir/virtio_balloon_rs.ko
+STOCK_ARM64_C_MODULE := $c_module
+STOCK_ARM64_KDIR := $root/build/src/build/kdir-$kver
+ENV
+	fi
 	cat "$dir/versions.txt"
 	say "ready: $vmlinuz"
 	say "       $dir/virtio_balloon_rs.ko"
 	;;
 dkms)
+	# The arm64 headers are only unpacked: their scripts are arm64 programs
+	# and dkms would run them.
+	[ "$arch" = amd64 ] || die "dkms: only for the amd64 kernel (the arm64 headers' programs cannot run here)"
 	# As a user would: the tree in /usr/src/<name>-<version>, `dkms add`,
 	# `dkms install -k <kver>`; then the installed module must be there,
 	# for this kernel, with every Rust symbol the kernel exports.

@@ -3,7 +3,9 @@
 //! VM tests that only make sense on a distribution kernel: Debian's
 //! unmodified `vmlinuz` with this module built for it (`make test-stock`,
 //! which points `VBRS_BZIMAGE` and `VBRS_MODULE` at them and also runs the
-//! generic VM tests there).
+//! generic VM tests there), or Debian's arm64 kernel under
+//! qemu-system-aarch64 (`make test-stock-arm64`, which leaves the S3 test
+//! out by name: QEMU's virt has no suspend to RAM).
 //!
 //! They are `#[ignore]`d in `make test` (they check the stock kernel, not
 //! the project's test kernel); `make test-stock` runs them with `--ignored`.
