@@ -458,3 +458,19 @@ vm-test-stock-arm64: check-stock-arm64
 	$(STOCK_ARM64_ENV) cargo test --no-fail-fast -p qemu-test $(or $(TEST_ARGS),--test rs_driver) -- \
 		--test-threads=1 $(addprefix --skip ,$(STOCK_ARM64_SKIP)) || rc=1; \
 	exit $$rc
+
+# --- Everything --------------------------------------------------------------
+#
+# Every suite on every kernel, one after the other; each runs even if an
+# earlier one failed, and the target fails if any did (about 2 hours cold on
+# 2 cores; .ci/run runs the part that fits its 90 minutes, see the README).
+TEST_ALL_TARGETS = test test-arm64 test-debug test-arm64-debug test-stock test-stock-arm64 test-libvirt
+.PHONY: test-all
+test-all:
+	@failed=""; for t in $(TEST_ALL_TARGETS); do \
+		echo "[make] === $$t ==="; \
+		$(MAKE) $$t TEST_ARGS= || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "[make] test-all: failed:$$failed" >&2; exit 1; fi; \
+	echo "[make] test-all: every target passed"
+
