@@ -93,39 +93,11 @@ apt_arm64_update() {
 	apt_arm64 apt-get update >/dev/null
 }
 
-# The host side of an arm64 guest, as `setup.sh normal arm64` provides it
-# but without building its arm64 test kernel: QEMU for aarch64 (from
-# bookworm-backports, as the x86 one), the cross gcc and libc of the static
-# guest helpers, and Debian's arm64 busybox-static in $cache/busybox-arm64.
+# The host side of an arm64 guest (QEMU for aarch64, the cross gcc and libc
+# of the static guest helpers, Debian's arm64 busybox-static): what
+# `setup.sh tools arm64` installs, without building an arm64 test kernel.
 if [ "$arch" = arm64 ]; then
-	for p in gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm; do
-		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' && continue
-		say "installing the host packages of arm64 guests"
-		env DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-		env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm-backports qemu-system-arm
-		break
-	done
-	if [ ! -x "$cache/busybox-arm64/bin/busybox" ]; then
-		say "fetching Debian's busybox-static for arm64"
-		bb_state=$(mktemp -d)
-		mkdir -p "$bb_state/lists/partial" "$bb_state/archives/partial"
-		printf 'deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s bookworm main\n' \
-			"$mirror" >"$bb_state/sources.list"
-		bb_apt() {
-			apt-get -q -o APT::Architecture=arm64 -o APT::Architectures::=arm64 \
-				-o Dir::State::Lists="$bb_state/lists" -o Dir::Cache="$bb_state" \
-				-o Dir::State::status=/dev/null -o Debug::NoLocking=1 -o APT::Sandbox::User=root \
-				-o Dir::Etc::SourceList="$bb_state/sources.list" -o Dir::Etc::SourceParts=/nonexistent "$@"
-		}
-		bb_apt update >/dev/null
-		(cd "$bb_state" && bb_apt download busybox-static:arm64)
-		rm -rf "$cache/busybox-arm64.partial"
-		dpkg -x "$bb_state"/busybox-static_*_arm64.deb "$cache/busybox-arm64.partial"
-		rm -rf "$bb_state"
-		[ -x "$cache/busybox-arm64.partial/bin/busybox" ] || die "busybox-static:arm64 has no /bin/busybox"
-		rm -rf "$cache/busybox-arm64"
-		mv "$cache/busybox-arm64.partial" "$cache/busybox-arm64"
-	fi
+	VBRS_CACHE="$cache" bash "$top/qemu-test/setup.sh" tools arm64
 fi
 
 # The key: the kernel packages' versions as the machine's apt sees them
