@@ -4,8 +4,11 @@
 //! between the guest and the host as the host's target changes, reports
 //! memory statistics, gives pages back on OOM and reports free pages.
 //!
-//! Safe Rust only: the policy is `balloon_logic`, the device and the pages
-//! are reached through [`crate::virtio`] and [`crate::mm`].
+//! No `unsafe` block: the policy is `balloon_logic`, the device and the
+//! pages are reached through [`crate::virtio`] and [`crate::mm`]. The
+//! `unsafe impl`s below are this state's promises to those layers' handler
+//! traits (what it registers, and that it unregisters before it goes),
+//! each with the SAFETY comment that says where it keeps them.
 
 use balloon_logic::engine::{
     single_pages_after_blocks,
