@@ -291,12 +291,6 @@ arm64_module = $(TOP)/build/arm64-$(1)/virtio_balloon_rs.ko
 # and the stock Debian amd64 kernel's.
 ARM64_SUITES = $(foreach t,$(filter-out libvirt stock,\
 	$(basename $(notdir $(wildcard qemu-test/tests/*.rs)))),--test $(t))
-# Left out on arm64, by name: a balloon hot-plugged into a native PCIe
-# root port whose slot the guest powered off (virt has no ACPI hotplug)
-# gets no presence-detect event in the guest under QEMU 10.0; the guest
-# enumerates it only when told to power the slot on, and QEMU's latched
-# attention button then powers it off again. Hot unplug runs.
-ARM64_SKIP = hot_plugged_balloons_bind_follow_targets_and_unplug_cleanly
 
 .PHONY: arm64-kernel arm64-module test-arm64 vm-test-arm64 bench-arm64 check-page-size \
 	print-arm64-image print-arm64-module print-arm64-c-module print-arm64-kdir
@@ -325,7 +319,7 @@ arm64-module: $(VENDOR)/.stamp
 # TEST_ARGS replaces the suite selection (e.g. TEST_ARGS="--test rs_driver").
 ARM64_TESTS = VBRS_KDIR=$$kdir VBRS_MODULE=$(TOP)/build/arm64-$$size/virtio_balloon_rs.ko \
 	cargo test --no-fail-fast -p qemu-test $(or $(TEST_ARGS),$(ARM64_SUITES)) \
-	-- --test-threads=1 $(addprefix --skip ,$(ARM64_SKIP))
+	-- --test-threads=1
 
 test-arm64: arm64-kernel $(VENDOR)/.stamp
 	@rc=0; for size in $(ARM64_SIZES); do \
@@ -360,12 +354,13 @@ ARM64_DEBUG_SIZE = $(or $(PAGE_SIZE),64k)
 arm64-debug-kernel:
 	bash qemu-test/setup.sh debug arm64 $(ARM64_DEBUG_SIZE)
 
-# Also left out on the debug kernel: hot unplug, whose native PCIe path
+# Left out on the debug kernel: hot unplug and hot plug, whose native PCIe path
 # (pciehp, no ACPI on virt) makes lockdep report the kernel's own
 # pci_rescan_remove_lock / ctrl->reset_lock order (pciehp_probe against
 # pciehp_ist; no frame of this module) and turns lockdep off for the rest
-# of the run. It runs on the non-debug arm64 kernels.
-ARM64_DEBUG_SKIP = $(ARM64_SKIP) hot_unplug_while_inflating_gives_every_page_back
+# of the run. Both run on the non-debug arm64 kernels.
+ARM64_DEBUG_SKIP = hot_unplug_while_inflating_gives_every_page_back \
+	hot_plugged_balloons_bind_follow_targets_and_unplug_cleanly
 
 test-arm64-debug: arm64-debug-kernel $(VENDOR)/.stamp
 	@size=$(ARM64_DEBUG_SIZE); kdir=$$(bash qemu-test/kernel-key.sh debug arm64 $$size); \
@@ -414,11 +409,10 @@ FLAVOUR ?= arm64-16k
 -include $(VBRS_CACHE)/stock-$(FLAVOUR).mk
 STOCK_ARM64_ENV = VBRS_ARCH=arm64 VBRS_BZIMAGE=$(STOCK_ARM64_IMAGE) VBRS_MODULE=$(STOCK_ARM64_MODULE) \
 	VBRS_KDIR=$(STOCK_ARM64_KDIR)
-# As on amd64 (STOCK_SKIP), plus what arm64 leaves out (ARM64_SKIP), and
-# the S3 test: QEMU's arm64 virt has no suspend to RAM (no ACPI S3, and
+# As on amd64 (STOCK_SKIP), and the S3 test: QEMU's arm64 virt has no suspend to RAM (no ACPI S3, and
 # QEMU 10.0's PSCI has no SYSTEM_SUSPEND: Debian's arm64 kernel offers only
 # s2idle in /sys/power/mem_sleep).
-STOCK_ARM64_SKIP = $(STOCK_SKIP) $(ARM64_SKIP) suspend_to_ram_and_wakeup_keep_the_target
+STOCK_ARM64_SKIP = $(STOCK_SKIP) suspend_to_ram_and_wakeup_keep_the_target
 
 .PHONY: stock-kernel-arm64 check-flavour check-stock-arm64 test-stock-arm64 vm-test-stock-arm64 \
 	print-stock-arm64-image print-stock-arm64-module print-stock-arm64-c-module
@@ -448,7 +442,8 @@ print-stock-arm64-c-module: check-stock-arm64
 test-stock-arm64: stock-kernel-arm64
 	$(MAKE) vm-test-stock-arm64
 
-# tests/stock.rs (but its S3 test, see STOCK_ARM64_SKIP) and the core suite; both groups run, the target fails if either failed.
+# tests/stock.rs (but its S3 test, see STOCK_ARM64_SKIP) and the core
+# suite; both groups run, the target fails if either failed.
 # TEST_ARGS replaces the second group's suites (e.g. the whole of
 # vm-test-stock's: TEST_ARGS="--test rs_driver --test rs_features --test stress").
 vm-test-stock-arm64: check-stock-arm64
