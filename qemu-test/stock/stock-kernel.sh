@@ -102,7 +102,7 @@ fi
 
 # The key: the kernel packages' versions as the machine's apt sees them
 # (setup.sh adds trixie-backports), the package lists and the part of this
-# script that makes the root (section 1, or 1a for arm64); the module is
+# script that makes the root (sections 0 and 1, or 0 and 1a for arm64); the module is
 # rebuilt every time.
 pkg_version() {
 	apt-cache show "$1" 2>/dev/null | awk '/^Version:/ { print $2; exit }'
@@ -111,7 +111,8 @@ if [ "$arch" = amd64 ]; then
 	image_version=$(pkg_version "linux-binary-$kver")
 	[ -n "$image_version" ] || die "apt knows no linux-binary-$kver: run 'make setup' (it adds trixie-backports) or apt-get update"
 	key=$( { echo "$kver $image_version $release_suite"; echo $packages $bpo_packages;
-		sed -n '/^# --- 1\. the root/,/^# --- end of the root/p' "$0"; } |
+		sed -n -e '/^# --- 0\. bootstrapping a root/,/^# --- end of bootstrapping/p' \
+			-e '/^# --- 1\. the root/,/^# --- end of the root/p' "$0"; } |
 		sha256sum | cut -c1-16)
 else
 	[ -f "$apt_state/sources.list" ] || apt_arm64_update
@@ -126,7 +127,8 @@ else
 	[ "$source_version" = "$image_version" ] ||
 		die "linux-source-$series is '${source_version:-unknown to apt}', linux-binary-$kver is $image_version: run 'make setup' or apt-get update"
 	key=$( { echo "$kver $image_version $release_suite arm64"; echo $packages $cross_packages linux-source-$series $arm64_debs;
-		sed -n '/^# --- 1a\. the arm64 root/,/^# --- end of the arm64 root/p' "$0"; } |
+		sed -n -e '/^# --- 0\. bootstrapping a root/,/^# --- end of bootstrapping/p' \
+			-e '/^# --- 1a\. the arm64 root/,/^# --- end of the arm64 root/p' "$0"; } |
 		sha256sum | cut -c1-16)
 fi
 dir=$cache/stock-$key
@@ -158,8 +160,11 @@ in_root() {
 		DEBIAN_FRONTEND=noninteractive JOBS="$jobs" "$@"
 }
 
-# --- 1a. the arm64 root ----------------------------------------------------------
-if [ "$arch" = arm64 ] && [ ! -f "$dir/.root-done" ]; then
+# --- 0. bootstrapping a root ------------------------------------------------------
+# A minimal trixie root with $packages, its release's backports in its apt
+# sources, no daemon starting inside it, /proc, /dev and /sys mounted and
+# its package lists fresh. Hashed into both roots' keys.
+bootstrap_root() {
 	say "debootstrap --variant=minbase $release_suite into $root (about a minute)"
 	rm -rf "$root"
 	debootstrap --variant=minbase --include="$(echo $packages | tr ' ' ,)" \
@@ -171,10 +176,17 @@ Suites: $release_suite-backports
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
+	# No daemons start inside the root.
 	printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
 	chmod +x "$root/usr/sbin/policy-rc.d"
 	mount_root
 	in_root apt-get update -q
+}
+# --- end of bootstrapping
+
+# --- 1a. the arm64 root ----------------------------------------------------------
+if [ "$arch" = arm64 ] && [ ! -f "$dir/.root-done" ]; then
+	bootstrap_root
 	in_root apt-get install -y -q --no-install-recommends $cross_packages
 	in_root apt-get install -y -q --no-install-recommends -t "$release_suite-backports" "linux-source-$series"
 	apt_arm64_update
@@ -199,22 +211,7 @@ fi
 
 # --- 1. the root ---------------------------------------------------------------
 if [ ! -f "$dir/.root-done" ]; then
-	say "debootstrap --variant=minbase $release_suite into $root (about a minute)"
-	rm -rf "$root"
-	debootstrap --variant=minbase --include="$(echo $packages | tr ' ' ,)" \
-		"$release_suite" "$root" "$mirror"
-	cat >"$root/etc/apt/sources.list.d/backports.sources" <<SRC
-Types: deb
-URIs: $mirror
-Suites: $release_suite-backports
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-	# No daemons start inside the root.
-	printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
-	chmod +x "$root/usr/sbin/policy-rc.d"
-	mount_root
-	in_root apt-get update -q
+	bootstrap_root
 	in_root apt-get install -y -q --no-install-recommends -t "$release_suite-backports" $bpo_packages
 	mkdir -p "$dir/debs"
 	in_root sh -c "cd /tmp && apt-get download -q -t $release_suite-backports linux-binary-$kver"
