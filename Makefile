@@ -407,7 +407,7 @@ endif
 # (qemu-test/stock/stock-kernel.sh writes stock-<flavour>.mk).
 FLAVOUR ?= arm64-16k
 -include $(VBRS_CACHE)/stock-$(FLAVOUR).mk
-STOCK_ARM64_ENV = VBRS_ARCH=arm64 VBRS_BZIMAGE=$(STOCK_ARM64_IMAGE) VBRS_MODULE=$(STOCK_ARM64_MODULE) \
+STOCK_ARM64_ENV = VBRS_ARCH=arm64 VBRS_BZIMAGE=$(STOCK_ARM64_VMLINUZ) VBRS_MODULE=$(STOCK_ARM64_MODULE) \
 	VBRS_KDIR=$(STOCK_ARM64_KDIR)
 # As on amd64 (STOCK_SKIP), and the S3 test: QEMU's arm64 virt has no suspend to RAM (no ACPI S3, and
 # QEMU 10.0's PSCI has no SYSTEM_SUSPEND: Debian's arm64 kernel offers only
@@ -425,13 +425,13 @@ stock-kernel-arm64: check-flavour tools-arm64
 	VBRS_STOCK_FLAVOUR=$(FLAVOUR) bash qemu-test/stock/stock-kernel.sh build
 
 check-stock-arm64: check-flavour
-	@if [ -z "$(STOCK_ARM64_IMAGE)" ] || [ ! -f "$(STOCK_ARM64_IMAGE)" ] || [ ! -f "$(STOCK_ARM64_MODULE)" ]; then \
+	@if [ -z "$(STOCK_ARM64_VMLINUZ)" ] || [ ! -f "$(STOCK_ARM64_VMLINUZ)" ] || [ ! -f "$(STOCK_ARM64_MODULE)" ]; then \
 		echo "error: no stock arm64 $(FLAVOUR) kernel or module: run 'make stock-kernel-arm64 FLAVOUR=$(FLAVOUR)'" >&2; \
 		exit 1; \
 	fi
 
 print-stock-arm64-image: check-stock-arm64
-	@echo $(STOCK_ARM64_IMAGE)
+	@echo $(STOCK_ARM64_VMLINUZ)
 
 print-stock-arm64-module: check-stock-arm64
 	@echo $(STOCK_ARM64_MODULE)

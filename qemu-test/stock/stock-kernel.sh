@@ -272,28 +272,22 @@ build)
 	in_root make -C /build/src KDIR="$headers" JOBS="$jobs"
 	say "module built in $(($(date +%s) - start)) s"
 	cp "$root/build/src/virtio_balloon_rs.ko" "$dir/virtio_balloon_rs.ko"
+	# The arm64 kernels' names have a prefix of their own: the Makefile
+	# includes stock.mk as well.
 	if [ "$arch" = amd64 ]; then
-		cat >"$cache/stock.mk" <<ENV
-STOCK_DIR := $dir
-STOCK_ROOT := $root
-STOCK_KVER := $kver
-STOCK_VMLINUZ := $vmlinuz
-STOCK_MODULE := $dir/virtio_balloon_rs.ko
-STOCK_C_MODULE := $c_module
-STOCK_KDIR := $root/build/src/build/kdir-$kver
-ENV
+		mk=$cache/stock.mk prefix=STOCK
 	else
-		# Names of their own: the Makefile includes stock.mk as well.
-		cat >"$cache/stock-$flavour.mk" <<ENV
-STOCK_ARM64_DIR := $dir
-STOCK_ARM64_ROOT := $root
-STOCK_ARM64_KVER := $kver
-STOCK_ARM64_IMAGE := $vmlinuz
-STOCK_ARM64_MODULE := $dir/virtio_balloon_rs.ko
-STOCK_ARM64_C_MODULE := $c_module
-STOCK_ARM64_KDIR := $root/build/src/build/kdir-$kver
-ENV
+		mk=$cache/stock-$flavour.mk prefix=STOCK_ARM64
 	fi
+	cat >"$mk" <<ENV
+${prefix}_DIR := $dir
+${prefix}_ROOT := $root
+${prefix}_KVER := $kver
+${prefix}_VMLINUZ := $vmlinuz
+${prefix}_MODULE := $dir/virtio_balloon_rs.ko
+${prefix}_C_MODULE := $c_module
+${prefix}_KDIR := $root/build/src/build/kdir-$kver
+ENV
 	cat "$dir/versions.txt"
 	say "ready: $vmlinuz"
 	say "       $dir/virtio_balloon_rs.ko"
