@@ -21,6 +21,12 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The PCIe root port of [`VmConfig::balloon_on_root_port`].
 pub const ROOT_PORT: &str = "rp1";
 
+/// The id of the `n`th (from 1) empty root port of
+/// [`VmConfig::spare_root_ports`]: `rp2`, `rp3`, ... ([`ROOT_PORT`] is `rp1`).
+pub fn spare_root_port(n: u32) -> String {
+    format!("rp{}", n + 1)
+}
+
 /// How QEMU runs the guest CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -189,6 +195,9 @@ pub struct VmConfig {
     /// Puts the balloon on its own PCIe root port (`rp1`), where QMP
     /// `device_del` can hot-unplug it.
     pub balloon_on_root_port: bool,
+    /// Empty PCIe root ports to hot-plug devices into
+    /// ([`spare_root_port`] names them).
+    pub spare_root_ports: u32,
 }
 
 impl VmConfig {
@@ -211,6 +220,7 @@ impl VmConfig {
             accel: None,
             boot_timeout: BOOT_TIMEOUT,
             balloon_on_root_port: false,
+            spare_root_ports: 0,
         }
     }
 
@@ -296,6 +306,19 @@ impl VmConfig {
     /// Puts the balloon on a hot-pluggable PCIe root port (`rp1`).
     pub fn balloon_on_root_port(mut self) -> Self {
         self.balloon_on_root_port = true;
+        self
+    }
+
+    /// Adds `count` empty root ports, each a slot unused since boot.
+    ///
+    /// A device goes into one of these rather than back into a port the
+    /// guest has emptied: on arm64's virt (native PCIe hotplug, no ACPI) a
+    /// device plugged into a slot the guest has powered off gets no
+    /// presence event under QEMU 10.0 (the guest enumerates it only when
+    /// told to power the slot on, and QEMU's latched attention button then
+    /// powers it off again), while a slot never used takes it at once.
+    pub fn spare_root_ports(mut self, count: u32) -> Self {
+        self.spare_root_ports = count;
         self
     }
 }

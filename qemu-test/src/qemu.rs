@@ -28,6 +28,7 @@ use std::time::Instant;
 use std::time::SystemTime;
 
 use crate::artifacts;
+use crate::config::spare_root_port;
 use crate::config::Accel;
 use crate::config::VmConfig;
 use crate::config::ROOT_PORT;
@@ -165,8 +166,9 @@ impl Vm {
             cmdline.push_str(&config.cmdline);
         }
         ensure!(
-            !config.balloon_on_root_port || config.machine.has_pcie(arch),
-            "balloon_on_root_port needs PCIe: the microvm machine has none"
+            !(config.balloon_on_root_port || config.spare_root_ports > 0)
+                || config.machine.has_pcie(arch),
+            "root ports need PCIe: the microvm machine has none"
         );
         let mut balloon = format!("{},id=balloon0", config.machine.balloon_device());
         if config.balloon_on_root_port {
@@ -210,14 +212,7 @@ impl Vm {
             .arg("-chardev")
             .arg(format!("socket,id=qmp,path={}", qmp_path.display()))
             .args(["-mon", "chardev=qmp,mode=control"])
-            .args(if config.balloon_on_root_port {
-                vec![
-                    "-device".to_string(),
-                    format!("pcie-root-port,id={ROOT_PORT},bus=pcie.0,chassis=1"),
-                ]
-            } else {
-                Vec::new()
-            })
+            .args(root_port_args(&config))
             .arg("-device")
             .arg(&balloon)
             .args(&config.qemu_args);
@@ -546,6 +541,25 @@ impl Vm {
     }
 }
 
+/// The `-device pcie-root-port` arguments of `config`: [`ROOT_PORT`] for
+/// the balloon if it sits on one, then the spare ports, each its own
+/// chassis.
+fn root_port_args(config: &VmConfig) -> Vec<String> {
+    let balloon_port = config.balloon_on_root_port.then(|| ROOT_PORT.to_string());
+    let spare = (1..=config.spare_root_ports).map(spare_root_port);
+    balloon_port
+        .into_iter()
+        .chain(spare)
+        .zip(1..)
+        .flat_map(|(id, chassis)| {
+            [
+                "-device".to_string(),
+                format!("pcie-root-port,id={id},bus=pcie.0,chassis={chassis}"),
+            ]
+        })
+        .collect()
+}
+
 /// What a boot failure says when the kernel reported a problem (KASAN,
 /// lockdep, a warning) while booting, before any module was loaded.
 const BOOT_REPORT: &str =
@@ -714,6 +728,25 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn root_ports_get_ids_and_chassis_of_their_own() {
+        let config = VmConfig::new("x")
+            .balloon_on_root_port()
+            .spare_root_ports(2);
+        assert_eq!(
+            root_port_args(&config),
+            [
+                "-device",
+                "pcie-root-port,id=rp1,bus=pcie.0,chassis=1",
+                "-device",
+                "pcie-root-port,id=rp2,bus=pcie.0,chassis=2",
+                "-device",
+                "pcie-root-port,id=rp3,bus=pcie.0,chassis=3",
+            ]
+        );
+        assert!(root_port_args(&VmConfig::new("y")).is_empty());
+    }
 
     #[test]
     fn timestamps_are_utc_civil_dates() {

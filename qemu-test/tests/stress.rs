@@ -32,6 +32,7 @@ use common::vmstat;
 use common::DEBUGFS;
 use common::GUEST_MIB;
 use qapi::qmp;
+use qemu_test::config::spare_root_port;
 use qemu_test::console::ConsoleRules;
 use qemu_test::kernel::guest_kernel;
 use qemu_test::qmp::Event;
@@ -411,27 +412,19 @@ fn hot_plugged_balloons_bind_follow_targets_and_unplug_cleanly() -> Result<()> {
     // A balloon device added while the module is loaded binds and works;
     // taken away while inflated, it gives everything back; twice, as
     // virt test suites plug and unplug it. Each goes into a root port of
-    // its own, empty since boot: on arm64's virt (native PCIe hotplug, no
-    // ACPI) a device plugged into a slot the guest has powered off gets
-    // no presence event under QEMU 10.0 (the guest enumerates it only when
-    // told to power the slot on, and QEMU's latched attention button then
-    // powers it off again), while a slot never used takes it at once.
-    const SPARE_PORTS: [&str; 2] = ["rp2", "rp3"];
-    let mut config = VmConfig::new("stress_hotplug").balloon_on_root_port();
-    for (chassis, port) in (2..).zip(SPARE_PORTS) {
-        config = config.qemu_args([
-            "-device".to_string(),
-            format!("pcie-root-port,id={port},bus=pcie.0,chassis={chassis}"),
-        ]);
-    }
+    // its own, empty since boot (see `VmConfig::spare_root_ports` for why).
+    let config = VmConfig::new("stress_hotplug")
+        .balloon_on_root_port()
+        .spare_root_ports(2);
     let (mut vm, memtotal) = boot_measured(config)?;
     vm.load(Driver::Rs)?;
     unplug_balloon(&mut vm, "balloon0", memtotal)?;
-    for (round, port) in (1..=2u64).zip(SPARE_PORTS) {
+    for round in 1..=2u32 {
+        let port = spare_root_port(round);
         let id = format!("hotballoon{round}");
         vm.qmp().execute(&qmp::device_add {
             driver: "virtio-balloon-pci".into(),
-            bus: Some(port.into()),
+            bus: Some(port),
             id: Some(id.clone()),
             arguments: Default::default(),
         })?;
@@ -449,7 +442,7 @@ fn hot_plugged_balloons_bind_follow_targets_and_unplug_cleanly() -> Result<()> {
             std::thread::sleep(Duration::from_millis(200));
         };
         eprintln!("{id} bound as {dev} in {:?}", start.elapsed());
-        let target = GUEST_MIB - 256 * round;
+        let target = GUEST_MIB - 256 * u64::from(round);
         vm.qmp().balloon(target * MIB)?;
         expect_exact_target(&mut vm, memtotal, target)?;
         unplug_balloon(&mut vm, &id, memtotal)?;
