@@ -421,7 +421,7 @@ check-flavour:
 	@case "$(FLAVOUR)" in arm64 | *-arm64 | arm64-*) ;; \
 	*) echo "error: FLAVOUR=arm64-16k, arm64 or cloud-arm64, not '$(FLAVOUR)'" >&2; exit 1 ;; esac
 
-stock-kernel-arm64: check-flavour tools-arm64
+stock-kernel-arm64: check-flavour
 	VBRS_STOCK_FLAVOUR=$(FLAVOUR) bash qemu-test/stock/stock-kernel.sh build
 
 check-stock-arm64: check-flavour

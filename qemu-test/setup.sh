@@ -137,20 +137,11 @@ if [ "$arch" = arm64 ]; then
 	if [ ! -x "$bb_dir/bin/busybox" ]; then
 		say "fetching Debian's busybox-static for arm64"
 		. "$here/apt-mirror.sh"
-		mirror=$(debian_mirror) || die "cannot find the Debian mirror in the machine's apt sources"
 		apt_state="$cache/apt-arm64"
-		mkdir -p "$apt_state/lists/partial" "$apt_state/archives/partial"
-		printf 'deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s bookworm main\n' \
-			"$mirror" >"$apt_state/sources.list"
-		apt_arm64() {
-			apt-get -q -o APT::Architecture=arm64 -o APT::Architectures::=arm64 \
-				-o Dir::State::Lists="$apt_state/lists" -o Dir::Cache="$apt_state" \
-				-o Dir::State::status=/dev/null \
-				-o Dir::Etc::SourceList="$apt_state/sources.list" -o Dir::Etc::SourceParts=/nonexistent "$@"
-		}
-		apt_arm64 update
+		apt_foreign "$apt_state" arm64 bookworm apt-get update ||
+			die "cannot read bookworm's arm64 lists (is the mirror in the machine's apt sources?)"
 		tmp=$(mktemp -d)
-		(cd "$tmp" && apt_arm64 download busybox-static:arm64)
+		(cd "$tmp" && apt_foreign "$apt_state" arm64 bookworm apt-get download busybox-static:arm64)
 		rm -rf "$bb_dir.partial"
 		dpkg -x "$tmp"/busybox-static_*_arm64.deb "$bb_dir.partial"
 		rm -rf "$tmp"

@@ -79,17 +79,10 @@ mirror=$(debian_mirror) || die "cannot find the Debian mirror in the machine's a
 # machine's apt nor the root gains a foreign architecture.
 apt_state=$cache/apt-arm64-$release_suite-backports
 apt_arm64() {
-	local tool=$1
-	shift
-	"$tool" -q -o APT::Architecture=arm64 -o APT::Architectures::=arm64 \
-		-o Dir::State::Lists="$apt_state/lists" -o Dir::Cache="$apt_state" \
-		-o Dir::State::status=/dev/null -o Debug::NoLocking=1 -o APT::Sandbox::User=root \
-		-o Dir::Etc::SourceList="$apt_state/sources.list" -o Dir::Etc::SourceParts=/nonexistent "$@"
+	apt_foreign "$apt_state" arm64 "$release_suite-backports" "$@"
 }
 apt_arm64_update() {
-	mkdir -p "$apt_state/lists/partial" "$apt_state/archives/partial"
-	printf 'deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s %s-backports main\n' \
-		"$mirror" "$release_suite" >"$apt_state/sources.list"
+	rm -f "$apt_state/sources.list"
 	apt_arm64 apt-get update >/dev/null
 }
 
