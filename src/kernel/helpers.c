@@ -153,7 +153,34 @@ void vbrs_put_page(struct page *page)
 
 void vbrs_free_pages(struct page *page, unsigned int order)
 {
+	unsigned long pfn = page_to_pfn(page), i;
+
+	/* A ballooned block's pages are offline until they are freed. */
+	for (i = 0; i < (1UL << order); i++) {
+		struct page *p = pfn_to_page(pfn + i);
+
+		if (PageOffline(p))
+			__ClearPageOffline(p);
+	}
 	__free_pages(page, order);
+}
+
+void vbrs_set_block_offline(struct page *page, unsigned int order)
+{
+	unsigned long pfn = page_to_pfn(page), i;
+
+	/* A block put back after a failed deflate is offline already. */
+	for (i = 0; i < (1UL << order); i++) {
+		struct page *p = pfn_to_page(pfn + i);
+
+		if (!PageOffline(p))
+			__SetPageOffline(p);
+	}
+}
+
+bool vbrs_page_is_cma(struct page *page)
+{
+	return is_migrate_cma_page(page);
 }
 
 int vbrs_virtqueue_add_inbuf_block(struct virtqueue *vq, struct page *page, unsigned int order)

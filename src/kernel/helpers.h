@@ -49,6 +49,8 @@ unsigned long vbrs_alloc_pages_bulk(gfp_t gfp, int nr_pages, struct page **pages
 void vbrs_release_pages(struct page **pages, int nr);
 void vbrs_put_page(struct page *page);
 void vbrs_free_pages(struct page *page, unsigned int order);
+void vbrs_set_block_offline(struct page *page, unsigned int order);
+bool vbrs_page_is_cma(struct page *page);
 int vbrs_virtqueue_add_inbuf_block(struct virtqueue *vq, struct page *page, unsigned int order);
 unsigned int vbrs_virtqueue_num_free(struct virtqueue *vq);
 void vbrs_balloon_devinfo_init(struct balloon_dev_info *info);

@@ -189,13 +189,19 @@ impl<T: MigrationHandler> BalloonDevInfo<T> {
 /// 2 MiB pages are), and are accounted as the core accounts its pages, so
 /// that `MemTotal`, `Balloon:` and the `balloon_*` events stay exact.
 impl<T: MigrationHandler> BalloonDevInfo<T> {
-    /// Moves every block of `staged` onto `blocks`, the balloon's own.
+    /// Moves every block of `staged` onto `blocks`, the balloon's own,
+    /// marking their pages offline as the core marks its pages, so that
+    /// dump tools skip the memory the host has discarded (the mark stays
+    /// until the block is freed).
     pub(crate) fn enqueue_blocks<const ORDER: u32>(
         &self,
         staged: Pin<&mut PageList<ORDER>>,
         blocks: Pin<&mut PageList<ORDER>>,
     ) -> usize {
-        blocks.take_from_each(staged, usize::MAX, |block| self.account(block, true))
+        blocks.take_from_each(staged, usize::MAX, |block| {
+            block.set_offline();
+            self.account(block, true)
+        })
     }
 
     /// Moves up to `max` blocks from the balloon's `blocks` onto `staged`.

@@ -47,11 +47,16 @@ impl<const ORDER: u32> Page<ORDER> {
     /// request is movable; the block then fills one whole movable pageblock
     /// and mixes with no movable page, which is why only blocks of at least
     /// a pageblock are taken this way. `None`: none could be made.
+    ///
+    /// A movable request may be served from a CMA pageblock, which must
+    /// stay free for its contiguous allocations, and the block never moves
+    /// (it is off the balloon core's list): such a block goes straight back
+    /// and counts as none made.
     pub(crate) fn alloc_compacted_block() -> Option<Self> {
         if !Self::compactable() {
             return None;
         }
-        Self::alloc_block(
+        let block = Self::alloc_block(
             bindings::VBRS___GFP_MOVABLE
                 | bindings::VBRS___GFP_DIRECT_RECLAIM
                 | bindings::VBRS___GFP_IO
@@ -59,7 +64,22 @@ impl<const ORDER: u32> Page<ORDER> {
                 | bindings::VBRS___GFP_NORETRY
                 | bindings::VBRS___GFP_NOWARN
                 | bindings::VBRS___GFP_NOMEMALLOC,
-        )
+        )?;
+        // SAFETY: the block is a valid page block (type invariant).
+        if unsafe { bindings::vbrs_page_is_cma(block.as_raw()) } {
+            return None;
+        }
+        Some(block)
+    }
+
+    /// Marks every page of the block offline (`PageOffline`), as the
+    /// balloon core marks its pages; freeing the block clears the marks.
+    pub(crate) fn set_offline(&self) {
+        // SAFETY: the block is a valid, non-compound block of `ORDER` that
+        // we own (type invariant): its pages have no page type but the
+        // offline mark this sets (the helper skips pages marked already);
+        // freeing the block clears them.
+        unsafe { bindings::vbrs_set_block_offline(self.page.as_ptr(), ORDER) }
     }
 
     /// Whether blocks of this order are made by compaction: those of at
