@@ -254,8 +254,11 @@ pub struct Engine {
     /// The frame of an old migrated page kept from the allocator until the
     /// host acknowledges its deflate.
     held_page: Option<u64>,
-    /// The device refused a buffer for good.
+    /// The device refused a buffer for good, or was reset.
     broken: bool,
+    /// Queueing failures in a row during a drain (earlier back-offs, of
+    /// allocations say, do not count towards giving up).
+    drain_refusals: u32,
     counters: Counters,
     last_clamped: bool,
     held_target: Option<u32>,
@@ -289,6 +292,7 @@ impl Engine {
             late: None,
             held_page: None,
             broken: false,
+            drain_refusals: 0,
             counters: Counters::default(),
             last_clamped: false,
             held_target: None,
@@ -467,8 +471,29 @@ impl Engine {
             }
             Err(HostError::Timeout) => Some(self.went_late(Late::MigrationDeflate)),
             Err(HostError::Broken) => Some(self.went_broken(QueueRole::Deflate)),
-            Err(HostError::Queue) => Some(Step::Backoff(self.backoff.fail())),
+            Err(HostError::Queue) => {
+                self.counters.queue_failures += 1;
+                Some(Step::Backoff(self.backoff.fail()))
+            }
         }
+    }
+
+    /// Brings the engine up to date with the host before the caller
+    /// allocates for the next step ([`Engine::pages_to_allocate`]): finishes
+    /// the step of a late buffer that came back and tells the host of a
+    /// held page. Without it, the allocation for a step that follows a late
+    /// buffer would see the engine stalled, allocate nothing, and the step
+    /// would count a false allocation failure.
+    pub fn resume<B: Backend>(&mut self, backend: &mut B, buffer: &mut [u32]) {
+        let _ = self.catch_up(backend, buffer);
+    }
+
+    /// The device was reset (or is about to be, under the caller's lock):
+    /// nothing more is sent to it; [`Engine::forget_all`] takes the pages
+    /// back. A migration meanwhile fails at once instead of sending to the
+    /// reset device and waiting for an answer that cannot come.
+    pub fn device_reset(&mut self) {
+        self.broken = true;
     }
 
     /// Moves the balloon one buffer towards the target and reports `actual`.
@@ -480,8 +505,12 @@ impl Engine {
         self.last_target = num_pages;
         let limit = self.limit(backend);
         let target = Target::from_config(num_pages, self.geometry, limit);
+        // Rate-limited by the running total: a host switching between an
+        // absurd target and a valid one must not flood the log.
         if target.clamped && !self.last_clamped {
             self.counters.clamped_targets += 1;
+        }
+        if target.clamped && !self.last_clamped && self.counters.clamped_targets.is_power_of_two() {
             log::info!(
                 "host asks for a {} KiB balloon, more than the guest's RAM; aiming for {} KiB\n",
                 u64::from(num_pages) * 4,
@@ -838,11 +867,21 @@ impl Engine {
         if self.catch_up(backend, buffer).is_some() || self.pages == 0 {
             return 0;
         }
+        // The target this deflate goes below: one the host sets while the
+        // deflate waits for it is new, and is followed.
+        let target = backend.read_target();
         let before = self.pages;
-        let _ = self.deflate(backend, buffer, max.min(self.pages));
+        // A buffer of the format may hold less than `max` (compat: 256
+        // PFNs): send as many as `max` takes.
+        while self.pages > 0 && before - self.pages < max {
+            let left = max - (before - self.pages);
+            if self.deflate(backend, buffer, left.min(self.pages)) != Step::Progress {
+                break;
+            }
+        }
         let freed = before - self.pages;
         if freed > 0 {
-            self.held_target = Some(backend.read_target());
+            self.held_target = Some(target);
             self.counters.oom_deflated += freed;
             self.counters.oom_events += 1;
             backend.write_actual(self.actual());
@@ -869,22 +908,33 @@ impl Engine {
     /// [`DRAIN_QUEUE_ATTEMPTS`] times in a row): then the caller resets the
     /// device and calls [`Engine::forget_all`].
     pub fn drain_step<B: Backend>(&mut self, backend: &mut B, buffer: &mut [u32]) -> Step {
-        if let Some(step) = self.catch_up(backend, buffer) {
-            return self.drain_outcome(step);
-        }
-        if self.pages == 0 {
-            backend.write_actual(0);
-            return Step::Reached;
-        }
-        let step = self.deflate(backend, buffer, self.pages);
-        backend.write_actual(self.actual());
-        self.drain_outcome(step)
+        let refusals = self.counters.queue_failures;
+        let step = match self.catch_up(backend, buffer) {
+            Some(step) => step,
+            None if self.pages == 0 => {
+                backend.write_actual(0);
+                Step::Reached
+            }
+            None => {
+                let step = self.deflate(backend, buffer, self.pages);
+                backend.write_actual(self.actual());
+                step
+            }
+        };
+        let refused = self.counters.queue_failures != refusals;
+        self.drain_outcome(step, refused)
     }
 
-    /// A drain gives up telling the host after repeated queueing failures.
-    fn drain_outcome(&mut self, step: Step) -> Step {
+    /// A drain gives up telling the host after repeated queueing failures
+    /// in a row (`refused`: this step's buffer was refused).
+    fn drain_outcome(&mut self, step: Step, refused: bool) -> Step {
+        if refused {
+            self.drain_refusals += 1;
+        } else if step != Step::Backoff(ISOLATED_RETRY_MS) {
+            self.drain_refusals = 0;
+        }
         match step {
-            Step::Backoff(_) if self.backoff.failures() >= DRAIN_QUEUE_ATTEMPTS => {
+            Step::Backoff(_) if self.drain_refusals >= DRAIN_QUEUE_ATTEMPTS => {
                 log::error!(
                     "cannot queue buffers to empty the balloon; reclaiming the pages after a reset\n"
                 );

@@ -511,6 +511,7 @@ fn oom_deflate_gives_pages_back_and_holds_until_a_new_target() {
 
 thread_local! {
     static OUT_OF_PUFF_LINES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static CLAMP_LINES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Counts, per test thread, the "out of puff" lines the engine logs.
@@ -523,6 +524,13 @@ impl log::Log for CountingLogger {
     fn log(&self, record: &log::Record<'_>) {
         if record.args().to_string().contains("out of puff") {
             OUT_OF_PUFF_LINES.with(|lines| lines.set(lines.get() + 1));
+        }
+        if record
+            .args()
+            .to_string()
+            .contains("more than the guest's RAM")
+        {
+            CLAMP_LINES.with(|lines| lines.set(lines.get() + 1));
         }
     }
     fn flush(&self) {}
@@ -553,6 +561,153 @@ fn allocation_failures_between_successes_log_rarely() {
     assert!(
         lines <= 64 - failures.leading_zeros() as usize,
         "{lines} lines for {failures} failures"
+    );
+    model.check();
+}
+
+#[test]
+fn a_target_set_during_an_oom_deflate_is_followed() {
+    // Defect: the target was read after the deflate, so a new one the host
+    // set meanwhile was taken for the one the OOM deflate went below.
+    let total = 64 * MIB;
+    let mut model = Model::new(12, total);
+    let mut engine = engine_for(&model, 0);
+    model.num_pages = (32 * MIB) as u32;
+    assert_eq!(run_until_settled(&mut engine, &mut model), Step::Reached);
+    let mut buffer = vec![0u32; PFNS_PER_BUFFER];
+    model.target_while_told = Some((40 * MIB) as u32);
+    assert_eq!(engine.oom_deflate(&mut model, &mut buffer, 256), 256);
+    assert_eq!(run_until_settled(&mut engine, &mut model), Step::Reached);
+    assert_eq!(u64::from(model.actual), 40 * MIB);
+    model.check();
+}
+
+#[test]
+fn an_oom_deflate_gives_back_what_it_is_asked_in_every_format() {
+    // Defect: under compat (256 PFNs a buffer) an OOM event gave back one
+    // buffer, 1 MiB, not the 16 MiB asked.
+    for format in [BufferFormat::Compat, BufferFormat::Full] {
+        let total = 64 * MIB;
+        let mut model = Model::new(12, total);
+        let mut engine = engine_for(&model, 0);
+        engine.set_format(format).expect("empty balloon");
+        model.num_pages = (32 * MIB) as u32;
+        assert_eq!(run_until_settled(&mut engine, &mut model), Step::Reached);
+        let mut buffer = vec![0u32; PFNS_PER_BUFFER];
+        let asked = PFNS_PER_BUFFER as u64;
+        assert_eq!(
+            engine.oom_deflate(&mut model, &mut buffer, asked),
+            asked,
+            "{format:?}"
+        );
+        assert_eq!(u64::from(model.actual), 32 * MIB - asked);
+        model.check();
+    }
+}
+
+#[test]
+fn a_drain_after_allocation_back_offs_still_retries_a_refused_buffer() {
+    // Defect: the drain gave up after its first refused buffer when
+    // allocations had backed off before, counting those as refusals.
+    let total = 64 * MIB;
+    let mut model = Model::new(12, total);
+    let mut engine = engine_for(&model, 0);
+    model.num_pages = (8 * MIB) as u32;
+    assert_eq!(run_until_settled(&mut engine, &mut model), Step::Reached);
+    model.alloc_left = Some(0);
+    model.num_pages = (16 * MIB) as u32;
+    let mut buffer = vec![0u32; PFNS_PER_BUFFER];
+    for _ in 0..DRAIN_QUEUE_ATTEMPTS + 2 {
+        assert!(matches!(
+            engine.step(&mut model, &mut buffer),
+            Step::Backoff(_)
+        ));
+    }
+    assert!(engine.counters().alloc_failures > u64::from(DRAIN_QUEUE_ATTEMPTS));
+    model.mode = HostMode::Refusing;
+    assert!(matches!(
+        engine.drain_step(&mut model, &mut buffer),
+        Step::Backoff(_)
+    ));
+    model.mode = HostMode::Prompt;
+    let mut end = Step::Progress;
+    for _ in 0..100 {
+        end = engine.drain_step(&mut model, &mut buffer);
+        if matches!(end, Step::Reached | Step::Stalled) {
+            break;
+        }
+    }
+    assert_eq!(end, Step::Reached, "the host was told of every page");
+    assert_eq!(model.actual, 0);
+    model.check();
+}
+
+#[test]
+fn the_step_after_a_late_buffer_allocates_for_itself() {
+    // Defect: while a buffer was late, `pages_to_allocate` said 0, so the
+    // step that finished it had nothing allocated and counted a failure.
+    let total = 64 * MIB;
+    let mut model = Model::new(12, total);
+    let mut engine = engine_for(&model, 0);
+    model.num_pages = (8 * MIB) as u32;
+    model.mode = HostMode::Slow;
+    assert_eq!(run_until_settled(&mut engine, &mut model), Step::Stalled);
+    assert_eq!(engine.pages_to_allocate(&mut model), 0, "stalled");
+    model.mode = HostMode::Prompt;
+    model.deliver_late();
+    let mut buffer = vec![0u32; PFNS_PER_BUFFER];
+    engine.resume(&mut model, &mut buffer);
+    assert!(engine.late().is_none());
+    assert!(engine.pages_to_allocate(&mut model) > 0);
+    let failures = engine.counters().alloc_failures;
+    assert_eq!(run_until_settled(&mut engine, &mut model), Step::Reached);
+    assert_eq!(engine.counters().alloc_failures, failures);
+    assert_eq!(u64::from(model.actual), 8 * MIB);
+    model.check();
+}
+
+#[test]
+fn nothing_is_sent_to_a_reset_device() {
+    // Defect: a migration between the reset and the end of the teardown
+    // sent to the reset device and waited for it.
+    let total = 64 * MIB;
+    let mut model = Model::new(12, total);
+    let mut engine = engine_for(&model, 0);
+    model.num_pages = (8 * MIB) as u32;
+    assert_eq!(run_until_settled(&mut engine, &mut model), Step::Reached);
+    let sent = model.buffers.len();
+    engine.device_reset();
+    assert!(migrate_one(&mut engine, &mut model, 3).is_err());
+    let mut buffer = vec![0u32; PFNS_PER_BUFFER];
+    assert_eq!(engine.oom_deflate(&mut model, &mut buffer, 256), 0);
+    assert_eq!(
+        model.buffers.len(),
+        sent,
+        "a buffer went to the reset device"
+    );
+    remove(&mut engine, &mut model);
+}
+
+#[test]
+fn a_host_alternating_absurd_and_valid_targets_does_not_flood_the_log() {
+    // Defect: every switch to an absurd target logged the clamp line.
+    static LOGGER: CountingLogger = CountingLogger;
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Info);
+    let total = 64 * MIB;
+    let mut model = Model::new(12, total);
+    let mut engine = engine_for(&model, 0);
+    let mut buffer = vec![0u32; PFNS_PER_BUFFER];
+    for round in 0..1000u32 {
+        model.num_pages = if round % 2 == 0 { u32::MAX } else { 1024 };
+        engine.step(&mut model, &mut buffer);
+    }
+    let clamped = engine.counters().clamped_targets;
+    let lines = CLAMP_LINES.with(|lines| lines.get());
+    assert_eq!(clamped, 500);
+    assert!(
+        lines <= 64 - clamped.leading_zeros() as usize,
+        "{lines} lines for {clamped} absurd targets"
     );
     model.check();
 }

@@ -143,6 +143,8 @@ pub struct Model {
     /// With `Some(n)`, the next `n` buffers are answered at once whatever
     /// `mode` says (e.g. a migration's inflate), the rest as `mode` says.
     pub prompt_for: Option<usize>,
+    /// A target the host sets while the next buffer is with it.
+    pub target_while_told: Option<u32>,
     pub late: Option<LateBuffer>,
     late_buffers: u64,
     /// Guest pages hot-plugged since boot.
@@ -184,6 +186,7 @@ impl Model {
             available_override: None,
             mode: HostMode::Prompt,
             prompt_for: None,
+            target_while_told: None,
             late: None,
             late_buffers: 0,
             hotplugged: 0,
@@ -810,6 +813,9 @@ impl Backend for Model {
         assert!(per_buffer > 0, "buffers of no PFN");
         self.check_shape(queue, pfns, per_buffer);
         self.after_reset = false;
+        if let Some(target) = self.target_while_told.take() {
+            self.num_pages = target;
+        }
         let mode = match self.prompt_for.as_mut() {
             Some(left) if *left > 0 => {
                 *left -= 1;
