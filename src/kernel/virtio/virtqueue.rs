@@ -202,7 +202,8 @@ impl Virtqueue {
     /// Nothing is sent unless the queue has a free buffer and a free
     /// descriptor for each. On [`SendError::Timeout`] the queue keeps the
     /// buffers still out until the device hands them back
-    /// ([`Virtqueue::all_returned`]) or is reset.
+    /// ([`Virtqueue::all_returned`]) or is reset; that is also the answer
+    /// when the queue fails or breaks partway, with buffers already out.
     pub(crate) fn send_all_and_wait(
         &mut self,
         words: &[u32],
@@ -222,16 +223,18 @@ impl Virtqueue {
         }
         for chunk in words.chunks(per_buffer) {
             if let Err(err) = self.send(chunk.as_bytes()) {
+                if self.in_flight() > 0 {
+                    // Some buffers are out: the host may read them, even if
+                    // the queue broke meanwhile, so the caller must treat
+                    // the batch as late (kept until they come back or the
+                    // device is reset), not as unsent.
+                    self.kick();
+                    return Err(SendError::Timeout);
+                }
                 if self.is_broken() {
                     return Err(SendError::Broken);
                 }
-                if self.in_flight() == 0 {
-                    return Err(SendError::Queue(err));
-                }
-                // Some buffers are out: the host may read them, so the
-                // caller must treat the batch as late, not as unsent.
-                self.kick();
-                return Err(SendError::Timeout);
+                return Err(SendError::Queue(err));
             }
         }
         self.kick();
