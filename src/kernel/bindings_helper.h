@@ -29,4 +29,3 @@ const gfp_t VBRS___GFP_MOVABLE = __GFP_MOVABLE;
 const gfp_t VBRS___GFP_DIRECT_RECLAIM = __GFP_DIRECT_RECLAIM;
 const gfp_t VBRS___GFP_IO = __GFP_IO;
 const gfp_t VBRS___GFP_FS = __GFP_FS;
-const unsigned int VBRS_VIRTIO_CONFIG_S_DRIVER_OK = VIRTIO_CONFIG_S_DRIVER_OK;

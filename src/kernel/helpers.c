@@ -252,11 +252,6 @@ void vbrs_virtio_relax(struct virtio_device *vdev)
 	pm_relax(&vdev->dev);
 }
 
-u8 vbrs_virtqueue_device_status(struct virtqueue *vq)
-{
-	return vq->vdev->config->get_status(vq->vdev);
-}
-
 bool vbrs_virtio_pci_subsystem(struct virtio_device *vdev, u16 *vendor, u16 *device)
 {
 	struct device *parent = vdev->dev.parent;

@@ -64,7 +64,6 @@ void vbrs_get_page(struct page *page);
 void vbrs_virtio_set_wakeup_capable(struct virtio_device *vdev);
 void vbrs_virtio_stay_awake(struct virtio_device *vdev);
 void vbrs_virtio_relax(struct virtio_device *vdev);
-u8 vbrs_virtqueue_device_status(struct virtqueue *vq);
 bool vbrs_virtio_pci_subsystem(struct virtio_device *vdev, u16 *vendor, u16 *device);
 bool vbrs_virtio_on_platform(struct virtio_device *vdev);
 struct pglist_data *vbrs_page_pgdat(const struct page *page);

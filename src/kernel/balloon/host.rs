@@ -169,7 +169,14 @@ impl Backend for Host<'_> {
     }
 
     fn available_pages(&mut self) -> u64 {
-        mm::available_pages()
+        // The pages allocated for this step already lowered the figure;
+        // they are the step's to take, so they count as available, or the
+        // step would take fewer than it allocated and back off short of
+        // the reserve floor.
+        let preallocated = self.prealloc.as_ref().map_or(0, |p| {
+            p.pages.len() as u64 + ((p.blocks.len() as u64) << HUGE_BLOCK_ORDER)
+        });
+        mm::available_pages().saturating_add(preallocated)
     }
 
     fn managed_pages(&mut self) -> u64 {

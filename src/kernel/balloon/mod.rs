@@ -11,6 +11,7 @@
 //! each with the SAFETY comment that says where it keeps them.
 
 use balloon_logic::engine::{
+    Backend as _,
     single_pages_after_blocks,
     Engine,
     Step, //
@@ -40,9 +41,11 @@ use kernel::prelude::*;
 use kernel::sync::atomic::{
     Acquire,
     Atomic,
+    Full,
     Relaxed,
     Release, //
 };
+use kernel::sync::barrier::smp_mb;
 use kernel::sync::{
     Mutex,
     SpinLockIrq, //
@@ -214,6 +217,9 @@ pub(crate) struct Balloon {
     /// The engine waits for a late inflate or deflate buffer: its return
     /// queues the update work.
     waiting_for_host: Atomic<bool>,
+    /// The device was reset by teardown: a page report still waiting for
+    /// it has its pages back (the device dropped the buffer).
+    device_was_reset: Atomic<bool>,
     /// Pages for the next inflate, allocated outside the balloon lock.
     #[pin]
     prealloc: Mutex<Prealloc>,
@@ -337,8 +343,17 @@ impl Balloon {
         };
         let result = f(engine, &mut host, pfns);
         self.view.update(engine);
-        self.waiting_for_host
-            .store(engine.late().is_some(), Release);
+        let late = engine.late();
+        // Set before looking at the queue once more, with a full barrier:
+        // a buffer that came back after `f` gave up waiting, but before the
+        // flag was set, found it clear and queued nothing. Either its
+        // interrupt sees the flag, or this sees the buffer.
+        self.waiting_for_host.xchg(late.is_some(), Full);
+        if let Some(late) = late {
+            if host.host_returned(late.queue()) {
+                self.queue_unless_stopped::<UPDATE>(WAKE_ADJUST);
+            }
+        }
         Some(result)
     }
 
@@ -398,7 +413,10 @@ impl Balloon {
         // for the rest.
         let wanted = {
             let mut state = self.state.lock();
-            self.with_engine(&mut state, None, None, |engine, host, _| {
+            self.with_engine(&mut state, None, None, |engine, host, pfns| {
+                // A late buffer that came back finishes its step first, so
+                // that this step allocates for itself.
+                engine.resume(host, pfns);
                 let pages = engine.pages_to_allocate(host);
                 (
                     pages,
@@ -448,6 +466,18 @@ impl Balloon {
         let reporting_queue = index.reporting.and_then(|i| queues.take(i));
         let hint_queue = index.free_page.and_then(|i| queues.take(i));
         let reporting_capacity = reporting_queue.as_ref().map(Virtqueue::size);
+        let hint_capacity = hint_queue.as_ref().map(Virtqueue::size);
+        self.device_was_reset.store(false, Release);
+        // Every handle goes where teardown looks for it before anything
+        // else can fail: teardown puts them all back and deletes the
+        // queues, and with them their interrupt handlers.
+        self.stats.lock().queue = stats_queue;
+        *self.reporting_queue.lock() = reporting_queue;
+        {
+            let mut hint = self.hint.lock();
+            hint.active = hint::CMD_ID_STOP;
+            hint.queue = hint_queue;
+        }
 
         let page_size = 1u64 << mm::PAGE_SHIFT;
         let reserve = reserve_pages(crate::module_parameters::reserve_kb.value(), page_size);
@@ -469,17 +499,10 @@ impl Balloon {
             state.deflate_queue = deflate_queue;
             state.queues = Some(queues);
         }
-        *self.reporting_queue.lock() = reporting_queue;
-        if let Some(queue) = hint_queue {
-            // The ring needs a descriptor for the command id besides hints.
-            if queue.size() < 2 {
-                dev_err!(dev, "free page hint queue too small\n");
-                self.hint.lock().queue = Some(queue);
-                return Err(ENOSPC);
-            }
-            let mut hint = self.hint.lock();
-            hint.active = hint::CMD_ID_STOP;
-            hint.queue = Some(queue);
+        // The ring needs a descriptor for the command id besides hints.
+        if hint_capacity.is_some_and(|size| size < 2) {
+            dev_err!(dev, "free page hint queue too small\n");
+            return Err(ENOSPC);
         }
 
         dev.set_wakeup_capable();
@@ -490,13 +513,11 @@ impl Balloon {
         dev.ready();
         dev.write_config::<Actual>(0)?;
 
-        if let Some(queue) = stats_queue {
+        if let Some(queue) = self.stats.lock().queue.as_mut() {
             // Prime the stats queue: the host returns this buffer when it
             // wants fresh figures.
-            let mut stats = self.stats.lock();
             let mut buffer = [0u8; stats::BUFFER_SIZE];
             let len = self.fill_stats(&mut buffer);
-            let queue = stats.queue.insert(queue);
             queue.send(&buffer[..len])?;
             queue.kick();
         }
@@ -576,7 +597,14 @@ impl Balloon {
                 Some(Step::Stalled) | None => break,
             }
         }
+        // From here on nothing is sent to the device: a migration fails
+        // (the core keeps its page), a page report returns its pages.
+        if let Some(engine) = self.state.lock().engine.as_mut() {
+            engine.device_reset();
+        }
         let reset = dev.reset();
+        self.device_was_reset.store(true, Release);
+        self.acked.wake_up();
         // A report the host never returned ends with the reset; only then
         // can page reporting stop.
         self.reporting.unregister();
@@ -670,7 +698,11 @@ unsafe impl ReportingHandler for Balloon {
     fn report(&self, pages: &ReportedPages<'_>) -> Result {
         let mut guard = self.reporting_queue.lock();
         let queue = Option::as_mut(&mut *guard).ok_or(ENODEV)?;
-        queue.report_and_wait(pages, &self.acked, host_timeout())?;
+        let reset = || self.device_was_reset.load(Acquire);
+        if reset() {
+            return Err(ENODEV);
+        }
+        queue.report_and_wait(pages, &self.acked, host_timeout(), reset)?;
         self.view.free_page_reports.fetch_add(1, Relaxed);
         Ok(())
     }
@@ -755,6 +787,7 @@ unsafe impl virtio::Driver for Balloon {
                 awake: false,
             }),
             waiting_for_host: Atomic::new(false),
+            device_was_reset: Atomic::new(false),
             prealloc <- new_mutex!(Prealloc::new()?),
             view: KBox::pin_init(
                 debugfs::directory(
@@ -783,9 +816,12 @@ unsafe impl virtio::Driver for Balloon {
         } else {
             this.acked.wake_up();
             // A late buffer came back: the update work finishes its step.
+            // The barrier pairs with the one in `with_engine`: the buffer
+            // is in the used ring before the flag is read.
             let index = queue_index as usize;
+            smp_mb(Full);
             if (index == this.index.inflate || index == this.index.deflate)
-                && this.waiting_for_host.load(Acquire)
+                && this.waiting_for_host.load(Relaxed)
             {
                 this.queue_unless_stopped::<UPDATE>(WAKE_ADJUST);
             }

@@ -295,13 +295,17 @@ impl Virtqueue {
     /// buffer, and the page reporting core cannot take back pages still
     /// being reported, so this waits as long as it takes, logging once
     /// after `warn_after` jiffies, until the device hands the buffer back
-    /// (`Ok`) or is reset (`ENODEV`: it dropped the buffer, so the pages
-    /// are the guest's again).
+    /// (`Ok`) or `reset` says the driver reset the device (`ENODEV`: it
+    /// dropped the buffer, so the pages are the guest's again). The
+    /// device's status word is not trusted for that: only the driver's
+    /// own reset ends a report early. `reset` is called after each wait;
+    /// whoever resets wakes `waiter`.
     pub(crate) fn report_and_wait(
         &mut self,
         pages: &crate::mm::ReportedPages<'_>,
         waiter: &WaitQueue,
         warn_after: Jiffies,
+        reset: impl Fn() -> bool,
     ) -> Result {
         let poll = kernel::time::msecs_to_jiffies(100);
         let (sg, nents) = pages.raw();
@@ -314,9 +318,7 @@ impl Virtqueue {
         self.kick();
         let mut waited: Jiffies = 0;
         while !self.wait(waiter, poll) {
-            // SAFETY: the queue and its device are valid.
-            let status = unsafe { bindings::vbrs_virtqueue_device_status(self.vq.as_ptr()) };
-            if u32::from(status) & bindings::VBRS_VIRTIO_CONFIG_S_DRIVER_OK == 0 {
+            if reset() {
                 return Err(ENODEV);
             }
             let before = waited;
