@@ -25,6 +25,7 @@ use crate::mm::{
     self,
     BalloonDevInfo,
     BulkAlloc,
+    Embedded,
     HeldPage,
     MigratingPage,
     Page,
@@ -141,7 +142,7 @@ pub(super) struct Host<'a> {
     pub(super) inflate_queue: &'a mut Virtqueue,
     pub(super) deflate_queue: &'a mut Virtqueue,
     pub(super) acked: &'a WaitQueue,
-    pub(super) balloon: &'a BalloonDevInfo<Balloon>,
+    pub(super) balloon: Embedded<'a, Balloon, BalloonDevInfo<Balloon>>,
     pub(super) staged_inflate: Pin<&'a mut PageList>,
     pub(super) staged_deflate: Pin<&'a mut PageList>,
     /// The balloon's whole blocks, off the balloon core's list (unmovable).

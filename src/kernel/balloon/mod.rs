@@ -60,6 +60,7 @@ use crate::mm::{
     self,
     BalloonDevInfo,
     BulkAlloc,
+    Embedded,
     HeldPage,
     MigratingPage,
     MigrationHandler,
@@ -236,11 +237,12 @@ impl_has_delayed_work! {
     impl HasDelayedWork<Self, STATS> for Balloon { self.stats_work }
     impl HasDelayedWork<Self, HINT> for Balloon { self.hint_work }
 }
-// What the handler traits below (`unsafe impl`) rely on: `oom`, `reporting`
-// and `hint_shrinker` are fields of the pinned state, registered only by
-// `bring_up` and unregistered by `quiesce` or `teardown`, which unbind and a
-// failed start run before the state is dropped; `pages` holds pages only
-// between the first inflate and `teardown`, which empties it.
+// What the handler traits below (`unsafe impl`) rely on: a `Balloon` is
+// only made in place, pinned, by the bus adapter; `oom`, `reporting` and
+// `hint_shrinker` are registered only by `bring_up` and unregistered by
+// `quiesce` or `teardown`, which unbind and a failed start run before the
+// state is dropped; `pages` holds pages only between the first inflate and
+// `teardown`, which empties it.
 impl_embeds!(Balloon {
     pages: BalloonDevInfo<Balloon>,
     oom: OomNotifier<Balloon>,
@@ -329,7 +331,7 @@ impl Balloon {
             inflate_queue: inflate_queue.as_mut()?,
             deflate_queue: deflate_queue.as_mut()?,
             acked: &self.acked,
-            balloon: &self.pages,
+            balloon: Embedded::of(self),
             staged_inflate: staged_inflate.as_mut(),
             staged_deflate: staged_deflate.as_mut(),
             blocks: blocks.as_mut(),
@@ -522,13 +524,13 @@ impl Balloon {
             queue.kick();
         }
         if self.features.contains(Features::DEFLATE_ON_OOM) {
-            self.oom.register()?;
+            Embedded::<_, OomNotifier<_>>::of(self).register()?;
         }
         if let Some(capacity) = reporting_capacity {
-            self.reporting.register(capacity)?;
+            Embedded::<_, PageReporting<_>>::of(self).register(capacity)?;
         }
         if self.features.contains(Features::FREE_PAGE_HINT) {
-            self.hint_shrinker.register(c"virtio-balloon-rs")?;
+            Embedded::<_, Shrinker<_>>::of(self).register(c"virtio-balloon-rs")?;
         }
 
         let target = dev.read_config::<NumPages>().unwrap_or(0);

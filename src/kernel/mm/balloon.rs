@@ -12,6 +12,7 @@ use kernel::prelude::*;
 use kernel::types::Opaque;
 
 use super::{
+    Embedded,
     Embeds,
     HeldPage,
     Page,
@@ -45,9 +46,9 @@ impl MigratingPage<'_> {
 ///
 /// # Safety
 ///
-/// Every `BalloonDevInfo<Self>` that holds pages is the field of a pinned `Self`
-/// that `Embeds` names, and is emptied before anything else of that `Self`
-/// is dropped.
+/// `Self` is pinned once initialised, and empties its `BalloonDevInfo<Self>`
+/// (the field `Embeds` names, the only one pages can be put on) before
+/// anything else of it is dropped.
 pub(crate) unsafe trait MigrationHandler:
     Embeds<BalloonDevInfo<Self>> + Sync
 {
@@ -151,6 +152,9 @@ impl<T: MigrationHandler> BalloonDevInfo<T> {
         })
     }
 
+}
+
+impl<T: MigrationHandler> Embedded<'_, T, BalloonDevInfo<T>> {
     /// Moves every page of `list` into the balloon, under one lock.
     pub(crate) fn enqueue_list(&self, list: Pin<&mut PageList>) -> usize {
         // SAFETY: only `len` changes; the head stays pinned.
@@ -164,6 +168,9 @@ impl<T: MigrationHandler> BalloonDevInfo<T> {
         moved
     }
 
+}
+
+impl<T: MigrationHandler> BalloonDevInfo<T> {
     /// Whether the balloon holds no page, isolated ones included.
     pub(crate) fn is_empty(&self) -> bool {
         // SAFETY: the descriptor is initialised; the helper only reads it.

@@ -15,7 +15,10 @@ mod page_reporting;
 mod registration;
 mod shrinker;
 
-pub(crate) use registration::Embeds;
+pub(crate) use registration::{
+    Embedded,
+    Embeds, //
+};
 
 pub(crate) use balloon::{
     BalloonDevInfo,

@@ -10,6 +10,7 @@ use kernel::prelude::*;
 use kernel::types::Opaque;
 
 use super::registration::{
+    Embedded,
     Embeds,
     RegistrationState, //
 };
@@ -19,9 +20,9 @@ use crate::bindings;
 ///
 /// # Safety
 ///
-/// Every `OomNotifier<Self>` that is registered is the field of a pinned `Self`
-/// that `Embeds` names, and is unregistered before anything else of that
-/// `Self` is dropped.
+/// `Self` is pinned once initialised, and unregisters its `OomNotifier<Self>`
+/// (the field `Embeds` names, the only one that can be registered) before
+/// anything else of it is dropped.
 pub(crate) unsafe trait OomHandler: Embeds<OomNotifier<Self>> + Sync {
     /// The guest is out of memory: free what can be freed, return the
     /// number of pages freed (process context, may sleep).
@@ -92,11 +93,15 @@ impl<T: OomHandler> OomNotifier<T> {
         })
     }
 
+}
+
+impl<T: OomHandler> Embedded<'_, T, OomNotifier<T>> {
     /// Joins the OOM notifier chain, unless already in it.
     pub(crate) fn register(&self) -> Result {
         self.registration.register(|| {
-            // SAFETY: the block is initialised and pinned; it stays
-            // registered until `unregister` or drop.
+            // SAFETY: the block is initialised and pinned (a field of the
+            // pinned owner, `OomHandler` contract); it stays registered
+            // until `unregister` or drop.
             to_result(unsafe { bindings::register_oom_notifier(self.block.get()) })
         })
     }

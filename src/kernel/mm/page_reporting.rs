@@ -10,6 +10,7 @@ use kernel::prelude::*;
 use kernel::types::Opaque;
 
 use super::registration::{
+    Embedded,
     Embeds,
     RegistrationState, //
 };
@@ -35,9 +36,9 @@ impl ReportedPages<'_> {
 ///
 /// # Safety
 ///
-/// Every `PageReporting<Self>` that is registered is the field of a pinned `Self`
-/// that `Embeds` names, and is unregistered before anything else of that
-/// `Self` is dropped.
+/// `Self` is pinned once initialised, and unregisters its `PageReporting<Self>`
+/// (the field `Embeds` names, the only one that can be registered) before
+/// anything else of it is dropped.
 pub(crate) unsafe trait ReportingHandler: Embeds<PageReporting<Self>> + Sync {
     /// Reports `pages` to the host; returns once the host has them.
     fn report(&self, pages: &ReportedPages<'_>) -> Result;
@@ -117,6 +118,9 @@ impl<T: ReportingHandler> PageReporting<T> {
         })
     }
 
+}
+
+impl<T: ReportingHandler> Embedded<'_, T, PageReporting<T>> {
     /// Starts reporting free pages in batches of at most `capacity`,
     /// unless already reporting.
     pub(crate) fn register(&self, capacity: u32) -> Result {

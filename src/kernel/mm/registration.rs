@@ -56,8 +56,9 @@ impl RegistrationState {
 /// # Safety
 ///
 /// [`Embeds::container_of`] must return the `Self` whose field `field`
-/// points to. [`impl_embeds!`] implements it. That the kernel is only given
-/// such a field, of a pinned owner, is the promise of each handler trait.
+/// points to, and [`Embeds::field`] that field of `self`.
+/// [`impl_embeds!`] implements both. That the owner is pinned is the
+/// promise of each handler trait.
 pub(crate) unsafe trait Embeds<F>: Sized {
     /// The owner whose field `field` points to.
     ///
@@ -65,6 +66,50 @@ pub(crate) unsafe trait Embeds<F>: Sized {
     ///
     /// `field` must point to that field of a live `Self`.
     unsafe fn container_of(field: *mut F) -> *mut Self;
+
+    /// The field, of this owner.
+    fn field(&self) -> &F;
+}
+
+/// A field reached from its owner `T`, so known to be embedded in it: what
+/// makes the kernel call back through the field (a registration, a page
+/// put on a balloon) is only offered here, since the callback finds the
+/// owner from the field with `container_of`, which a field that is not
+/// embedded would make undefined behaviour.
+pub(crate) struct Embedded<'a, T, F> {
+    owner: &'a T,
+    field: &'a F,
+}
+
+impl<'a, T: Embeds<F>, F> Embedded<'a, T, F> {
+    /// The field `F` of `owner`.
+    pub(crate) fn of(owner: &'a T) -> Self {
+        Self {
+            owner,
+            field: owner.field(),
+        }
+    }
+
+    /// The owner.
+    pub(super) fn owner(&self) -> &'a T {
+        self.owner
+    }
+}
+
+impl<T, F> Clone for Embedded<'_, T, F> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T, F> Copy for Embedded<'_, T, F> {}
+
+impl<T, F> core::ops::Deref for Embedded<'_, T, F> {
+    type Target = F;
+
+    fn deref(&self) -> &F {
+        self.field
+    }
 }
 
 /// Implements [`Embeds`] for `$owner`, once per field named.
@@ -78,6 +123,10 @@ macro_rules! impl_embeds {
                 // SAFETY: `field` points to the `$field` of a live `$owner`
                 // (the caller's contract).
                 unsafe { ::kernel::container_of!(field, $owner, $field) }
+            }
+
+            fn field(&self) -> &$type {
+                &self.$field
             }
         }
     )*};

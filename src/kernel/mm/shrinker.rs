@@ -13,6 +13,7 @@ use kernel::sync::atomic::{
 };
 
 use super::registration::{
+    Embedded,
     Embeds,
     RegistrationState, //
 };
@@ -22,9 +23,9 @@ use crate::bindings;
 ///
 /// # Safety
 ///
-/// Every `Shrinker<Self>` that is registered is the field of a pinned `Self`
-/// that `Embeds` names, and is unregistered before anything else of that
-/// `Self` is dropped.
+/// `Self` is pinned once initialised, and unregisters its `Shrinker<Self>`
+/// (the field `Embeds` names, the only one that can be registered) before
+/// anything else of it is dropped.
 pub(crate) unsafe trait ShrinkerHandler: Embeds<Shrinker<Self>> + Sync {
     /// Pages the owner could free.
     fn count(&self) -> u64;
@@ -55,7 +56,7 @@ unsafe impl<T> Send for Shrinker<T> {}
 ///
 /// # Safety
 ///
-/// Called by reclaim with a shrinker registered by [`Shrinker::register`].
+/// Called by reclaim with a shrinker registered by `Embedded::register`.
 unsafe extern "C" fn shrinker_count<T: ShrinkerHandler>(
     shrinker: *mut bindings::shrinker,
     _sc: *mut bindings::shrink_control,
@@ -95,7 +96,9 @@ impl<T: ShrinkerHandler> Shrinker<T> {
             _owner: PhantomData,
         })
     }
+}
 
+impl<T: ShrinkerHandler> Embedded<'_, T, Shrinker<T>> {
     /// Allocates and registers the shrinker under `name`, unless already
     /// registered.
     pub(crate) fn register(&self, name: &CStr) -> Result {
@@ -107,9 +110,9 @@ impl<T: ShrinkerHandler> Shrinker<T> {
             if shrinker.is_null() {
                 return Err(ENOMEM);
             }
-            // SAFETY: `self` is being registered, so it is the field of a
-            // live, pinned `T` (`ShrinkerHandler` contract).
-            let owner = unsafe { T::container_of(core::ptr::from_ref(self).cast_mut()) };
+            // The pinned owner (`ShrinkerHandler` contract), which
+            // unregisters before it goes.
+            let owner = core::ptr::from_ref(self.owner()).cast_mut();
             // SAFETY: `shrinker` is freshly allocated and not yet registered;
             // INVARIANT: its `private_data` is the pinned owner.
             unsafe {
