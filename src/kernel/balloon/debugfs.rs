@@ -99,6 +99,12 @@ impl DebugView {
 /// The figures, each a file of its own and a line of `status`, in order:
 /// `name => |engine, view| value`. Those named `*_pages` count 4 KiB pages
 /// and show in KiB in `status`.
+///
+/// Why a macro of named functions rather than closures: 7.3's
+/// `ScopedDir::read_callback_file` takes its callback as `&'static F` and
+/// asserts at build time that `F` is zero-sized (the file keeps only the
+/// data pointer), so each figure must be a function item of its own, which
+/// the macro writes once for the file and once for its `status` line.
 macro_rules! figures {
     ($($name:ident => |$e:tt, $v:tt| $value:expr;)*) => {
         $(

@@ -14,6 +14,16 @@ use crate::bindings;
 /// A block of `2^ORDER` guest pages owned by the driver and not on a
 /// balloon list (order 0: one balloon page).
 ///
+/// Why not 7.3's `kernel::page::Page`: it is one order-0 page allocated
+/// with `alloc_pages(flags, 0)` and freed with `__free_pages(page, 0)`,
+/// while the balloon needs blocks of order 5 to 10 (2 MiB blocks, free
+/// page hint blocks), balloon pages allocated by `balloon_page_alloc` and
+/// dropped with `put_page` (the balloon core and migration hold references
+/// of their own), and lists linked through `lru`; and its flags,
+/// `kernel::alloc::Flags`, have no `__GFP_NORETRY`, `__GFP_NOMEMALLOC`,
+/// `__GFP_MOVABLE` or `__GFP_DIRECT_RECLAIM`, which every allocation here
+/// needs (see [`balloon_gfp`] and the block allocators).
+///
 /// # Invariants
 ///
 /// `page` is the head of a valid, non-compound block of that order with one
