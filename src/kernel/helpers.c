@@ -42,19 +42,20 @@ void vbrs_virtio_device_ready(struct virtio_device *vdev)
 	virtio_device_ready(vdev);
 }
 
-u32 vbrs_virtio_cread_le32(struct virtio_device *vdev, unsigned int offset)
+void vbrs_virtio_cread(struct virtio_device *vdev, unsigned int offset, void *buf, unsigned int len)
 {
-	__le32 val;
-
-	vdev->config->get(vdev, offset, &val, sizeof(val));
-	return le32_to_cpu(val);
+	/* As virtio_cread() does: one access up to 32 bits, else a
+	 * generation-checked read. */
+	if (len <= 4)
+		vdev->config->get(vdev, offset, buf, len);
+	else
+		__virtio_cread_many(vdev, offset, buf, 1, len);
 }
 
-void vbrs_virtio_cwrite_le32(struct virtio_device *vdev, unsigned int offset, u32 val)
+void vbrs_virtio_cwrite(struct virtio_device *vdev, unsigned int offset, const void *buf,
+			unsigned int len)
 {
-	__le32 le = cpu_to_le32(val);
-
-	vdev->config->set(vdev, offset, &le, sizeof(le));
+	vdev->config->set(vdev, offset, buf, len);
 }
 
 int vbrs_virtqueue_add_outbuf(struct virtqueue *vq, void *buf, unsigned int len, void *token)
@@ -250,22 +251,6 @@ void vbrs_virtio_stay_awake(struct virtio_device *vdev)
 void vbrs_virtio_relax(struct virtio_device *vdev)
 {
 	pm_relax(&vdev->dev);
-}
-
-bool vbrs_virtio_pci_subsystem(struct virtio_device *vdev, u16 *vendor, u16 *device)
-{
-	struct device *parent = vdev->dev.parent;
-
-	if (!parent || !dev_is_pci(parent))
-		return false;
-	*vendor = to_pci_dev(parent)->subsystem_vendor;
-	*device = to_pci_dev(parent)->subsystem_device;
-	return true;
-}
-
-bool vbrs_virtio_on_platform(struct virtio_device *vdev)
-{
-	return vdev->dev.parent && dev_is_platform(vdev->dev.parent);
 }
 
 struct pglist_data *vbrs_page_pgdat(const struct page *page)

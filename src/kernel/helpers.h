@@ -27,8 +27,9 @@ int vbrs_virtio_find_vqs(struct virtio_device *vdev, unsigned int nvqs,
 			 struct virtqueue *vqs[], struct virtqueue_info vqs_info[]);
 void vbrs_virtio_del_vqs(struct virtio_device *vdev);
 void vbrs_virtio_device_ready(struct virtio_device *vdev);
-u32 vbrs_virtio_cread_le32(struct virtio_device *vdev, unsigned int offset);
-void vbrs_virtio_cwrite_le32(struct virtio_device *vdev, unsigned int offset, u32 val);
+void vbrs_virtio_cread(struct virtio_device *vdev, unsigned int offset, void *buf, unsigned int len);
+void vbrs_virtio_cwrite(struct virtio_device *vdev, unsigned int offset, const void *buf,
+			unsigned int len);
 int vbrs_virtqueue_add_outbuf(struct virtqueue *vq, void *buf, unsigned int len, void *token);
 int vbrs_virtqueue_add_inbuf_nowait(struct virtqueue *vq, struct scatterlist *sg,
 				    unsigned int nents, void *token);
@@ -64,8 +65,6 @@ void vbrs_get_page(struct page *page);
 void vbrs_virtio_set_wakeup_capable(struct virtio_device *vdev);
 void vbrs_virtio_stay_awake(struct virtio_device *vdev);
 void vbrs_virtio_relax(struct virtio_device *vdev);
-bool vbrs_virtio_pci_subsystem(struct virtio_device *vdev, u16 *vendor, u16 *device);
-bool vbrs_virtio_on_platform(struct virtio_device *vdev);
 struct pglist_data *vbrs_page_pgdat(const struct page *page);
 void vbrs_count_vm_events(int item, long delta);
 

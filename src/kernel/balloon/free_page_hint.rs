@@ -18,7 +18,7 @@ use crate::mm::{
     ShrinkerHandler,
     HINT_BLOCK_ORDER, //
 };
-use crate::virtio::config::FreePageHintCmdId;
+use super::config::FreePageHintCmdId;
 use crate::virtio::{
     Device,
     Virtqueue, //

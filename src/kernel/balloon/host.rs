@@ -32,7 +32,7 @@ use crate::mm::{
     PageList,
     HUGE_BLOCK_ORDER, //
 };
-use crate::virtio::config::{
+use super::config::{
     Actual,
     NumPages, //
 };

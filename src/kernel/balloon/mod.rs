@@ -23,7 +23,8 @@ use balloon_logic::features::{
 use balloon_logic::format::{
     pick_format,
     BufferFormat,
-    FormatChoice, //
+    FormatChoice,
+    Transport, //
 };
 use balloon_logic::hint;
 use balloon_logic::pfn::{
@@ -72,7 +73,7 @@ use crate::mm::{
     ReportingHandler,
     Shrinker, //
 };
-use crate::virtio::config::{
+use config::{
     Actual,
     NumPages,
     PoisonVal, //
@@ -97,6 +98,7 @@ use kernel::{
     new_delayed_work, //
 };
 
+mod config;
 mod debugfs;
 mod free_page_hint;
 mod host;
@@ -291,7 +293,18 @@ impl Balloon {
             );
             FormatChoice::Auto
         });
-        pick_format(choice, dev.transport())
+        let transport = match dev.transport() {
+            virtio::Transport::Pci {
+                subsystem_vendor,
+                subsystem_device,
+            } => Transport::Pci {
+                subsystem_vendor,
+                subsystem_device,
+            },
+            virtio::Transport::Mmio { vendor } => Transport::Mmio { vendor },
+            virtio::Transport::Other => Transport::Other,
+        };
+        pick_format(choice, transport)
     }
 
     /// The device, bound to this driver.

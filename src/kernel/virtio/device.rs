@@ -21,9 +21,10 @@ use kernel::sync::aref::{
 };
 use kernel::types::Opaque;
 
-use balloon_logic::format::Transport;
-
-use super::config::ConfigField;
+use super::config::{
+    ConfigField,
+    ConfigValue, //
+};
 use super::driver::Adapter;
 use super::virtqueue::{
     OutBuffer,
@@ -108,23 +109,32 @@ impl<Ctx: DeviceContext> Device<Ctx> {
     /// What the device tells of its host: the transport and the identity
     /// the host gave it (PCI subsystem IDs, the virtio-mmio vendor).
     pub(crate) fn transport(&self) -> Transport {
-        let (mut vendor, mut device) = (0u16, 0u16);
-        // SAFETY: `self` is valid (type invariant); the helpers only read
-        // its parent (the transport's device, which outlives it).
-        unsafe {
-            if bindings::vbrs_virtio_pci_subsystem(self.as_raw(), &mut vendor, &mut device) {
-                return Transport::Pci {
-                    subsystem_vendor: vendor,
-                    subsystem_device: device,
-                };
-            }
-            if bindings::vbrs_virtio_on_platform(self.as_raw()) {
-                // virtio-mmio devices hang off a platform device; the core
-                // read `id.vendor` from the VendorID register.
-                return Transport::Mmio {
-                    vendor: (*self.as_raw()).id.vendor,
-                };
-            }
+        // SAFETY: `self` is valid (type invariant), and with it the `struct
+        // device` it embeds, which the kernel's bindings describe (the
+        // module's own bindgen run keeps that type opaque); its parent, if
+        // any, is the transport's device, which outlives it.
+        let parent = unsafe {
+            let dev = core::ptr::addr_of_mut!((*self.as_raw()).dev);
+            (*dev.cast::<kernel::bindings::device>()).parent
+        };
+        if parent.is_null() {
+            return Transport::Other;
+        }
+        // SAFETY: `parent` is a valid `struct device` for as long as `self`
+        // is (above).
+        let parent = unsafe { device::Device::from_raw(parent) };
+        if let Ok(pci) = <&kernel::pci::Device>::try_from(parent) {
+            return Transport::Pci {
+                subsystem_vendor: pci.subsystem_vendor_id(),
+                subsystem_device: pci.subsystem_device_id(),
+            };
+        }
+        if <&kernel::platform::Device>::try_from(parent).is_ok() {
+            // virtio-mmio devices hang off a platform device; the core read
+            // `id.vendor` from the VendorID register.
+            // SAFETY: `self` is valid (type invariant).
+            let vendor = unsafe { (*self.as_raw()).id.vendor };
+            return Transport::Mmio { vendor };
         }
         Transport::Other
     }
@@ -139,29 +149,82 @@ impl<Ctx: DeviceContext> Device<Ctx> {
     fn has_features(&self, bits: u64) -> bool {
         self.features() & bits == bits
     }
+
+    /// Whether the device is a virtio 1.0 device (`VIRTIO_F_VERSION_1`).
+    fn is_modern(&self) -> bool {
+        self.has_features(1 << VIRTIO_F_VERSION_1)
+    }
+}
+
+/// Feature bit of a virtio 1.0 device (virtio spec 6).
+const VIRTIO_F_VERSION_1: u32 = 32;
+
+/// What a virtio device tells of its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// virtio-pci, with the PCI function's subsystem IDs.
+    Pci {
+        /// PCI subsystem vendor ID.
+        subsystem_vendor: u16,
+        /// PCI subsystem device ID.
+        subsystem_device: u16,
+    },
+    /// virtio-mmio, with its `VendorID` register.
+    Mmio {
+        /// The `VendorID` register.
+        vendor: u32,
+    },
+    /// Any other transport (virtio-ccw, ...).
+    Other,
 }
 
 impl Device<Bound> {
-    /// Reads config field `F` (little-endian), or `None` when the features
-    /// that make it exist are not negotiated.
-    pub(crate) fn read_config<F: ConfigField>(&self) -> Option<u32> {
+    /// Reads config field `F`, or `None` when the features that make it
+    /// exist are not negotiated. A field wider than 32 bits is read again
+    /// until the device's config generation holds still across the read.
+    /// May sleep.
+    pub(crate) fn read_config<F: ConfigField>(
+        &self,
+    ) -> Option<<F::Value as ConfigValue>::Native> {
         if !self.has_features(F::NEEDS) {
             return None;
         }
+        let mut bytes = [0u8; 8];
         // SAFETY: `self` is valid and bound, so its transport's config
-        // space is mapped; the field exists in it with the features just
-        // checked (`ConfigField` contract).
-        Some(unsafe { bindings::vbrs_virtio_cread_le32(self.as_raw(), F::OFFSET) })
+        // space is mapped; the field's `SIZE` bytes exist in it with the
+        // features just checked (`ConfigField` contract), and `bytes` has
+        // room for them.
+        unsafe {
+            bindings::vbrs_virtio_cread(
+                self.as_raw(),
+                F::OFFSET,
+                bytes.as_mut_ptr().cast(),
+                F::Value::SIZE as u32,
+            )
+        };
+        Some(F::Value::decode(bytes, self.is_modern()))
     }
 
-    /// Writes config field `F` (little-endian) in one access; `EINVAL` when
-    /// the features that make it exist are not negotiated.
-    pub(crate) fn write_config<F: ConfigField>(&self, value: u32) -> Result {
+    /// Writes config field `F` in one access; `EINVAL` when the features
+    /// that make it exist are not negotiated.
+    pub(crate) fn write_config<F: ConfigField>(
+        &self,
+        value: <F::Value as ConfigValue>::Native,
+    ) -> Result {
         if !self.has_features(F::NEEDS) {
             return Err(EINVAL);
         }
-        // SAFETY: as in `read_config`.
-        unsafe { bindings::vbrs_virtio_cwrite_le32(self.as_raw(), F::OFFSET, value) };
+        let bytes = F::Value::encode(value, self.is_modern());
+        // SAFETY: as in `read_config`; `bytes` holds the field's `SIZE`
+        // bytes.
+        unsafe {
+            bindings::vbrs_virtio_cwrite(
+                self.as_raw(),
+                F::OFFSET,
+                bytes.as_ptr().cast(),
+                F::Value::SIZE as u32,
+            )
+        };
         Ok(())
     }
 

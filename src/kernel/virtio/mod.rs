@@ -19,6 +19,7 @@ mod wait_queue;
 mod work;
 
 pub(crate) use device::{
+    Transport,
     BoundDevice,
     Device, //
 };

@@ -3,10 +3,10 @@
 //! A wait queue head that virtqueue completion callbacks wake.
 //!
 //! Why not 7.3's `kernel::sync::CondVar`: its waits release the lock whose
-//! guard they are given and sleep until notified, while the driver waits
-//! for a buffer with the balloon lock held throughout (the queue, the PFN
-//! array the host reads and the staged pages are under it, and nothing may
-//! change them meanwhile), and re-checks the ring itself on every wakeup
+//! guard they are given and sleep until notified, while a driver may wait
+//! for a buffer with its own lock held throughout (the queue and what the
+//! buffer names are under it, and nothing may change them meanwhile), and
+//! the wait re-checks the ring itself on every wakeup
 //! (`wait_event_timeout` with `virtqueue_get_buf` as its condition), so a
 //! completion that comes before the sleep is never missed. 7.3 has no
 //! binding for `wait_event_timeout`; the C helper is the whole wait.
