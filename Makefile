@@ -458,7 +458,8 @@ vm-test-stock-arm64: check-stock-arm64
 #
 # Every suite on every kernel, one after the other; each runs even if an
 # earlier one failed, and the target fails if any did (about 2 hours cold on
-# 2 cores; .ci/run runs the part that fits its 90 minutes, see the README).
+# 2 cores; .ci/run runs the part that fits its 90 minutes, see "What CI runs
+# and what make test-all runs" in docs/testing.md).
 TEST_ALL_TARGETS = test test-arm64 test-debug test-arm64-debug test-stock test-stock-arm64 test-libvirt
 .PHONY: test-all
 test-all:
