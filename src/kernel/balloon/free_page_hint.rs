@@ -139,8 +139,7 @@ impl Balloon {
 }
 
 /// Memory pressure: hinted blocks go back early (hints are advisory).
-// SAFETY: as said at `impl_embeds!` in `mod.rs`.
-unsafe impl ShrinkerHandler for Balloon {
+impl ShrinkerHandler for Balloon {
     fn count(&self) -> u64 {
         self.view.hint_blocks_held.load(Relaxed) << HINT_BLOCK_ORDER
     }

@@ -4,11 +4,12 @@
 //! between the guest and the host as the host's target changes, reports
 //! memory statistics, gives pages back on OOM and reports free pages.
 //!
-//! No `unsafe` block: the policy is `balloon_logic`, the device and the
-//! pages are reached through [`crate::virtio`] and [`crate::mm`]. The
-//! `unsafe impl`s below are this state's promises to those layers' handler
-//! traits (what it registers, and that it unregisters before it goes),
-//! each with the SAFETY comment that says where it keeps them.
+//! The policy is `balloon_logic`, the device and the pages are reached
+//! through [`crate::virtio`] and [`crate::mm`]. The only `unsafe` code here
+//! is this state's promises to those layers: the `unsafe impl`s of their
+//! owner traits and the `unsafe` calls that register its handlers with mm
+//! (that it drops the registrations before it goes), each with the SAFETY
+//! comment that says where it keeps them.
 
 use balloon_logic::engine::{
     Backend as _,
@@ -66,12 +67,12 @@ use crate::mm::{
     MigratingPage,
     MigrationHandler,
     OomHandler,
-    OomNotifier,
+    OomRegistration,
     PageList,
-    PageReporting,
     ReportedPages,
     ReportingHandler,
-    Shrinker, //
+    ReportingRegistration,
+    ShrinkerRegistration, //
 };
 use config::{
     Actual,
@@ -181,6 +182,10 @@ impl State {
 /// before it returns.
 #[pin_data]
 pub(crate) struct Balloon {
+    /// First, so that it is dropped first: nothing of mm calls into the
+    /// state once the fields below start going.
+    #[pin]
+    registrations: Mutex<Registrations>,
     dev: BoundDevice,
     features: Features,
     /// How inflate and deflate buffers are laid out for this host.
@@ -206,13 +211,7 @@ pub(crate) struct Balloon {
     #[pin]
     hint_work: DelayedWork<Balloon, HINT>,
     #[pin]
-    hint_shrinker: Shrinker<Balloon>,
-    #[pin]
     pages: BalloonDevInfo<Balloon>,
-    #[pin]
-    oom: OomNotifier<Balloon>,
-    #[pin]
-    reporting: PageReporting<Balloon>,
     /// Whether new work may be queued, and the wakeup events in progress.
     /// Interrupts queue work under it.
     #[pin]
@@ -239,18 +238,22 @@ impl_has_delayed_work! {
     impl HasDelayedWork<Self, STATS> for Balloon { self.stats_work }
     impl HasDelayedWork<Self, HINT> for Balloon { self.hint_work }
 }
-// What the handler traits below (`unsafe impl`) rely on: a `Balloon` is
-// only made in place, pinned, by the bus adapter; `oom`, `reporting` and
-// `hint_shrinker` are registered only by `bring_up` and unregistered by
-// `quiesce` or `teardown`, which unbind and a failed start run before the
-// state is dropped; `pages` holds pages only between the first inflate and
-// `teardown`, which empties it.
+// What `MigrationHandler` (`unsafe impl` below) relies on: a `Balloon` is
+// only made in place, pinned, by the bus adapter, and `pages` holds pages
+// only between the first inflate and `teardown`, which empties it.
 impl_embeds!(Balloon {
     pages: BalloonDevInfo<Balloon>,
-    oom: OomNotifier<Balloon>,
-    reporting: PageReporting<Balloon>,
-    hint_shrinker: Shrinker<Balloon>,
 });
+
+/// The balloon's registrations with mm, each in place while it is `Some`:
+/// made by `bring_up`, dropped by `quiesce` (the OOM notifier, the
+/// shrinker) and `teardown` (page reporting, once the device is reset).
+#[derive(Default)]
+struct Registrations {
+    oom: Option<Pin<KBox<OomRegistration<Balloon>>>>,
+    reporting: Option<Pin<KBox<ReportingRegistration<Balloon>>>>,
+    hint_shrinker: Option<Pin<KBox<ShrinkerRegistration<Balloon>>>>,
+}
 
 /// A balloon size adjustment keeps the system awake (`pm_stay_awake`).
 const WAKE_ADJUST: u32 = 1 << 0;
@@ -536,14 +539,27 @@ impl Balloon {
             queue.send(&buffer[..len])?;
             queue.kick();
         }
-        if self.features.contains(Features::DEFLATE_ON_OOM) {
-            Embedded::<_, OomNotifier<_>>::of(self).register()?;
-        }
-        if let Some(capacity) = reporting_capacity {
-            Embedded::<_, PageReporting<_>>::of(self).register(capacity)?;
-        }
-        if self.features.contains(Features::FREE_PAGE_HINT) {
-            Embedded::<_, Shrinker<_>>::of(self).register(c"virtio-balloon-rs")?;
+        {
+            let mut registrations = self.registrations.lock();
+            // Each registration is dropped by `quiesce` or `teardown`, which
+            // unbind and a failed start run before the state goes, and
+            // `registrations` is the state's first field, so dropped before
+            // the rest of it in any case.
+            if self.features.contains(Features::DEFLATE_ON_OOM) {
+                // SAFETY: the state outlives it (above).
+                let oom = unsafe { OomRegistration::new(self, ()) };
+                registrations.oom = Some(KBox::pin_init(oom, GFP_KERNEL)?);
+            }
+            if let Some(capacity) = reporting_capacity {
+                // SAFETY: the state outlives it (above).
+                let reporting = unsafe { ReportingRegistration::new(self, capacity) };
+                registrations.reporting = Some(KBox::pin_init(reporting, GFP_KERNEL)?);
+            }
+            if self.features.contains(Features::FREE_PAGE_HINT) {
+                // SAFETY: the state outlives it (above).
+                let shrinker = unsafe { ShrinkerRegistration::new(self, c"virtio-balloon-rs") };
+                registrations.hint_shrinker = Some(KBox::pin_init(shrinker, GFP_KERNEL)?);
+            }
         }
 
         let target = dev.read_config::<NumPages>().unwrap_or(0);
@@ -575,8 +591,11 @@ impl Balloon {
         // Once this is set under the lock, no interrupt queues work again,
         // so the cancellations below are final.
         self.events.lock().stopped = true;
-        self.oom.unregister();
-        self.hint_shrinker.unregister();
+        {
+            let mut registrations = self.registrations.lock();
+            registrations.oom = None;
+            registrations.hint_shrinker = None;
+        }
         self.cancel_work_sync::<UPDATE>();
         self.cancel_work_sync::<STATS>();
         self.cancel_work_sync::<HINT>();
@@ -622,7 +641,7 @@ impl Balloon {
         self.acked.wake_up();
         // A report the host never returned ends with the reset; only then
         // can page reporting stop.
-        self.reporting.unregister();
+        self.registrations.lock().reporting = None;
         loop {
             let mut state = self.state.lock();
             // After the reset the host holds no buffer and no page: whatever
@@ -694,8 +713,7 @@ unsafe impl MigrationHandler for Balloon {
 
 /// The guest is out of memory (`DEFLATE_ON_OOM`): give back one buffer of
 /// pages, so the OOM killer need not run while the balloon has any.
-// SAFETY: as said at `impl_embeds!` above.
-unsafe impl OomHandler for Balloon {
+impl OomHandler for Balloon {
     fn out_of_memory(&self) -> u64 {
         let mut state = self.state.lock();
         let freed = self
@@ -708,8 +726,7 @@ unsafe impl OomHandler for Balloon {
 }
 
 /// The page reporting core has free pages for the host to discard.
-// SAFETY: as said at `impl_embeds!` above.
-unsafe impl ReportingHandler for Balloon {
+impl ReportingHandler for Balloon {
     fn report(&self, pages: &ReportedPages<'_>) -> Result {
         let mut guard = self.reporting_queue.lock();
         let queue = Option::as_mut(&mut *guard).ok_or(ENODEV)?;
@@ -778,6 +795,7 @@ unsafe impl virtio::Driver for Balloon {
         let format = Self::buffer_format(dev);
         let in_flight = buffers_in_flight();
         try_pin_init!(Self {
+            registrations <- new_mutex!(Registrations::default()),
             geometry: geometry?,
             dev: handle,
             features,
@@ -792,10 +810,7 @@ unsafe impl virtio::Driver for Balloon {
             update_work <- new_delayed_work!("virtio_balloon_rs::update"),
             stats_work <- new_delayed_work!("virtio_balloon_rs::stats"),
             hint_work <- new_delayed_work!("virtio_balloon_rs::hint"),
-            hint_shrinker <- Shrinker::new(),
             pages <- BalloonDevInfo::new(!features.contains(Features::DEFLATE_ON_OOM)),
-            oom <- OomNotifier::new(),
-            reporting <- PageReporting::new(),
             events <- new_spinlock_irq!(Events {
                 stopped: true,
                 wakeup: 0,
@@ -859,6 +874,6 @@ unsafe impl virtio::Driver for Balloon {
         // stop touching the device, as the C driver does.
         this.quiesce();
         dev.shutdown();
-        this.reporting.unregister();
+        this.registrations.lock().reporting = None;
     }
 }

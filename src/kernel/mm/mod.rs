@@ -29,7 +29,7 @@ pub(crate) use balloon::{
 pub(crate) use meminfo::*;
 pub(crate) use oom::{
     OomHandler,
-    OomNotifier, //
+    OomRegistration, //
 };
 pub(crate) use page::{
     BulkAlloc,
@@ -38,11 +38,11 @@ pub(crate) use page::{
     PageList, //
 };
 pub(crate) use page_reporting::{
-    PageReporting,
     ReportedPages,
-    ReportingHandler, //
+    ReportingHandler,
+    ReportingRegistration, //
 };
 pub(crate) use shrinker::{
-    Shrinker,
-    ShrinkerHandler, //
+    ShrinkerHandler,
+    ShrinkerRegistration, //
 };

@@ -7,12 +7,10 @@ use core::marker::PhantomData;
 
 use kernel::error::to_result;
 use kernel::prelude::*;
-use kernel::types::Opaque;
 
 use super::registration::{
-    Embedded,
-    Embeds,
-    RegistrationState, //
+    Kind,
+    Registration, //
 };
 use super::PAGE_SHIFT;
 use crate::bindings;
@@ -32,14 +30,8 @@ impl ReportedPages<'_> {
     }
 }
 
-/// The owner of a [`PageReporting`], which reports free pages to the host.
-///
-/// # Safety
-///
-/// `Self` is pinned once initialised, and unregisters its `PageReporting<Self>`
-/// (the field `Embeds` names, the only one that can be registered) before
-/// anything else of it is dropped.
-pub(crate) unsafe trait ReportingHandler: Embeds<PageReporting<Self>> + Sync {
+/// An owner the page reporting core hands free pages to report.
+pub(crate) trait ReportingHandler: Sync {
     /// Reports `pages` to the host; returns once the host has them.
     fn report(&self, pages: &ReportedPages<'_>) -> Result;
 }
@@ -55,28 +47,19 @@ fn reporting_order() -> u32 {
     }
 }
 
-/// A free page reporting registration (`mm/page_reporting.c`).
-#[pin_data(PinnedDrop)]
-pub(crate) struct PageReporting<T> {
-    #[pin]
-    info: Opaque<bindings::page_reporting_dev_info>,
-    registration: RegistrationState,
-    _owner: PhantomData<T>,
-}
+/// Free page reporting (`mm/page_reporting.c`); registering takes the
+/// most free blocks a report may hold.
+pub(crate) struct PageReporting<T>(PhantomData<T>);
 
-// SAFETY: the descriptor is written only while unregistered, by the one
-// caller the registration state lets in; afterwards the page reporting core
-// reads it and serialises reports, which call the owner, which is `Sync`.
-unsafe impl<T> Sync for PageReporting<T> {}
-// SAFETY: same.
-unsafe impl<T> Send for PageReporting<T> {}
+/// `T`'s free page reporting while it lives.
+pub(crate) type ReportingRegistration<T> = Registration<PageReporting<T>>;
 
 /// Report callback: forwards to the owner.
 ///
 /// # Safety
 ///
-/// Called by the page reporting core with the descriptor of a registered
-/// [`PageReporting<T>`] and a scatterlist of `nents` entries.
+/// Called by the page reporting core with the descriptor of a live
+/// [`ReportingRegistration<T>`] and a scatterlist of `nents` entries.
 unsafe extern "C" fn report_callback<T: ReportingHandler>(
     info: *mut bindings::page_reporting_dev_info,
     sg: *mut bindings::scatterlist,
@@ -87,71 +70,40 @@ unsafe extern "C" fn report_callback<T: ReportingHandler>(
         nents,
         _batch: PhantomData,
     };
-    // SAFETY: `info` is the descriptor wrapped (as `info`, `Opaque` being
-    // `repr(transparent)`) by a `PageReporting<T>`, which is a field of a
-    // live, pinned `T` (`ReportingHandler` contract).
-    let owner = unsafe {
-        let field = kernel::container_of!(
-            info.cast::<Opaque<bindings::page_reporting_dev_info>>(),
-            PageReporting<T>,
-            info
-        );
-        &*T::container_of(field)
-    };
+    // SAFETY: `info` is the descriptor of a live registration, which the
+    // core calls only until the registration's drop unregisters it.
+    let owner = unsafe { ReportingRegistration::<T>::owner(info) };
     match owner.report(&pages) {
         Ok(()) => 0,
         Err(err) => err.to_errno(),
     }
 }
 
-impl<T: ReportingHandler> PageReporting<T> {
-    /// An initialiser for an unregistered descriptor.
-    pub(crate) fn new() -> impl PinInit<Self> {
-        pin_init!(Self {
-            info <- Opaque::ffi_init(|info: *mut bindings::page_reporting_dev_info| {
-                // SAFETY: `info` is valid pinned memory; all-zero is a valid
-                // unregistered descriptor.
-                unsafe { info.write(Default::default()) };
-            }),
-            registration: RegistrationState::new(),
-            _owner: PhantomData,
-        })
+// SAFETY: the core calls back only through the registered descriptor, and
+// `page_reporting_unregister` waits for a report in progress.
+unsafe impl<T: ReportingHandler> Kind for PageReporting<T> {
+    type Owner = T;
+    type Raw = bindings::page_reporting_dev_info;
+    /// The most free blocks in one report (the queue's size).
+    type Args = u32;
+
+    unsafe fn register(info: *mut bindings::page_reporting_dev_info, capacity: u32) -> Result {
+        let desc = bindings::page_reporting_dev_info {
+            report: Some(report_callback::<T>),
+            order: reporting_order(),
+            capacity,
+            ..Default::default()
+        };
+        // SAFETY: `info` is pinned memory for the descriptor that stays
+        // until `unregister` (the caller's contract).
+        unsafe {
+            info.write(desc);
+            to_result(bindings::page_reporting_register(info))
+        }
     }
 
-}
-
-impl<T: ReportingHandler> Embedded<'_, T, PageReporting<T>> {
-    /// Starts reporting free pages in batches of at most `capacity`,
-    /// unless already reporting.
-    pub(crate) fn register(&self, capacity: u32) -> Result {
-        self.registration.register(|| {
-            let info = self.info.get();
-            // SAFETY: the descriptor is not registered and the registration
-            // state lets only this caller in, so no one else reads or writes
-            // it; after registration the core owns it until `unregister`.
-            unsafe {
-                (*info).report = Some(report_callback::<T>);
-                (*info).order = reporting_order();
-                (*info).capacity = capacity;
-                to_result(bindings::page_reporting_register(info))
-            }
-        })
-    }
-}
-
-impl<T> PageReporting<T> {
-    /// Stops reporting; waits for a report in progress.
-    pub(crate) fn unregister(&self) {
-        self.registration.unregister(|| {
-            // SAFETY: registered by `register`.
-            unsafe { bindings::page_reporting_unregister(self.info.get()) };
-        });
-    }
-}
-
-#[pinned_drop]
-impl<T> PinnedDrop for PageReporting<T> {
-    fn drop(self: Pin<&mut Self>) {
-        self.unregister();
+    unsafe fn unregister(info: *mut bindings::page_reporting_dev_info) {
+        // SAFETY: registered by `register` (the caller's contract).
+        unsafe { bindings::page_reporting_unregister(info) };
     }
 }
