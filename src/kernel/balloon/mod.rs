@@ -214,6 +214,8 @@ pub(crate) struct Balloon {
     /// The engine waits for a late inflate or deflate buffer: its return
     /// queues the update work.
     waiting_for_host: Atomic<bool>,
+    /// The config changed since the hint work last read the command id.
+    hint_config_changed: Atomic<bool>,
     /// Pages for the next inflate, allocated outside the balloon lock.
     #[pin]
     prealloc: Mutex<Prealloc>,
@@ -755,6 +757,7 @@ unsafe impl virtio::Driver for Balloon {
                 awake: false,
             }),
             waiting_for_host: Atomic::new(false),
+            hint_config_changed: Atomic::new(false),
             prealloc <- new_mutex!(Prealloc::new()?),
             view: KBox::pin_init(
                 debugfs::directory(
@@ -795,6 +798,7 @@ unsafe impl virtio::Driver for Balloon {
     fn config_changed(_dev: &Device<Bound>, this: Pin<&Self>) {
         this.queue_unless_stopped::<UPDATE>(WAKE_ADJUST);
         if this.features.contains(Features::FREE_PAGE_HINT) {
+            this.hint_config_changed();
             this.queue_unless_stopped::<HINT>(0);
         }
     }
