@@ -230,13 +230,15 @@ print-stock-module: check-stock
 # The VM tests that apply to Debian's kernel and this module built for it:
 # tests/stock.rs (Debian's kernel loads the module; a real S3 suspend), and
 # the generic VM tests pointed at Debian's vmlinuz and the module built for
-# it. Left out by selection: the C driver's test (Debian's virtio_balloon
-# stays out of the guest), page_poison (needs CONFIG_PAGE_POISONING, off in
+# it; hint_savings measures ours against Debian's own virtio_balloon.ko
+# (VBRS_C_MODULE). Left out by selection: the C driver's test (Debian's
+# virtio_balloon stays out of its guest), page_poison (needs CONFIG_PAGE_POISONING, off in
 # Debian) and the two pm_test suspend tests (need CONFIG_PM_DEBUG, off in
 # Debian; tests/stock.rs suspends for real instead).
 STOCK_SKIP := page_poison_follows_the_guest_and_gates_reporting suspend_and_resume_keep_the_target \
 	suspend_resume_cycles_while_inflating_keep_the_target
-STOCK_ENV = VBRS_BZIMAGE=$(STOCK_VMLINUZ) VBRS_MODULE=$(STOCK_MODULE) VBRS_KDIR=$(STOCK_KDIR)
+STOCK_ENV = VBRS_BZIMAGE=$(STOCK_VMLINUZ) VBRS_MODULE=$(STOCK_MODULE) VBRS_KDIR=$(STOCK_KDIR) \
+	VBRS_C_MODULE=$(STOCK_C_MODULE)
 test-stock: stock-kernel
 	$(MAKE) vm-test-stock
 
@@ -245,7 +247,7 @@ vm-test-stock: check-stock
 	@rc=0; \
 	$(STOCK_ENV) cargo test -p qemu-test --test stock -- --ignored --test-threads=1 $(TEST_ARGS) || rc=1; \
 	$(STOCK_ENV) cargo test --no-fail-fast -p qemu-test --test rs_driver --test rs_features --test stress \
-		--test buffer_format --test host_memory -- \
+		--test buffer_format --test host_memory --test hint_savings -- \
 		--test-threads=1 $(addprefix --skip ,$(STOCK_SKIP)) $(TEST_ARGS) || rc=1; \
 	exit $$rc
 

@@ -37,8 +37,48 @@ pub fn on_cmd_id(received: u32, active: u32) -> HintAction {
 }
 
 /// Whether a running round goes on: the host has not moved to another id.
+///
+/// `received` is the id as [`ReceivedCmdId`] keeps it, never a fresh read
+/// of the config space (see there why).
 pub fn round_continues(received: u32, active: u32) -> bool {
     received == active && received != CMD_ID_STOP && received != CMD_ID_DONE
+}
+
+/// The command id the host last wrote, as the driver keeps it between
+/// config change interrupts.
+///
+/// QEMU shows a new id in its config space only while it waits for the
+/// guest's start id; once it has taken the start id, the field reads
+/// `CMD_ID_STOP` (0) until the host stops the round (which it then
+/// announces with a config change). A driver that read the field again
+/// during the round would stop as soon as the host started listening,
+/// after a block or a few. So the field is read only after the device
+/// signalled a config change, as the C driver's
+/// `virtio_balloon_cmd_id_received` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceivedCmdId(u32);
+
+impl ReceivedCmdId {
+    /// Nothing received yet.
+    pub const fn new() -> Self {
+        Self(CMD_ID_STOP)
+    }
+
+    /// The id to act on: `read()` from the config space when the device
+    /// signalled a config change since the last read (`changed`), else the
+    /// id kept. A failed read counts as `CMD_ID_STOP`.
+    pub fn get(&mut self, changed: bool, read: impl FnOnce() -> Option<u32>) -> u32 {
+        if changed {
+            self.0 = read().unwrap_or(CMD_ID_STOP);
+        }
+        self.0
+    }
+}
+
+impl Default for ReceivedCmdId {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A command id as the device reads it from a buffer (`cpu_to_virtio32`):

@@ -346,3 +346,37 @@ fn free_page_hint_command_ids() {
     assert!(!round_continues(CMD_ID_STOP, 8));
     assert!(!round_continues(CMD_ID_DONE, CMD_ID_DONE));
 }
+
+/// QEMU's `free_page_hint_cmd_id` config field over one round: the new id
+/// while it waits for the guest's start id, 0 from the moment it took it.
+#[test]
+fn a_hint_round_runs_until_the_host_signals_a_change() {
+    use balloon_logic::hint::{
+        on_cmd_id, round_continues, HintAction, ReceivedCmdId, CMD_ID_DONE, CMD_ID_STOP,
+    };
+    let mut config = 5; // S_REQUESTED with id 5
+    let mut received = ReceivedCmdId::new();
+    let id = received.get(true, || Some(config));
+    assert_eq!(on_cmd_id(id, CMD_ID_STOP), HintAction::Start(5));
+    // The host takes the start id: its config now reads 0 (S_START).
+    config = CMD_ID_STOP;
+    for _ in 0..100 {
+        // No config interrupt: the field is not read again.
+        let now = received.get(false, || Some(config));
+        assert!(round_continues(now, 5), "the round goes on while hinting");
+    }
+    assert!(
+        !round_continues(config, 5),
+        "a fresh read would have ended the round after the start id"
+    );
+    // The host stops the round and says so with a config change.
+    assert!(!round_continues(received.get(true, || Some(config)), 5));
+    // A failed read stops too.
+    let mut received = ReceivedCmdId::new();
+    assert!(!round_continues(received.get(true, || None), 5));
+    config = CMD_ID_DONE;
+    assert_eq!(
+        on_cmd_id(received.get(true, || Some(config)), 5),
+        HintAction::ReturnAll
+    );
+}

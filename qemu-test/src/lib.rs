@@ -16,6 +16,7 @@ pub mod hostmem;
 pub mod initramfs;
 pub mod kernel;
 pub mod libvirt;
+pub mod migration;
 pub mod ports;
 pub mod qemu;
 pub mod qmp;

@@ -10,7 +10,6 @@ use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::anyhow;
-use anyhow::bail;
 use anyhow::ensure;
 use common::actual_mib;
 use common::balloon_timeout;
@@ -28,11 +27,13 @@ use common::unload_and_power_off;
 use common::vmstat;
 use common::DEBUGFS;
 use common::GUEST_MIB;
-use qapi::qmp;
-use qapi::qmp::MigrationStatus;
 use qemu_test::console::ConsoleRules;
+use qemu_test::migration::hint_vm_config;
+use qemu_test::migration::migrate_to_nowhere;
+use qemu_test::migration::HINT_BANDWIDTH;
 use qemu_test::qmp::BALLOON_QOM_PATH;
 use qemu_test::scaled;
+use qemu_test::Driver;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;
@@ -425,11 +426,7 @@ fn suspend_and_resume_keep_the_target() -> Result<()> {
 
 #[test]
 fn free_page_hints_during_migration() -> Result<()> {
-    let mut vm = boot_loaded(
-        VmConfig::new("free_page_hint")
-            .qemu_args(["-object", "iothread,id=io0"])
-            .balloon_options("free-page-hint=on,iothread=io0"),
-    )?;
+    let mut vm = boot_loaded(hint_vm_config("free_page_hint", Driver::Rs))?;
     ensure!(
         negotiated_features(&mut vm)? & 1 << 3 != 0,
         "FREE_PAGE_HINT not negotiated"
@@ -440,36 +437,12 @@ fn free_page_hints_during_migration() -> Result<()> {
     let (rc, out) = hog(&mut vm, 1500)?;
     ensure!(rc == 0, "memhog: {out}");
     let free_before = vm.meminfo("MemFree")?;
-    vm.qmp()
-        .execute(&qmp::migrate_set_parameters(qmp::MigrateSetParameters {
-            max_bandwidth: Some(256 * MIB),
-            ..Default::default()
-        }))?;
-    vm.qmp().execute(&qmp::migrate {
-        uri: Some("exec:cat > /dev/null".into()),
-        channels: None,
-        detach: None,
-        resume: None,
-    })?;
-    let start = Instant::now();
-    loop {
-        let info = vm.qmp().execute(&qmp::query_migrate {})?;
-        match info.status {
-            Some(MigrationStatus::completed) => break,
-            Some(MigrationStatus::failed | MigrationStatus::cancelled) => {
-                bail!("migration failed: {info:?}")
-            }
-            _ => {}
-        }
-        ensure!(
-            start.elapsed() < scaled(Duration::from_secs(180)),
-            "migration not done in time: {info:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    eprintln!("migration completed in {:?}", start.elapsed());
-    // The source stays paused after a migration; run it again.
-    vm.qmp().execute(&qmp::cont {})?;
+    let migration = migrate_to_nowhere(&mut vm, HINT_BANDWIDTH)?;
+    eprintln!(
+        "migration completed in {:?}, {} MiB sent",
+        migration.duration,
+        migration.transferred_mib()
+    );
     vm.sh_ok("echo alive")?;
     // QEMU opens a hinting window after each dirty-bitmap sync and closes
     // it at the next one; how many blocks fit in depends on timing, but

@@ -5,11 +5,20 @@
 
 use balloon_logic::hint::{
     self,
-    HintAction, //
+    HintAction,
+    ReceivedCmdId, //
 };
 use kernel::device::Bound;
 use kernel::prelude::*;
-use kernel::sync::atomic::Relaxed;
+use kernel::sync::atomic::{
+    Acquire,
+    Relaxed,
+    Release, //
+};
+use kernel::time::{
+    Instant,
+    Monotonic, //
+};
 
 use super::Balloon;
 use crate::mm::{
@@ -30,6 +39,8 @@ pub(super) struct HintState {
     pub(super) queue: Option<Virtqueue>,
     /// Id of the round last started (the guest's byte order).
     pub(super) active: u32,
+    /// The command id as last read from the config space.
+    received: ReceivedCmdId,
     pub(super) blocks: Pin<KBox<PageList<HINT_BLOCK_ORDER>>>,
 }
 
@@ -38,12 +49,26 @@ impl HintState {
         Ok(Self {
             queue: None,
             active: hint::CMD_ID_STOP,
+            received: ReceivedCmdId::new(),
             blocks: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
         })
     }
 }
 
 impl Balloon {
+    /// The device's config changed (interrupt context): the hint work reads
+    /// the command id again.
+    pub(super) fn hint_config_changed(&self) {
+        self.hint_config_changed.store(true, Release);
+    }
+
+    /// The command id to act on ([`ReceivedCmdId`]): read from the config
+    /// space when `fresh` or after a config change, else the one kept.
+    fn cmd_id_received(&self, dev: &Device<Bound>, kept: &mut ReceivedCmdId, fresh: bool) -> u32 {
+        let changed = self.hint_config_changed.xchg(false, Acquire);
+        kept.get(changed || fresh, || dev.read_config::<FreePageHintCmdId>())
+    }
+
     /// The hint work: the host wrote a command id; start a round, or take
     /// the hinted blocks back when it is done.
     pub(super) fn free_page_hint(&self) {
@@ -51,18 +76,17 @@ impl Balloon {
             return;
         }
         let dev = self.device();
-        let Some(received) = dev.read_config::<FreePageHintCmdId>() else {
-            return;
-        };
         let mut guard = self.hint.lock();
         let HintState {
             queue,
             active,
+            received,
             blocks,
         } = &mut *guard;
         let Some(queue) = queue.as_mut() else { return };
         let little_endian = self.features.pfns_little_endian();
-        match hint::on_cmd_id(received, *active) {
+        // The work runs after a config change: read the id afresh.
+        match hint::on_cmd_id(self.cmd_id_received(dev, received, true), *active) {
             HintAction::Nothing => {}
             HintAction::ReturnAll => {
                 let held = blocks.len();
@@ -82,60 +106,96 @@ impl Balloon {
                     return;
                 }
                 queue.kick();
-                let sent = self.send_hints(dev, queue, blocks.as_mut(), id);
+                let round = self.send_hints(dev, queue, received, blocks.as_mut(), id);
                 queue.drain_used();
                 let stop = hint::cmd_id_to_device(hint::CMD_ID_STOP, little_endian);
                 match queue.send(&stop.to_ne_bytes()) {
                     Ok(()) => queue.kick(),
                     Err(err) => dev_err!(dev, "cannot send the hint stop id: {:?}\n", err),
                 }
-                dev_dbg!(dev, "free page hint round {}: {} blocks\n", id, sent);
+                dev_dbg!(
+                    dev,
+                    "free page hint round {}: {} blocks in {} us (first after {} us), {} waits for a full ring, ended by {}\n",
+                    id,
+                    round.blocks,
+                    round.elapsed_us,
+                    round.first_hint_us,
+                    round.ring_full_waits,
+                    round.end
+                );
             }
         }
     }
 
     /// Hints free blocks until the guest has none left or the host moves
-    /// to another command id; returns the blocks sent.
+    /// to another command id (which it announces with a config change).
     pub(super) fn send_hints(
         &self,
         dev: &Device<Bound>,
         queue: &mut Virtqueue,
+        received: &mut ReceivedCmdId,
         mut blocks: Pin<&mut PageList<HINT_BLOCK_ORDER>>,
         id: u32,
-    ) -> u64 {
-        let mut sent = 0;
+    ) -> RoundStats {
+        let started = Instant::<Monotonic>::now();
+        let mut round = RoundStats {
+            blocks: 0,
+            ring_full_waits: 0,
+            first_hint_us: -1,
+            elapsed_us: 0,
+            end: "the host",
+        };
         let poll = kernel::time::msecs_to_jiffies(10);
 
-        while !self.stopped()
-            && hint::round_continues(
-                dev.read_config::<FreePageHintCmdId>()
-                    .unwrap_or(hint::CMD_ID_STOP),
-                id,
-            )
-        {
+        while hint::round_continues(self.cmd_id_received(dev, received, false), id) {
+            if self.stopped() {
+                round.end = "unbind";
+                break;
+            }
             queue.drain_used();
             // One descriptor stays free for the stop id.
             if queue.num_free() <= 1 {
+                round.ring_full_waits += 1;
                 queue.wait_used(&self.acked, poll);
                 continue;
             }
             let Some(block) = Page::<HINT_BLOCK_ORDER>::alloc_free_block() else {
+                round.end = "no free block";
                 break;
             };
             if let Err(err) = queue.add_hint(&block) {
                 dev_warn!(dev, "cannot hint a free block: {:?}\n", err);
+                round.end = "the queue";
                 break;
             }
             queue.kick();
             blocks.as_mut().push(block);
-            sent += 1;
+            if round.blocks == 0 {
+                round.first_hint_us = started.elapsed().as_micros_ceil();
+            }
+            round.blocks += 1;
             self.view.hinted_blocks.fetch_add(1, Relaxed);
             self.view
                 .hint_blocks_held
                 .store(blocks.len() as u64, Relaxed);
         }
-        sent
+        round.elapsed_us = started.elapsed().as_micros_ceil();
+        round
     }
+}
+
+/// What one hint round did, for the debug log.
+pub(super) struct RoundStats {
+    /// Blocks hinted.
+    blocks: u64,
+    /// Times the ring was full and the round waited for the host.
+    ring_full_waits: u64,
+    /// From the start id to the first hint (-1: none).
+    first_hint_us: i64,
+    /// From the start id to the end of the round.
+    elapsed_us: i64,
+    /// What ended the round.
+    end: &'static str,
 }
 
 /// Memory pressure: hinted blocks go back early (hints are advisory).

@@ -222,6 +222,8 @@ pub(crate) struct Balloon {
     /// The device was reset by teardown: a page report still waiting for
     /// it has its pages back (the device dropped the buffer).
     device_was_reset: Atomic<bool>,
+    /// The config changed since the hint work last read the command id.
+    hint_config_changed: Atomic<bool>,
     /// Pages for the next inflate, allocated outside the balloon lock.
     #[pin]
     prealloc: Mutex<Prealloc>,
@@ -818,6 +820,7 @@ unsafe impl virtio::Driver for Balloon {
             }),
             waiting_for_host: Atomic::new(false),
             device_was_reset: Atomic::new(false),
+            hint_config_changed: Atomic::new(false),
             prealloc <- new_mutex!(Prealloc::new()?),
             view: KBox::pin_init(
                 debugfs::directory(
@@ -861,6 +864,7 @@ unsafe impl virtio::Driver for Balloon {
     fn config_changed(_dev: &Device<Bound>, this: Pin<&Self>) {
         this.queue_unless_stopped::<UPDATE>(WAKE_ADJUST);
         if this.features.contains(Features::FREE_PAGE_HINT) {
+            this.hint_config_changed();
             this.queue_unless_stopped::<HINT>(0);
         }
     }
