@@ -187,8 +187,12 @@ bool vbrs_page_is_cma(struct page *page)
 int vbrs_virtqueue_add_inbuf_block(struct virtqueue *vq, struct page *page, unsigned int order)
 {
 	struct scatterlist sg;
-	void *addr = page_address(page);
+	void *addr;
 
+	/* sg_init_one() needs the linear map (BUG_ON otherwise). */
+	if (PageHighMem(page))
+		return -EINVAL;
+	addr = page_address(page);
 	sg_init_one(&sg, addr, PAGE_SIZE << order);
 	return virtqueue_add_inbuf(vq, &sg, 1, addr, GFP_KERNEL);
 }

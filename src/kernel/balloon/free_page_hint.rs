@@ -33,25 +33,44 @@ use crate::virtio::{
     Virtqueue, //
 };
 
-/// Free page hinting: the queue, the command id buffers the host reads,
-/// and the blocks hinted so far.
+/// Free page hinting: the queue (which owns the command id buffers the
+/// host reads) and the round's command ids; the blocks hinted are in
+/// [`HintBlocks`].
 pub(super) struct HintState {
     pub(super) queue: Option<Virtqueue>,
     /// Id of the round last started (the guest's byte order).
     pub(super) active: u32,
     /// The command id as last read from the config space.
     received: ReceivedCmdId,
-    pub(super) blocks: Pin<KBox<PageList<HINT_BLOCK_ORDER>>>,
+}
+
+/// The blocks hinted so far, under a lock of their own (a spinlock, held
+/// only to add or free blocks) so that the shrinker can always free them,
+/// also while a round holds the hint state and waits for the host.
+pub(super) struct HintBlocks {
+    pub(super) list: Pin<KBox<PageList<HINT_BLOCK_ORDER>>>,
+}
+
+impl HintBlocks {
+    pub(super) fn new() -> Result<Self> {
+        Ok(Self {
+            list: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
+        })
+    }
+
+    /// Frees up to `max` blocks; returns how many.
+    pub(super) fn release(&mut self, max: usize) -> usize {
+        self.list.as_mut().release(max)
+    }
 }
 
 impl HintState {
-    pub(super) fn new() -> Result<Self> {
-        Ok(Self {
+    pub(super) fn new() -> Self {
+        Self {
             queue: None,
             active: hint::CMD_ID_STOP,
             received: ReceivedCmdId::new(),
-            blocks: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
-        })
+        }
     }
 }
 
@@ -81,7 +100,6 @@ impl Balloon {
             queue,
             active,
             received,
-            blocks,
         } = &mut *guard;
         let Some(queue) = queue.as_mut() else { return };
         let little_endian = self.features.pfns_little_endian();
@@ -89,8 +107,7 @@ impl Balloon {
         match hint::on_cmd_id(self.cmd_id_received(dev, received, true), *active) {
             HintAction::Nothing => {}
             HintAction::ReturnAll => {
-                let held = blocks.len();
-                blocks.as_mut().clear();
+                let held = self.hint_blocks.lock().release(usize::MAX);
                 self.view.hint_blocks_held.store(0, Relaxed);
                 if held > 0 {
                     dev_dbg!(dev, "free page hints done: {} blocks back\n", held);
@@ -106,7 +123,7 @@ impl Balloon {
                     return;
                 }
                 queue.kick();
-                let round = self.send_hints(dev, queue, received, blocks.as_mut(), id);
+                let round = self.send_hints(dev, queue, received, id);
                 queue.drain_used();
                 let stop = hint::cmd_id_to_device(hint::CMD_ID_STOP, little_endian);
                 match queue.send(&stop.to_ne_bytes()) {
@@ -134,7 +151,6 @@ impl Balloon {
         dev: &Device<Bound>,
         queue: &mut Virtqueue,
         received: &mut ReceivedCmdId,
-        mut blocks: Pin<&mut PageList<HINT_BLOCK_ORDER>>,
         id: u32,
     ) -> RoundStats {
         let started = Instant::<Monotonic>::now();
@@ -169,15 +185,17 @@ impl Balloon {
                 break;
             }
             queue.kick();
-            blocks.as_mut().push(block);
+            let held = {
+                let mut blocks = self.hint_blocks.lock();
+                blocks.list.as_mut().push(block);
+                blocks.list.len()
+            };
             if round.blocks == 0 {
                 round.first_hint_us = started.elapsed().as_micros_ceil();
             }
             round.blocks += 1;
             self.view.hinted_blocks.fetch_add(1, Relaxed);
-            self.view
-                .hint_blocks_held
-                .store(blocks.len() as u64, Relaxed);
+            self.view.hint_blocks_held.store(held as u64, Relaxed);
         }
         round.elapsed_us = started.elapsed().as_micros_ceil();
         round
@@ -199,24 +217,24 @@ pub(super) struct RoundStats {
 }
 
 /// Memory pressure: hinted blocks go back early (hints are advisory).
+///
+/// A round in progress holds the hint state, also while it waits for a
+/// host that does not consume the ring; the blocks have a lock of their
+/// own, held only to add or free one, so the shrinker frees them then too,
+/// as the C driver's does.
 impl ShrinkerHandler for Balloon {
     fn count(&self) -> u64 {
-        self.view.hint_blocks_held.load(Relaxed) << HINT_BLOCK_ORDER
+        (self.hint_blocks.lock().list.len() as u64) << HINT_BLOCK_ORDER
     }
 
     fn scan(&self, pages: u64) -> u64 {
-        // Never wait: a hint round may be allocating right now.
-        let Some(mut guard) = self.hint.try_lock() else {
-            return 0;
-        };
         let wanted = pages.div_ceil(1 << HINT_BLOCK_ORDER);
-        let freed = guard
-            .blocks
-            .as_mut()
-            .release(usize::try_from(wanted).unwrap_or(usize::MAX));
-        self.view
-            .hint_blocks_held
-            .store(guard.blocks.len() as u64, Relaxed);
+        let (freed, held) = {
+            let mut blocks = self.hint_blocks.lock();
+            let freed = blocks.release(usize::try_from(wanted).unwrap_or(usize::MAX));
+            (freed, blocks.list.len())
+        };
+        self.view.hint_blocks_held.store(held as u64, Relaxed);
         (freed as u64) << HINT_BLOCK_ORDER
     }
 }

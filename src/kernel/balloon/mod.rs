@@ -50,10 +50,12 @@ use kernel::sync::atomic::{
 use kernel::sync::barrier::smp_mb;
 use kernel::sync::{
     Mutex,
+    SpinLock,
     SpinLockIrq, //
 };
 use kernel::{
     new_mutex,
+    new_spinlock,
     new_spinlock_irq, //
 };
 
@@ -110,7 +112,10 @@ use debugfs::{
     DebugView,
     DisplayFeatures, //
 };
-use free_page_hint::HintState;
+use free_page_hint::{
+    HintBlocks,
+    HintState, //
+};
 use host::{
     buffers_in_flight,
     host_timeout,
@@ -202,6 +207,8 @@ pub(crate) struct Balloon {
     reporting_queue: Mutex<Option<Virtqueue>>,
     #[pin]
     hint: Mutex<HintState>,
+    #[pin]
+    hint_blocks: SpinLock<HintBlocks>,
     #[pin]
     acked: WaitQueue,
     #[pin]
@@ -676,10 +683,8 @@ impl Balloon {
                 dev.del_vqs(queues, reset);
             }
             // Hinted blocks may be reused at any time; the device is reset.
-            let mut hint = self.hint.lock();
-            hint.blocks.as_mut().clear();
+            self.hint_blocks.lock().release(usize::MAX);
             self.view.hint_blocks_held.store(0, Relaxed);
-            drop(hint);
             if let Some(c) = counters {
                 dev_info!(
                     dev,
@@ -807,7 +812,8 @@ unsafe impl virtio::Driver for Balloon {
             state <- new_mutex!(State::new(*in_flight)?),
             stats <- new_mutex!(StatsState { queue: None }),
             reporting_queue <- new_mutex!(None),
-            hint <- new_mutex!(HintState::new()?),
+            hint <- new_mutex!(HintState::new()),
+            hint_blocks <- new_spinlock!(HintBlocks::new()?),
             acked <- WaitQueue::new(),
             update_work <- new_delayed_work!("virtio_balloon_rs::update"),
             stats_work <- new_delayed_work!("virtio_balloon_rs::stats"),

@@ -275,14 +275,23 @@ impl Virtqueue {
         self.wait(waiter, timeout)
     }
 
-    /// Hands a block of free pages to the device as a free page hint.
+    /// Hands a block of free pages to the device as a free page hint;
+    /// `EINVAL` for a block outside the linear map (highmem).
     ///
-    /// The device only notes the block's address (it will not migrate those
-    /// pages); it never writes to it, and the guest may reuse the block at
-    /// any time, as the C driver's shrinker does.
+    /// The buffer is device-writable only because the protocol says hints
+    /// are: the device notes the block's address (it will not migrate those
+    /// pages) and hands the buffer back unwritten (QEMU's
+    /// `get_free_page_hints` pushes it with length 0), so the guest may
+    /// reuse the block at any time, as the C driver's shrinker does. The
+    /// buffer's life is not tied to the block's on purpose: a host that
+    /// stops consuming the queue must not pin the blocks on its ring. A
+    /// device that wrote to a hint anyway would be a bus master writing
+    /// where it was not asked to, which no type on this side can prevent
+    /// (without an IOMMU, no more than any other DMA).
     pub(crate) fn add_hint<const ORDER: u32>(&mut self, block: &crate::mm::Page<ORDER>) -> Result {
         // SAFETY: the queue is valid and `&mut self` serialises its use; the
-        // block is a valid page block of `ORDER` in the linear map.
+        // block is a valid page block of `ORDER` (the helper refuses one
+        // outside the linear map).
         to_result(unsafe {
             bindings::vbrs_virtqueue_add_inbuf_block(self.vq.as_ptr(), block.as_raw(), ORDER)
         })
