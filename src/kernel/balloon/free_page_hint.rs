@@ -42,6 +42,9 @@ pub(super) struct HintState {
     pub(super) active: u32,
     /// The command id as last read from the config space.
     received: ReceivedCmdId,
+    /// Hint queue errors so far: logged at 1, 2, 4, 8, ... so that a host
+    /// starting rounds in a storm cannot flood the log.
+    errors: u64,
 }
 
 /// The blocks hinted so far, under a lock of their own (a spinlock, held
@@ -70,6 +73,7 @@ impl HintState {
             queue: None,
             active: hint::CMD_ID_STOP,
             received: ReceivedCmdId::new(),
+            errors: 0,
         }
     }
 }
@@ -100,7 +104,14 @@ impl Balloon {
             queue,
             active,
             received,
+            errors,
         } = &mut *guard;
+        let mut failed = |what: &str, err: Error| {
+            *errors += 1;
+            if errors.is_power_of_two() {
+                dev_err!(dev, "{} ({:?}; {} hint queue errors so far)\n", what, err, *errors);
+            }
+        };
         let Some(queue) = queue.as_mut() else { return };
         let little_endian = self.features.pfns_little_endian();
         // The work runs after a config change: read the id afresh.
@@ -119,16 +130,19 @@ impl Balloon {
                 *active = id;
                 let start = hint::cmd_id_to_device(id, little_endian);
                 if let Err(err) = queue.send(&start.to_ne_bytes()) {
-                    dev_err!(dev, "cannot send the hint start id: {:?}\n", err);
+                    failed("cannot send the hint start id", err);
                     return;
                 }
                 queue.kick();
                 let round = self.send_hints(dev, queue, received, id);
+                if let Some(err) = round.queue_error {
+                    failed("cannot hint a free block", err);
+                }
                 queue.drain_used();
                 let stop = hint::cmd_id_to_device(hint::CMD_ID_STOP, little_endian);
                 match queue.send(&stop.to_ne_bytes()) {
                     Ok(()) => queue.kick(),
-                    Err(err) => dev_err!(dev, "cannot send the hint stop id: {:?}\n", err),
+                    Err(err) => failed("cannot send the hint stop id", err),
                 }
                 dev_dbg!(
                     dev,
@@ -160,6 +174,7 @@ impl Balloon {
             first_hint_us: -1,
             elapsed_us: 0,
             end: "the host",
+            queue_error: None,
         };
         let poll = kernel::time::msecs_to_jiffies(10);
 
@@ -180,7 +195,7 @@ impl Balloon {
                 break;
             };
             if let Err(err) = queue.add_hint(&block) {
-                dev_warn!(dev, "cannot hint a free block: {:?}\n", err);
+                round.queue_error = Some(err);
                 round.end = "the queue";
                 break;
             }
@@ -214,6 +229,8 @@ pub(super) struct RoundStats {
     elapsed_us: i64,
     /// What ended the round.
     end: &'static str,
+    /// Why the queue refused a hint, if it did.
+    queue_error: Option<Error>,
 }
 
 /// Memory pressure: hinted blocks go back early (hints are advisory).
