@@ -99,12 +99,11 @@ impl Features {
         offered & wanted
     }
 
-    /// Whether the config space and the PFN arrays are little-endian.
-    ///
-    /// The balloon's config space is always little-endian (a legacy quirk the
-    /// spec keeps); PFNs are little-endian on a VERSION_1 device and
-    /// guest-native on a legacy one.
-    pub fn pfns_little_endian(self) -> bool {
+    /// Whether what the driver puts in buffers (PFN arrays, stats, hint
+    /// command ids) is little-endian: on a VERSION_1 device it is, on a
+    /// legacy one it is in the guest's own order. (The balloon's config
+    /// space is always little-endian, a legacy quirk the spec keeps.)
+    pub fn little_endian(self) -> bool {
         self.contains(Self::VERSION_1)
     }
 }

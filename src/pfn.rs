@@ -113,7 +113,7 @@ impl<'a> PfnBatch<'a> {
     /// An empty batch writing into `slots`.
     ///
     /// `little_endian` is the device's PFN byte order (see
-    /// [`crate::features::Features::pfns_little_endian`]).
+    /// [`crate::features::Features::little_endian`]).
     pub fn new(slots: &'a mut [u32], geometry: PageGeometry, little_endian: bool) -> Self {
         Self {
             slots,

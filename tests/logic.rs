@@ -59,8 +59,8 @@ fn negotiation_takes_only_what_the_driver_implements() {
             acc | Features::from_bits_retain(1 << bit)
         });
     assert_eq!(table, Features::implemented());
-    assert!(got.pfns_little_endian());
-    assert!(!Features::MUST_TELL_HOST.pfns_little_endian());
+    assert!(got.little_endian());
+    assert!(!Features::MUST_TELL_HOST.little_endian());
     let names: Vec<_> =
         features::describe(Features::MUST_TELL_HOST | Features::VERSION_1).collect();
     assert_eq!(names, ["MUST_TELL_HOST", "VERSION_1"]);

@@ -121,7 +121,7 @@ macro_rules! figures {
         }
 
         fn write_status(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            writeln!(f, "features:          {:?}", DisplayFeatures(view.features))?;
+            writeln!(f, "features:          {:?}", FeatureNames(view.features))?;
             let engine = view.engine();
             $(
                 let get = |$e: &EngineView, $v: &DebugView| $value;
@@ -173,7 +173,7 @@ fn write_features(view: &DebugView, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f,
         "{:#x} {:?}",
         view.features.bits(),
-        DisplayFeatures(view.features)
+        FeatureNames(view.features)
     )
 }
 
@@ -188,9 +188,9 @@ fn status_line(f: &mut fmt::Formatter<'_>, name: &str, value: u64) -> fmt::Resul
 }
 
 /// The negotiated feature names, for the probe line and debugfs.
-pub(super) struct DisplayFeatures(pub(super) Features);
+pub(super) struct FeatureNames(pub(super) Features);
 
-impl fmt::Debug for DisplayFeatures {
+impl fmt::Debug for FeatureNames {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut first = true;
         for name in features::describe(self.0) {

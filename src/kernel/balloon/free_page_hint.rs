@@ -22,7 +22,7 @@ use kernel::time::{
 
 use super::Balloon;
 use crate::mm::{
-    Page,
+    Pages,
     PageList,
     ShrinkerHandler,
     HINT_BLOCK_ORDER, //
@@ -113,7 +113,7 @@ impl Balloon {
             }
         };
         let Some(queue) = queue.as_mut() else { return };
-        let little_endian = self.features.pfns_little_endian();
+        let little_endian = self.features.little_endian();
         // The work runs after a config change: read the id afresh.
         match hint::on_cmd_id(self.cmd_id_received(dev, received, true), *active) {
             HintAction::Nothing => {}
@@ -190,7 +190,7 @@ impl Balloon {
                 queue.wait_used(&self.acked, poll);
                 continue;
             }
-            let Some(block) = Page::<HINT_BLOCK_ORDER>::alloc_free_block() else {
+            let Some(block) = Pages::<HINT_BLOCK_ORDER>::alloc_free_block() else {
                 round.end = "no free block";
                 break;
             };

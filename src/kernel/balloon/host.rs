@@ -24,11 +24,11 @@ use super::Balloon;
 use crate::mm::{
     self,
     BalloonDevInfo,
-    BulkAlloc,
+    BulkPages,
     Embedded,
     HeldPage,
     MigratingPage,
-    Page,
+    Pages,
     PageList,
     HUGE_BLOCK_ORDER, //
 };
@@ -49,7 +49,7 @@ use crate::virtio::{
 pub(super) struct Prealloc {
     pub(super) pages: Pin<KBox<PageList>>,
     pub(super) blocks: Pin<KBox<BlockList>>,
-    pub(super) bulk: BulkAlloc,
+    pub(super) bulk: BulkPages,
 }
 
 /// How long [`Prealloc::fill_blocks`] keeps asking for a block by
@@ -64,7 +64,7 @@ impl Prealloc {
         Ok(Self {
             pages: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
             blocks: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
-            bulk: BulkAlloc::new(PFNS_PER_BUFFER)?,
+            bulk: BulkPages::new(PFNS_PER_BUFFER)?,
         })
     }
 
@@ -83,15 +83,15 @@ impl Prealloc {
         let (mut got, mut compacted) = (0, 0);
         let mut failing_since = None;
         while got < count {
-            let block = match Page::alloc_free_block() {
+            let block = match Pages::alloc_free_block() {
                 Some(block) => block,
-                None => match Page::alloc_compacted_block() {
+                None => match Pages::alloc_compacted_block() {
                     Some(block) => {
                         compacted += 1;
                         failing_since = None;
                         block
                     }
-                    None if !Page::<HUGE_BLOCK_ORDER>::compactable() => break,
+                    None if !Pages::<HUGE_BLOCK_ORDER>::compactable() => break,
                     None => {
                         let since = *failing_since.get_or_insert_with(Instant::<Monotonic>::now);
                         if since.elapsed().as_millis() >= COMPACTION_PATIENCE_MS {
@@ -129,7 +129,7 @@ impl Prealloc {
             }
         }
         while got < count {
-            let Some(page) = Page::alloc() else { break };
+            let Some(page) = Pages::alloc() else { break };
             self.pages.as_mut().push(page);
             got += 1;
         }
@@ -137,7 +137,7 @@ impl Prealloc {
 }
 
 /// The engine's view of the device and the pages, for one locked section.
-pub(super) struct Host<'a> {
+pub(super) struct DeviceBackend<'a> {
     pub(super) dev: &'a Device<Bound>,
     pub(super) inflate_queue: &'a mut Virtqueue,
     pub(super) deflate_queue: &'a mut Virtqueue,
@@ -149,7 +149,7 @@ pub(super) struct Host<'a> {
     pub(super) blocks: Pin<&'a mut BlockList>,
     pub(super) staged_inflate_blocks: Pin<&'a mut BlockList>,
     pub(super) staged_deflate_blocks: Pin<&'a mut BlockList>,
-    pub(super) bulk: &'a mut BulkAlloc,
+    pub(super) bulk: &'a mut BulkPages,
     /// Pages and blocks allocated for this step, outside the lock.
     pub(super) prealloc: Option<&'a mut Prealloc>,
     pub(super) held: &'a mut Option<HeldPage>,
@@ -158,7 +158,7 @@ pub(super) struct Host<'a> {
     pub(super) timeout: Jiffies,
 }
 
-impl Backend for Host<'_> {
+impl Backend for DeviceBackend<'_> {
     fn read_target(&mut self) -> u32 {
         // Every balloon device has `num_pages`.
         self.dev.read_config::<NumPages>().unwrap_or(0)

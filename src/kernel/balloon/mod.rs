@@ -63,7 +63,7 @@ use crate::impl_embeds;
 use crate::mm::{
     self,
     BalloonDevInfo,
-    BulkAlloc,
+    BulkPages,
     Embedded,
     HeldPage,
     MigratingPage,
@@ -110,7 +110,7 @@ mod stats_queue;
 
 use debugfs::{
     DebugView,
-    DisplayFeatures, //
+    FeatureNames, //
 };
 use free_page_hint::{
     HintBlocks,
@@ -120,7 +120,7 @@ use host::{
     buffers_in_flight,
     host_timeout,
     BlockList,
-    Host,
+    DeviceBackend,
     Prealloc, //
 };
 use queues::QueueIndex;
@@ -148,7 +148,7 @@ struct State {
     /// Blocks out of the balloon for the deflate in flight.
     staged_deflate_blocks: Pin<KBox<BlockList>>,
     /// Scratch space for freeing deflated pages in batches.
-    bulk: BulkAlloc,
+    bulk: BulkPages,
     /// The old page of a migration, kept from the allocator until the host
     /// acknowledges its deflate.
     held: Option<HeldPage>,
@@ -171,7 +171,7 @@ impl State {
             blocks: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
             staged_inflate_blocks: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
             staged_deflate_blocks: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
-            bulk: BulkAlloc::new(PFNS_PER_BUFFER)?,
+            bulk: BulkPages::new(PFNS_PER_BUFFER)?,
             held: None,
         })
     }
@@ -334,7 +334,7 @@ impl Balloon {
         state: &mut State,
         prealloc: Option<&mut Prealloc>,
         migrating: Option<&MigratingPage<'_>>,
-        f: impl FnOnce(&mut Engine, &mut Host<'_>, &mut [u32]) -> R,
+        f: impl FnOnce(&mut Engine, &mut DeviceBackend<'_>, &mut [u32]) -> R,
     ) -> Option<R> {
         let State {
             engine,
@@ -351,7 +351,7 @@ impl Balloon {
             ..
         } = state;
         let engine = engine.as_mut()?;
-        let mut host = Host {
+        let mut host = DeviceBackend {
             dev: self.device(),
             inflate_queue: inflate_queue.as_mut()?,
             deflate_queue: deflate_queue.as_mut()?,
@@ -513,7 +513,7 @@ impl Balloon {
             // Without deflate-on-OOM, inflated pages leave the managed RAM.
             let mut engine = Engine::new(
                 self.geometry,
-                self.features.pfns_little_endian(),
+                self.features.little_endian(),
                 !self.features.contains(Features::DEFLATE_ON_OOM),
                 reserve,
             );
@@ -576,7 +576,7 @@ impl Balloon {
             dev,
             "bound: features {:#x} ({:?}), {} queues, {:?} buffers of {} pages ({} at once), target {} KiB, reserve {} KiB\n",
             self.features.bits(),
-            DisplayFeatures(self.features),
+            FeatureNames(self.features),
             index.count,
             self.format,
             self.format.pfns_per_buffer(),

@@ -22,7 +22,7 @@ pub(super) struct StatsState {
 impl Balloon {
     /// Fills the stats buffer with fresh figures.
     pub(super) fn fill_stats(&self, buffer: &mut [u8; stats::BUFFER_SIZE]) -> usize {
-        let little_endian = self.features.pfns_little_endian();
+        let little_endian = self.features.little_endian();
         mm::memory_snapshot().encode(mm::PAGE_SHIFT, little_endian, buffer)
     }
 

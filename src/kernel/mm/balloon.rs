@@ -15,7 +15,7 @@ use super::{
     Embedded,
     Embeds,
     HeldPage,
-    Page,
+    Pages,
     PageList, //
 };
 use crate::bindings;
@@ -222,7 +222,7 @@ impl<T: MigrationHandler> BalloonDevInfo<T> {
     }
 
     /// Accounts `block` entering (`inflate`) or leaving the balloon.
-    fn account<const ORDER: u32>(&self, block: &Page<ORDER>, inflate: bool) {
+    fn account<const ORDER: u32>(&self, block: &Pages<ORDER>, inflate: bool) {
         let pages: kernel::ffi::c_long = 1 << ORDER;
         let (delta, event) = if inflate {
             (pages, bindings::vm_event_item_BALLOON_INFLATE)

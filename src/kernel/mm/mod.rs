@@ -32,9 +32,9 @@ pub(crate) use oom::{
     OomRegistration, //
 };
 pub(crate) use page::{
-    BulkAlloc,
+    BulkPages,
     HeldPage,
-    Page,
+    Pages,
     PageList, //
 };
 pub(crate) use page_reporting::{

@@ -28,14 +28,14 @@ use crate::bindings;
 ///
 /// `page` is the head of a valid, non-compound block of that order with one
 /// reference owned by this value; it is on no list.
-pub(crate) struct Page<const ORDER: u32 = 0> {
+pub(crate) struct Pages<const ORDER: u32 = 0> {
     page: NonNull<bindings::page>,
 }
 
 // SAFETY: a page reference may be dropped from any thread.
-unsafe impl<const ORDER: u32> Send for Page<ORDER> {}
+unsafe impl<const ORDER: u32> Send for Pages<ORDER> {}
 
-impl<const ORDER: u32> Page<ORDER> {
+impl<const ORDER: u32> Pages<ORDER> {
     /// Allocates a free block, the way the C driver takes one for a free
     /// page hint and `vmw_balloon` a 2 MiB page: no reclaim, no retry, no
     /// warning, no memalloc reserves. `None` means the guest has no more
@@ -118,7 +118,7 @@ impl<const ORDER: u32> Page<ORDER> {
     }
 }
 
-impl Page {
+impl Pages {
     /// Allocates a page for the balloon the way `balloon_page_alloc` does:
     /// movable, without retrying, without warning and without touching the
     /// memalloc reserves.
@@ -130,7 +130,7 @@ impl Page {
     }
 }
 
-impl<const ORDER: u32> Drop for Page<ORDER> {
+impl<const ORDER: u32> Drop for Pages<ORDER> {
     fn drop(&mut self) {
         // SAFETY: we own one reference to a block of this order (type
         // invariant); dropping it frees the block to the buddy allocator
@@ -181,15 +181,15 @@ fn balloon_gfp() -> bindings::gfp_t {
 }
 
 /// Scratch space for the bulk page allocator.
-pub(crate) struct BulkAlloc {
+pub(crate) struct BulkPages {
     pages: KVec<*mut bindings::page>,
 }
 
 // SAFETY: the array only holds pointers between a call and the hand-over
 // to a list, both under the caller's `&mut`.
-unsafe impl Send for BulkAlloc {}
+unsafe impl Send for BulkPages {}
 
-impl BulkAlloc {
+impl BulkPages {
     /// Room for `capacity` pages per call.
     pub(crate) fn new(capacity: usize) -> Result<Self> {
         let mut pages = KVec::with_capacity(capacity, GFP_KERNEL)?;
@@ -218,14 +218,14 @@ impl BulkAlloc {
                 continue;
             };
             // INVARIANT: a fresh page with its one reference, on no list.
-            list.as_mut().push(Page { page });
+            list.as_mut().push(Pages { page });
             taken += 1;
         }
         taken
     }
 }
 
-impl BulkAlloc {
+impl BulkPages {
     /// Frees every page of `list` in batches (`release_pages`), cheaper than
     /// one `put_page` each.
     pub(crate) fn free_list(&mut self, mut list: Pin<&mut PageList>) {
@@ -286,7 +286,7 @@ impl<const ORDER: u32> PageList<ORDER> {
     }
 
     /// Puts `page` on the list.
-    pub(crate) fn push(self: Pin<&mut Self>, page: Page<ORDER>) {
+    pub(crate) fn push(self: Pin<&mut Self>, page: Pages<ORDER>) {
         // SAFETY: pinning is kept: only `len` is moved.
         let this = unsafe { self.get_unchecked_mut() };
         // SAFETY: the page is valid and on no list; the list takes its
@@ -296,14 +296,14 @@ impl<const ORDER: u32> PageList<ORDER> {
     }
 
     /// Takes a page off the list.
-    pub(crate) fn pop(self: Pin<&mut Self>) -> Option<Page<ORDER>> {
+    pub(crate) fn pop(self: Pin<&mut Self>) -> Option<Pages<ORDER>> {
         // SAFETY: pinning is kept: only `len` is moved.
         let this = unsafe { self.get_unchecked_mut() };
         // SAFETY: the head is initialised; the helper unlinks the first page.
         let page = NonNull::new(unsafe { bindings::vbrs_page_list_pop(this.head.get()) })?;
         this.len -= 1;
         // INVARIANT: the list owned the page's reference and it is unlinked.
-        Some(Page { page })
+        Some(Pages { page })
     }
 
     /// Moves up to `count` blocks from `other` onto this list; returns how
@@ -317,7 +317,7 @@ impl<const ORDER: u32> PageList<ORDER> {
         mut self: Pin<&mut Self>,
         mut other: Pin<&mut Self>,
         count: usize,
-        mut each: impl FnMut(&Page<ORDER>),
+        mut each: impl FnMut(&Pages<ORDER>),
     ) -> usize {
         let mut moved = 0;
         while moved < count {

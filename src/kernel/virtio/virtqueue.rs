@@ -288,7 +288,7 @@ impl Virtqueue {
     /// device that wrote to a hint anyway would be a bus master writing
     /// where it was not asked to, which no type on this side can prevent
     /// (without an IOMMU, no more than any other DMA).
-    pub(crate) fn add_hint<const ORDER: u32>(&mut self, block: &crate::mm::Page<ORDER>) -> Result {
+    pub(crate) fn add_hint<const ORDER: u32>(&mut self, block: &crate::mm::Pages<ORDER>) -> Result {
         // SAFETY: the queue is valid and `&mut self` serialises its use; the
         // block is a valid page block of `ORDER` (the helper refuses one
         // outside the linear map).
