@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Raw bindings to the virtio, balloon and mm headers and to `helpers.c`,
-//! generated at build time by the module's own bindgen run (see `Kbuild`).
+//! generated at build time by the module's own bindgen run (see `Kbuild`),
+//! over the kernel crate's own descriptions of the types it has.
 //!
 //! Only [`crate::virtio`] and [`crate::mm`] use them.
 
@@ -27,6 +28,23 @@
 )]
 
 use kernel::ffi;
+
+// The C types the kernel crate's bindings describe already (`Kbuild`'s
+// `vbrs_kernel_types`): one description of each, so no cast between two.
+pub(crate) use kernel::bindings::{
+    device,
+    list_head,
+    module,
+    notifier_block,
+    page,
+    pglist_data,
+    scatterlist,
+    shrink_control,
+    shrinker,
+    spinlock,
+    sysinfo,
+    wait_queue_head, //
+};
 
 type __kernel_size_t = usize;
 type __kernel_ssize_t = isize;

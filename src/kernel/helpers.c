@@ -81,24 +81,9 @@ void *vbrs_wait_for_buf(struct wait_queue_head *wq, struct virtqueue *vq, long t
 	return token;
 }
 
-void vbrs_init_waitqueue_head(struct wait_queue_head *wq)
-{
-	init_waitqueue_head(wq);
-}
-
-void vbrs_wake_up(struct wait_queue_head *wq)
-{
-	wake_up(wq);
-}
-
 bool vbrs_virt_addr_valid(const void *addr)
 {
 	return virt_addr_valid(addr);
-}
-
-void vbrs_init_list_head(struct list_head *list)
-{
-	INIT_LIST_HEAD(list);
 }
 
 void vbrs_page_list_add(struct page *page, struct list_head *list)
@@ -135,11 +120,6 @@ unsigned long vbrs_alloc_pages_bulk(gfp_t gfp, int nr_pages, struct page **pages
 void vbrs_release_pages(struct page **pages, int nr)
 {
 	release_pages(pages, nr);
-}
-
-struct page *vbrs_alloc_pages(gfp_t gfp, unsigned int order)
-{
-	return alloc_pages(gfp, order);
 }
 
 unsigned int vbrs_pageblock_order(void)
@@ -197,11 +177,6 @@ int vbrs_virtqueue_add_inbuf_block(struct virtqueue *vq, struct page *page, unsi
 	return virtqueue_add_inbuf(vq, &sg, 1, addr, GFP_KERNEL);
 }
 
-unsigned int vbrs_virtqueue_num_free(struct virtqueue *vq)
-{
-	return vq->num_free;
-}
-
 void vbrs_balloon_devinfo_init(struct balloon_dev_info *info)
 {
 	balloon_devinfo_init(info);
@@ -225,11 +200,6 @@ bool vbrs_want_init_on_free(void)
 bool vbrs_page_poisoning_enabled(void)
 {
 	return page_poisoning_enabled_static();
-}
-
-bool vbrs_virtio_has_config_get(const struct virtio_device *vdev)
-{
-	return vdev->config->get;
 }
 
 bool vbrs_balloon_is_empty(struct balloon_dev_info *info)

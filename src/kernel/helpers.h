@@ -34,17 +34,13 @@ int vbrs_virtqueue_add_outbuf(struct virtqueue *vq, void *buf, unsigned int len,
 int vbrs_virtqueue_add_inbuf_nowait(struct virtqueue *vq, struct scatterlist *sg,
 				    unsigned int nents, void *token);
 void *vbrs_wait_for_buf(struct wait_queue_head *wq, struct virtqueue *vq, long timeout);
-void vbrs_init_waitqueue_head(struct wait_queue_head *wq);
-void vbrs_wake_up(struct wait_queue_head *wq);
 
 bool vbrs_virt_addr_valid(const void *addr);
 
-void vbrs_init_list_head(struct list_head *list);
 void vbrs_page_list_add(struct page *page, struct list_head *list);
 struct page *vbrs_page_list_pop(struct list_head *list);
 struct page *vbrs_page_list_next(struct list_head *list, struct page *page);
 unsigned long vbrs_page_to_pfn(struct page *page);
-struct page *vbrs_alloc_pages(gfp_t gfp, unsigned int order);
 unsigned int vbrs_pageblock_order(void);
 unsigned long vbrs_alloc_pages_bulk(gfp_t gfp, int nr_pages, struct page **pages);
 void vbrs_release_pages(struct page **pages, int nr);
@@ -53,13 +49,11 @@ void vbrs_free_pages(struct page *page, unsigned int order);
 void vbrs_set_block_offline(struct page *page, unsigned int order);
 bool vbrs_page_is_cma(struct page *page);
 int vbrs_virtqueue_add_inbuf_block(struct virtqueue *vq, struct page *page, unsigned int order);
-unsigned int vbrs_virtqueue_num_free(struct virtqueue *vq);
 void vbrs_balloon_devinfo_init(struct balloon_dev_info *info);
 unsigned long vbrs_totalram_pages(void);
 unsigned long vbrs_global_node_page_state(int item);
 bool vbrs_want_init_on_free(void);
 bool vbrs_page_poisoning_enabled(void);
-bool vbrs_virtio_has_config_get(const struct virtio_device *vdev);
 bool vbrs_balloon_is_empty(struct balloon_dev_info *info);
 void vbrs_get_page(struct page *page);
 void vbrs_virtio_set_wakeup_capable(struct virtio_device *vdev);

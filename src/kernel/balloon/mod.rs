@@ -814,7 +814,7 @@ unsafe impl virtio::Driver for Balloon {
             reporting_queue <- new_mutex!(None),
             hint <- new_mutex!(HintState::new()),
             hint_blocks <- new_spinlock!(HintBlocks::new()?),
-            acked <- WaitQueue::new(),
+            acked <- crate::new_wait_queue!("virtio_balloon_rs::acked"),
             update_work <- new_delayed_work!("virtio_balloon_rs::update"),
             stats_work <- new_delayed_work!("virtio_balloon_rs::stats"),
             hint_work <- new_delayed_work!("virtio_balloon_rs::hint"),

@@ -100,8 +100,9 @@ impl<const ORDER: u32> Pages<ORDER> {
     }
 
     fn alloc_block(gfp: bindings::gfp_t) -> Option<Self> {
-        // SAFETY: no preconditions.
-        let page = NonNull::new(unsafe { bindings::vbrs_alloc_pages(gfp, ORDER) })?;
+        // SAFETY: no preconditions (the kernel crate's helper for the
+        // `alloc_pages` macro).
+        let page = NonNull::new(unsafe { kernel::bindings::alloc_pages(gfp, ORDER) })?;
         // INVARIANT: a fresh block with its one reference, on no list.
         Some(Self { page })
     }
@@ -274,7 +275,7 @@ impl<const ORDER: u32> PageList<ORDER> {
         pin_init!(Self {
             head <- Opaque::ffi_init(|head| {
                 // SAFETY: `head` is valid pinned memory for a list head.
-                unsafe { bindings::vbrs_init_list_head(head) }
+                unsafe { kernel::bindings::INIT_LIST_HEAD(head) }
             }),
             len: 0,
         })

@@ -62,12 +62,8 @@ kernel::impl_device_context_into_aref!(Device);
 impl<Ctx: DeviceContext> AsRef<device::Device<Ctx>> for Device<Ctx> {
     fn as_ref(&self) -> &device::Device<Ctx> {
         // SAFETY: `dev` is embedded in a valid `virtio_device` (type
-        // invariant) and lives as long as `self`, in the same context; the
-        // two bindgen runs describe the same C type.
-        unsafe {
-            let dev = core::ptr::addr_of_mut!((*self.as_raw()).dev);
-            device::Device::from_raw(dev.cast())
-        }
+        // invariant) and lives as long as `self`, in the same context.
+        unsafe { device::Device::from_raw(core::ptr::addr_of_mut!((*self.as_raw()).dev)) }
     }
 }
 
@@ -110,13 +106,9 @@ impl<Ctx: DeviceContext> Device<Ctx> {
     /// the host gave it (PCI subsystem IDs, the virtio-mmio vendor).
     pub(crate) fn transport(&self) -> Transport {
         // SAFETY: `self` is valid (type invariant), and with it the `struct
-        // device` it embeds, which the kernel's bindings describe (the
-        // module's own bindgen run keeps that type opaque); its parent, if
-        // any, is the transport's device, which outlives it.
-        let parent = unsafe {
-            let dev = core::ptr::addr_of_mut!((*self.as_raw()).dev);
-            (*dev.cast::<kernel::bindings::device>()).parent
-        };
+        // device` it embeds; its parent, if any, is the transport's device,
+        // which outlives it.
+        let parent = unsafe { (*self.as_raw()).dev.parent };
         if parent.is_null() {
             return Transport::Other;
         }
@@ -141,8 +133,9 @@ impl<Ctx: DeviceContext> Device<Ctx> {
 
     /// Whether the transport gives access to the config space.
     pub(crate) fn has_config_access(&self) -> bool {
-        // SAFETY: `self` is a valid virtio device (type invariant).
-        unsafe { bindings::vbrs_virtio_has_config_get(self.as_raw()) }
+        // SAFETY: `self` is a valid virtio device (type invariant), whose
+        // transport set `config` before probe.
+        unsafe { (*(*self.as_raw()).config).get.is_some() }
     }
 
     /// Whether every feature bit of `bits` is negotiated.

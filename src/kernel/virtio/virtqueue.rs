@@ -260,8 +260,9 @@ impl Virtqueue {
 
     /// Free descriptors in the ring.
     pub(crate) fn num_free(&self) -> u32 {
-        // SAFETY: the queue is valid.
-        unsafe { bindings::vbrs_virtqueue_num_free(self.vq.as_ptr()) }
+        // SAFETY: the queue is valid; `num_free` is a plain field the ring
+        // updates under the queue's use, which `&self` serialises with ours.
+        unsafe { (*self.vq.as_ptr()).num_free }
     }
 
     /// Takes back every buffer the device has used.

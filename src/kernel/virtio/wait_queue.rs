@@ -14,7 +14,9 @@
 use kernel::prelude::*;
 use kernel::types::Opaque;
 
-use crate::bindings;
+use kernel::bindings;
+use kernel::sync::LockClassKey;
+use kernel::task::TASK_NORMAL;
 
 /// A wait queue head that completion callbacks wake.
 #[pin_data]
@@ -28,20 +30,36 @@ unsafe impl Sync for WaitQueue {}
 // SAFETY: it holds no thread-bound state.
 unsafe impl Send for WaitQueue {}
 
+/// An initialiser for an empty [`WaitQueue`] named after where it is
+/// made, with a lock class of its own (as `new_condvar!` does).
+#[macro_export]
+macro_rules! new_wait_queue {
+    ($name:literal) => {
+        $crate::virtio::WaitQueue::new(
+            ::kernel::c_str!($name),
+            ::kernel::static_lock_class!(),
+        )
+    };
+}
+
 impl WaitQueue {
-    /// An initialiser for an empty wait queue.
-    pub(crate) fn new() -> impl PinInit<Self> {
+    /// An initialiser for an empty wait queue; see [`new_wait_queue!`].
+    pub(crate) fn new(name: &'static CStr, key: Pin<&'static LockClassKey>) -> impl PinInit<Self> {
         pin_init!(Self {
             head <- Opaque::ffi_init(|slot| {
-                // SAFETY: `slot` is valid, pinned memory for a wait queue head.
-                unsafe { bindings::vbrs_init_waitqueue_head(slot) }
+                // SAFETY: `slot` is valid, pinned memory for a wait queue
+                // head; `name` and `key` are static.
+                unsafe { bindings::__init_waitqueue_head(slot, name.as_char_ptr(), key.as_ptr()) }
             }),
         })
     }
 
-    /// Wakes every sleeper; callable from interrupt context.
+    /// Wakes every sleeper (the `wake_up` macro); callable from interrupt
+    /// context.
     pub(crate) fn wake_up(&self) {
         // SAFETY: the head was initialised by `new`.
-        unsafe { bindings::vbrs_wake_up(self.head.get()) }
+        unsafe {
+            bindings::__wake_up(self.head.get(), TASK_NORMAL, 1, core::ptr::null_mut());
+        }
     }
 }
