@@ -22,6 +22,7 @@ pub mod qemu;
 pub mod qmp;
 pub mod scatter;
 pub mod serial;
+pub mod shell;
 pub mod shell_command;
 
 pub use arch::Arch;
@@ -32,6 +33,7 @@ pub use driver::Driver;
 pub use kernel::scaled;
 pub use qemu::Vm;
 pub use qmp::Qmp;
+pub use shell::GuestShell;
 
 /// Result type of the VM bench: every error is an [`anyhow::Error`] whose
 /// message (with its context, `{:#}`) says what went wrong and where to look.

@@ -27,9 +27,7 @@ use crate::initramfs;
 use crate::ports;
 use crate::ports::GuestPorts;
 use crate::qemu::unique_number;
-use crate::shell_command::meminfo_field;
-use crate::shell_command::output_if_ok;
-use crate::shell_command::MEMINFO;
+use crate::shell::GuestShell;
 use crate::Result;
 use anyhow::anyhow;
 use anyhow::bail;
@@ -43,9 +41,6 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Time QEMU gets to connect its serial ports after `virsh create`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Time one guest shell command gets by default.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs `virsh -c qemu:///system <args>` and returns its stdout.
 pub fn virsh(args: &[&str]) -> Result<String> {
@@ -301,32 +296,6 @@ impl Domain {
         }
     }
 
-    /// Runs `command` in the guest shell; returns its exit code and output
-    /// (the same marker protocol as [`crate::Vm::run`]).
-    pub fn run(&mut self, command: &str, timeout: Duration) -> Result<(i32, String)> {
-        match self.ports.run(command, Instant::now() + timeout)? {
-            Ok(done) => Ok(done),
-            Err(end) => Err(self.failure(&format!(
-                "guest command `{command}` did not finish in {timeout:?} ({end:?})"
-            ))),
-        }
-    }
-
-    /// Runs `command`, fails unless it exits with 0, returns its output.
-    pub fn sh_ok(&mut self, command: &str) -> Result<String> {
-        output_if_ok(command, self.run(command, COMMAND_TIMEOUT)?)
-    }
-
-    /// A `/proc/meminfo` field in kB, after folding the per-CPU counters.
-    pub fn meminfo(&mut self, field: &str) -> Result<u64> {
-        meminfo_field(&self.sh_ok(MEMINFO)?, field)
-    }
-
-    /// The kernel log (serial console) so far.
-    pub fn console_log(&self) -> String {
-        self.ports.console.text()
-    }
-
     /// Powers the guest off and waits until libvirt no longer lists the
     /// domain; checks that the kernel log of the shutdown is clean.
     pub fn shutdown(mut self) -> Result<()> {
@@ -348,6 +317,16 @@ impl Domain {
             .map_err(|problem| self.failure(&format!("at shutdown: {problem}")))?;
         let _ = std::fs::remove_dir_all(&self.log_dir);
         Ok(())
+    }
+}
+
+impl GuestShell for Domain {
+    fn ports(&mut self) -> &mut GuestPorts {
+        &mut self.ports
+    }
+
+    fn ports_ref(&self) -> &GuestPorts {
+        &self.ports
     }
 
     /// An error for `what` with the tails of the logs.

@@ -20,6 +20,7 @@ use qapi::qmp;
 use qapi::qmp::MigrationStatus;
 
 use crate::scaled;
+use crate::shell::GuestShell;
 use crate::Driver;
 use crate::Result;
 use crate::Vm;

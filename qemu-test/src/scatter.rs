@@ -7,6 +7,7 @@
 use anyhow::ensure;
 use anyhow::Context;
 
+use crate::shell::GuestShell;
 use crate::Result;
 use crate::Vm;
 

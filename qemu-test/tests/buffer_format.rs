@@ -14,6 +14,7 @@ use common::expect_memtotal;
 use common::unload_and_power_off;
 use common::GUEST_MIB;
 use qemu_test::Driver;
+use qemu_test::GuestShell;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;

@@ -17,6 +17,7 @@ use common::guest_pages;
 use common::vmstat;
 use common::GUEST_MIB;
 use qemu_test::Driver;
+use qemu_test::GuestShell;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;

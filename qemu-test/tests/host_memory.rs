@@ -25,6 +25,7 @@ use qemu_test::hostmem::HugetlbPool;
 use qemu_test::initramfs;
 use qemu_test::scatter;
 use qemu_test::Driver;
+use qemu_test::GuestShell;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;

@@ -17,6 +17,7 @@ use anyhow::anyhow;
 use anyhow::ensure;
 use qemu_test::libvirt::Domain;
 use qemu_test::libvirt::DomainConfig;
+use qemu_test::GuestShell;
 use qemu_test::Result;
 
 /// Time one balloon change may take under TCG.

@@ -28,6 +28,7 @@ use common::GUEST_MIB;
 use qemu_test::qmp::BALLOON_QOM_PATH;
 use qemu_test::scaled;
 use qemu_test::Driver;
+use qemu_test::GuestShell;
 use qemu_test::Machine;
 use qemu_test::Result;
 use qemu_test::Vm;

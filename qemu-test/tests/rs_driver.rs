@@ -30,6 +30,7 @@ use common::GUEST_MIB;
 use qemu_test::initramfs::RS_MODULE_PATH;
 use qemu_test::scaled;
 use qemu_test::Driver;
+use qemu_test::GuestShell;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;
@@ -37,7 +38,7 @@ use qemu_test::MIB;
 
 const RS: Driver = Driver::Rs;
 
-/// `Balloon:` of /proc/meminfo in kB (`Vm::meminfo` folds the per-CPU
+/// `Balloon:` of /proc/meminfo in kB (`GuestShell::meminfo` folds the per-CPU
 /// vmstat deltas first, so it is exact).
 fn balloon_kb(vm: &mut Vm) -> Result<u64> {
     vm.meminfo("Balloon")

@@ -34,6 +34,7 @@ use qemu_test::migration::HINT_BANDWIDTH;
 use qemu_test::qmp::BALLOON_QOM_PATH;
 use qemu_test::scaled;
 use qemu_test::Driver;
+use qemu_test::GuestShell;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;

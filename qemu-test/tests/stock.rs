@@ -27,6 +27,7 @@ use qapi::qmp;
 use qapi::qmp::RunState;
 use qemu_test::artifacts;
 use qemu_test::Driver;
+use qemu_test::GuestShell;
 use qemu_test::Result;
 use qemu_test::VmConfig;
 use qemu_test::MIB;

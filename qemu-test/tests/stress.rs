@@ -39,6 +39,7 @@ use qemu_test::qmp::Event;
 use qemu_test::qmp::BALLOON_QOM_PATH;
 use qemu_test::scaled;
 use qemu_test::Driver;
+use qemu_test::GuestShell;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;

@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::bail;
 use qemu_test::qmp::BALLOON_QOM_PATH;
 use qemu_test::Driver;
+use qemu_test::GuestShell;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;

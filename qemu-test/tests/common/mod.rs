@@ -17,6 +17,7 @@ use qemu_test::console::ConsoleRules;
 use qemu_test::qmp::BALLOON_QOM_PATH;
 use qemu_test::scaled;
 use qemu_test::Driver;
+use qemu_test::GuestShell;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;
