@@ -63,6 +63,46 @@ macro_rules! virtio_device_table {
     };
 }
 
+/// Declares a kernel module that exposes a single virtio driver, as
+/// `module_pci_driver!` does for PCI.
+///
+/// # Examples
+///
+/// ```ignore
+/// crate::virtio_device_table!(IDS, [virtio::DeviceId::new(VIRTIO_ID_RNG)]);
+///
+/// struct RngDriver { /* ... */ }
+///
+/// // SAFETY: `RngDriver` keeps the `BoundDevice` and stops every use of it
+/// // in `unbind` (see `Driver`).
+/// unsafe impl virtio::Driver for RngDriver {
+///     type Data = Self;
+///     const ID_TABLE: virtio::IdTable = &IDS;
+///     const FEATURE_TABLE: &'static [u32] = &[];
+///
+///     fn probe<'a>(
+///         dev: &'a virtio::Device<Core<'_>>,
+///         handle: virtio::BoundDevice,
+///     ) -> impl PinInit<Self, Error> + 'a {
+///         /* ... */
+///     }
+/// }
+///
+/// crate::module_virtio_driver! {
+///     type: RngDriver,
+///     name: "virtio_rng_rs",
+///     authors: ["Author name"],
+///     description: "Description",
+///     license: "GPL",
+/// }
+/// ```
+#[macro_export]
+macro_rules! module_virtio_driver {
+    ($($f:tt)*) => {
+        ::kernel::module_driver!(<T>, $crate::virtio::Adapter<T>, { $($f)* });
+    };
+}
+
 /// A virtio driver. [`Adapter`] forwards the bus callbacks to it.
 ///
 /// The device passed to each method tells what it may do there: a
