@@ -34,8 +34,8 @@ use crate::virtio::{
 };
 
 /// Free page hinting: the queue (which owns the command id buffers the
-/// host reads) and the round's command ids; the blocks hinted are in
-/// [`HintBlocks`].
+/// host reads) and the round's command ids; the blocks hinted so far are
+/// in [`HintBlocks`].
 pub(super) struct HintState {
     pub(super) queue: Option<Virtqueue>,
     /// Id of the round last started (the guest's byte order).
@@ -50,22 +50,7 @@ pub(super) struct HintState {
 /// The blocks hinted so far, under a lock of their own (a spinlock, held
 /// only to add or free blocks) so that the shrinker can always free them,
 /// also while a round holds the hint state and waits for the host.
-pub(super) struct HintBlocks {
-    pub(super) list: Pin<KBox<PageList<HINT_BLOCK_ORDER>>>,
-}
-
-impl HintBlocks {
-    pub(super) fn new() -> Result<Self> {
-        Ok(Self {
-            list: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
-        })
-    }
-
-    /// Frees up to `max` blocks; returns how many.
-    pub(super) fn release(&mut self, max: usize) -> usize {
-        self.list.as_mut().release(max)
-    }
-}
+pub(super) type HintBlocks = PageList<HINT_BLOCK_ORDER>;
 
 impl HintState {
     pub(super) fn new() -> Self {
@@ -118,7 +103,7 @@ impl Balloon {
         match hint::on_cmd_id(self.cmd_id_received(dev, received, true), *active) {
             HintAction::Nothing => {}
             HintAction::ReturnAll => {
-                let held = self.hint_blocks.lock().release(usize::MAX);
+                let held = self.hint_blocks.lock().as_mut().release(usize::MAX);
                 self.view.hint_blocks_held.store(0, Relaxed);
                 if held > 0 {
                     dev_dbg!(dev, "free page hints done: {} blocks back\n", held);
@@ -202,8 +187,8 @@ impl Balloon {
             queue.kick();
             let held = {
                 let mut blocks = self.hint_blocks.lock();
-                blocks.list.as_mut().push(block);
-                blocks.list.len()
+                blocks.as_mut().push(block);
+                blocks.len()
             };
             if round.blocks == 0 {
                 round.first_hint_us = started.elapsed().as_micros_ceil();
@@ -241,15 +226,17 @@ pub(super) struct RoundStats {
 /// as the C driver's does.
 impl ShrinkerHandler for Balloon {
     fn count(&self) -> u64 {
-        (self.hint_blocks.lock().list.len() as u64) << HINT_BLOCK_ORDER
+        (self.hint_blocks.lock().len() as u64) << HINT_BLOCK_ORDER
     }
 
     fn scan(&self, pages: u64) -> u64 {
         let wanted = pages.div_ceil(1 << HINT_BLOCK_ORDER);
         let (freed, held) = {
             let mut blocks = self.hint_blocks.lock();
-            let freed = blocks.release(usize::try_from(wanted).unwrap_or(usize::MAX));
-            (freed, blocks.list.len())
+            let freed = blocks
+                .as_mut()
+                .release(usize::try_from(wanted).unwrap_or(usize::MAX));
+            (freed, blocks.len())
         };
         self.view.hint_blocks_held.store(held as u64, Relaxed);
         (freed as u64) << HINT_BLOCK_ORDER

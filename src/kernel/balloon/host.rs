@@ -46,9 +46,12 @@ use crate::virtio::{
 /// Pages allocated for the next inflate before the balloon lock is taken,
 /// so that direct reclaim never runs under it (the OOM notifier waits for
 /// that lock). Only the update work uses it.
+#[pin_data]
 pub(super) struct Prealloc {
-    pub(super) pages: Pin<KBox<PageList>>,
-    pub(super) blocks: Pin<KBox<BlockList>>,
+    #[pin]
+    pub(super) pages: PageList,
+    #[pin]
+    pub(super) blocks: BlockList,
     pub(super) bulk: BulkPages,
 }
 
@@ -60,11 +63,12 @@ const COMPACTION_PATIENCE_MS: i64 = 100;
 pub(super) type BlockList = PageList<HUGE_BLOCK_ORDER>;
 
 impl Prealloc {
-    pub(super) fn new() -> Result<Self> {
-        Ok(Self {
-            pages: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
-            blocks: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
-            bulk: BulkPages::new(PFNS_PER_BUFFER)?,
+    /// Empty lists, and `bulk` for freeing in batches.
+    pub(super) fn new(bulk: BulkPages) -> impl PinInit<Self> {
+        pin_init!(Self {
+            pages <- PageList::new(),
+            blocks <- PageList::new(),
+            bulk,
         })
     }
 
@@ -79,7 +83,8 @@ impl Prealloc {
     /// (kcompactd defers it, counting the requests that come meanwhile), so
     /// a failed request is asked again, a millisecond apart, until requests
     /// have failed for [`COMPACTION_PATIENCE_MS`] in a row.
-    pub(super) fn fill_blocks(&mut self, count: u64) -> (u64, u64) {
+    pub(super) fn fill_blocks(self: Pin<&mut Self>, count: u64) -> (u64, u64) {
+        let mut blocks = self.project().blocks;
         let (mut got, mut compacted) = (0, 0);
         let mut failing_since = None;
         while got < count {
@@ -102,27 +107,30 @@ impl Prealloc {
                     }
                 },
             };
-            self.blocks.as_mut().push(block);
+            blocks.as_mut().push(block);
             got += 1;
         }
         (got, compacted)
     }
 
     /// Frees what the step did not take.
-    pub(super) fn clear(&mut self) {
-        self.pages.as_mut().clear();
-        self.blocks.as_mut().clear();
+    pub(super) fn clear(self: Pin<&mut Self>) {
+        let this = self.project();
+        this.pages.clear();
+        this.blocks.clear();
     }
 
     /// Allocates up to `count` balloon pages: many per call while memory is
     /// plentiful; near the watermarks the bulk allocator stops and single
     /// allocations (with light reclaim, like the C driver's) take over.
-    pub(super) fn fill(&mut self, count: u64) {
+    pub(super) fn fill(self: Pin<&mut Self>, count: u64) {
+        let this = self.project();
+        let mut pages = this.pages;
         let count = usize::try_from(count).unwrap_or(usize::MAX);
         let mut got = 0;
         while got < count {
             let asked = (count - got).min(PFNS_PER_BUFFER);
-            let bulk = self.bulk.alloc_into(self.pages.as_mut(), asked);
+            let bulk = this.bulk.alloc_into(pages.as_mut(), asked);
             got += bulk;
             if bulk < asked {
                 break;
@@ -130,7 +138,7 @@ impl Prealloc {
         }
         while got < count {
             let Some(page) = Pages::alloc() else { break };
-            self.pages.as_mut().push(page);
+            pages.as_mut().push(page);
             got += 1;
         }
     }
@@ -151,7 +159,7 @@ pub(super) struct DeviceBackend<'a> {
     pub(super) staged_deflate_blocks: Pin<&'a mut BlockList>,
     pub(super) bulk: &'a mut BulkPages,
     /// Pages and blocks allocated for this step, outside the lock.
-    pub(super) prealloc: Option<&'a mut Prealloc>,
+    pub(super) prealloc: Option<Pin<&'a mut Prealloc>>,
     pub(super) held: &'a mut Option<HeldPage>,
     /// The migration in progress, in the migration callback.
     pub(super) migrating: Option<&'a MigratingPage<'a>>,
@@ -186,13 +194,13 @@ impl Backend for DeviceBackend<'_> {
 
     fn alloc_pages(&mut self, max: u64) -> u64 {
         // The pages were allocated before the lock was taken.
-        let prealloc = self.prealloc.as_mut().map(|p| p.pages.as_mut());
+        let prealloc = self.prealloc.as_mut().map(|p| p.as_mut().project().pages);
         stage(self.staged_inflate.as_mut(), prealloc, max)
     }
 
     fn alloc_blocks(&mut self, max: u64) -> u64 {
         // The blocks too.
-        let prealloc = self.prealloc.as_mut().map(|p| p.blocks.as_mut());
+        let prealloc = self.prealloc.as_mut().map(|p| p.as_mut().project().blocks);
         stage(self.staged_inflate_blocks.as_mut(), prealloc, max)
     }
 

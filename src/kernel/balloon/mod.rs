@@ -126,7 +126,9 @@ use host::{
 use queues::QueueIndex;
 use stats_queue::StatsState;
 
-/// What the balloon lock protects: the balloon and its two queues.
+/// What the balloon lock protects: the balloon and its two queues, with
+/// its page lists inline (pinned with the state, as their heads must be).
+#[pin_data]
 struct State {
     /// The policy and the balloon's size; `None` while the device is down.
     engine: Option<Engine>,
@@ -138,15 +140,20 @@ struct State {
     /// their own, kmalloc memory as DMA needs).
     pfns: KVVec<u32>,
     /// Pages allocated for the inflate in flight.
-    staged_inflate: Pin<KBox<PageList>>,
+    #[pin]
+    staged_inflate: PageList,
     /// Pages out of the balloon for the deflate in flight.
-    staged_deflate: Pin<KBox<PageList>>,
+    #[pin]
+    staged_deflate: PageList,
     /// The balloon's whole 2 MiB blocks (`buffer_format` full).
-    blocks: Pin<KBox<BlockList>>,
+    #[pin]
+    blocks: BlockList,
     /// Blocks allocated for the inflate in flight.
-    staged_inflate_blocks: Pin<KBox<BlockList>>,
+    #[pin]
+    staged_inflate_blocks: BlockList,
     /// Blocks out of the balloon for the deflate in flight.
-    staged_deflate_blocks: Pin<KBox<BlockList>>,
+    #[pin]
+    staged_deflate_blocks: BlockList,
     /// Scratch space for freeing deflated pages in batches.
     bulk: BulkPages,
     /// The old page of a migration, kept from the allocator until the host
@@ -155,25 +162,32 @@ struct State {
 }
 
 impl State {
-    /// Room for `in_flight` buffers of PFNs.
-    fn new(in_flight: usize) -> Result<Self> {
-        let len = PFNS_PER_BUFFER * in_flight;
-        let mut pfns = KVVec::with_capacity(len, GFP_KERNEL)?;
-        pfns.resize(len, 0, GFP_KERNEL)?;
-        Ok(Self {
+    /// An empty balloon with the PFN array `pfns` and `bulk` for freeing in
+    /// batches (allocated by [`State::buffers`]).
+    fn new((pfns, bulk): (KVVec<u32>, BulkPages)) -> impl PinInit<Self> {
+        pin_init!(Self {
             engine: None,
             inflate_queue: None,
             deflate_queue: None,
             queues: None,
             pfns,
-            staged_inflate: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
-            staged_deflate: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
-            blocks: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
-            staged_inflate_blocks: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
-            staged_deflate_blocks: KBox::pin_init(PageList::new(), GFP_KERNEL)?,
-            bulk: BulkPages::new(PFNS_PER_BUFFER)?,
+            staged_inflate <- PageList::new(),
+            staged_deflate <- PageList::new(),
+            blocks <- PageList::new(),
+            staged_inflate_blocks <- PageList::new(),
+            staged_deflate_blocks <- PageList::new(),
+            bulk,
             held: None,
         })
+    }
+
+    /// The state's allocations: room for `in_flight` buffers of PFNs, and
+    /// the bulk allocator's scratch space.
+    fn buffers(in_flight: usize) -> Result<(KVVec<u32>, BulkPages)> {
+        let len = PFNS_PER_BUFFER * in_flight;
+        let mut pfns = KVVec::with_capacity(len, GFP_KERNEL)?;
+        pfns.resize(len, 0, GFP_KERNEL)?;
+        Ok((pfns, BulkPages::new(PFNS_PER_BUFFER)?))
     }
 }
 
@@ -331,40 +345,28 @@ impl Balloon {
     /// `migrating` is the migration in progress, in the migration callback.
     fn with_engine<R>(
         &self,
-        state: &mut State,
-        prealloc: Option<&mut Prealloc>,
+        state: Pin<&mut State>,
+        prealloc: Option<Pin<&mut Prealloc>>,
         migrating: Option<&MigratingPage<'_>>,
         f: impl FnOnce(&mut Engine, &mut DeviceBackend<'_>, &mut [u32]) -> R,
     ) -> Option<R> {
-        let State {
-            engine,
-            inflate_queue,
-            deflate_queue,
-            pfns,
-            staged_inflate,
-            staged_deflate,
-            blocks,
-            staged_inflate_blocks,
-            staged_deflate_blocks,
-            bulk,
-            held,
-            ..
-        } = state;
+        let state = state.project();
+        let (engine, pfns) = (state.engine, state.pfns);
         let engine = engine.as_mut()?;
         let mut host = DeviceBackend {
             dev: self.device(),
-            inflate_queue: inflate_queue.as_mut()?,
-            deflate_queue: deflate_queue.as_mut()?,
+            inflate_queue: state.inflate_queue.as_mut()?,
+            deflate_queue: state.deflate_queue.as_mut()?,
             acked: &self.acked,
             balloon: Embedded::of(self),
-            staged_inflate: staged_inflate.as_mut(),
-            staged_deflate: staged_deflate.as_mut(),
-            blocks: blocks.as_mut(),
-            staged_inflate_blocks: staged_inflate_blocks.as_mut(),
-            staged_deflate_blocks: staged_deflate_blocks.as_mut(),
-            bulk,
+            staged_inflate: state.staged_inflate,
+            staged_deflate: state.staged_deflate,
+            blocks: state.blocks,
+            staged_inflate_blocks: state.staged_inflate_blocks,
+            staged_deflate_blocks: state.staged_deflate_blocks,
+            bulk: state.bulk,
             prealloc,
-            held,
+            held: state.held,
             migrating,
             timeout: host_timeout(),
         };
@@ -440,7 +442,7 @@ impl Balloon {
         // for the rest.
         let wanted = {
             let mut state = self.state.lock();
-            self.with_engine(&mut state, None, None, |engine, host, pfns| {
+            self.with_engine(state.as_mut(), None, None, |engine, host, pfns| {
                 // A late buffer that came back finishes its step first, so
                 // that this step allocates for itself.
                 engine.resume(host, pfns);
@@ -454,21 +456,23 @@ impl Balloon {
         };
         let mut prealloc = self.prealloc.lock();
         if let Some((pages, blocks, per_block)) = wanted.filter(|(pages, ..)| *pages > 0) {
-            let (got, compacted) = prealloc.fill_blocks(blocks);
+            let (got, compacted) = prealloc.as_mut().fill_blocks(blocks);
             self.view.blocks_compacted.fetch_add(compacted, Relaxed);
-            prealloc.fill(single_pages_after_blocks(pages, per_block, blocks, got));
+            prealloc
+                .as_mut()
+                .fill(single_pages_after_blocks(pages, per_block, blocks, got));
         }
         let step = {
             let mut state = self.state.lock();
             self.with_engine(
-                &mut state,
-                Some(&mut prealloc),
+                state.as_mut(),
+                Some(prealloc.as_mut()),
                 None,
                 |engine, host, pfns| engine.step(host, pfns),
             )
         };
         // What the step did not take (the target moved meanwhile) goes back.
-        prealloc.clear();
+        prealloc.as_mut().clear();
         drop(prealloc);
         match step {
             Some(Step::Progress) => {
@@ -521,10 +525,11 @@ impl Balloon {
             let _ = engine.set_format(self.format);
             engine.set_in_flight(self.in_flight);
             self.view.update(&engine);
-            state.engine = Some(engine);
-            state.inflate_queue = inflate_queue;
-            state.deflate_queue = deflate_queue;
-            state.queues = Some(queues);
+            let state = state.as_mut().project();
+            *state.engine = Some(engine);
+            *state.inflate_queue = inflate_queue;
+            *state.deflate_queue = deflate_queue;
+            *state.queues = Some(queues);
         }
         // The ring needs a descriptor for the command id besides hints.
         if hint_capacity.is_some_and(|size| size < 2) {
@@ -624,7 +629,7 @@ impl Balloon {
         let mut told_host = false;
         loop {
             let mut state = self.state.lock();
-            let step = self.with_engine(&mut state, None, None, |engine, host, pfns| {
+            let step = self.with_engine(state.as_mut(), None, None, |engine, host, pfns| {
                 engine.drain_step(host, pfns)
             });
             match step {
@@ -642,7 +647,7 @@ impl Balloon {
         }
         // From here on nothing is sent to the device: a migration fails
         // (the core keeps its page), a page report returns its pages.
-        if let Some(engine) = self.state.lock().engine.as_mut() {
+        if let Some(engine) = self.state.lock().as_mut().project().engine.as_mut() {
             engine.device_reset();
         }
         let reset = dev.reset();
@@ -656,7 +661,7 @@ impl Balloon {
             // After the reset the host holds no buffer and no page: whatever
             // is left (after a stall) goes back to the guest untold.
             let done = self
-                .with_engine(&mut state, None, None, |engine, host, _| {
+                .with_engine(state.as_mut(), None, None, |engine, host, _| {
                     engine.forget_all(host)
                 })
                 .unwrap_or(true);
@@ -665,6 +670,7 @@ impl Balloon {
                 kernel::time::delay::fsleep(kernel::time::Delta::from_millis(10));
                 continue;
             }
+            let state = state.as_mut().project();
             let counters = state.engine.take().map(|engine| engine.counters());
             if let Some(mut queues) = state.queues.take() {
                 let index = self.index;
@@ -683,7 +689,7 @@ impl Balloon {
                 dev.del_vqs(queues, reset);
             }
             // Hinted blocks may be reused at any time; the device is reset.
-            self.hint_blocks.lock().release(usize::MAX);
+            self.hint_blocks.lock().as_mut().release(usize::MAX);
             self.view.hint_blocks_held.store(0, Relaxed);
             if let Some(c) = counters {
                 dev_info!(
@@ -710,7 +716,7 @@ unsafe impl MigrationHandler for Balloon {
         // Never wait for the lock: its holder may be waiting for the host,
         // and compaction has other pages to move. The core retries later.
         let mut state = self.state.try_lock().ok_or(EAGAIN)?;
-        self.with_engine(&mut state, None, Some(pages), |engine, host, pfns| {
+        self.with_engine(state.as_mut(), None, Some(pages), |engine, host, pfns| {
             engine.migrate(host, pfns, pages.new_pfn, pages.old_pfn)
         })
         .ok_or(EAGAIN)?
@@ -724,7 +730,7 @@ impl OomHandler for Balloon {
     fn out_of_memory(&self) -> u64 {
         let mut state = self.state.lock();
         let freed = self
-            .with_engine(&mut state, None, None, |engine, host, pfns| {
+            .with_engine(state.as_mut(), None, None, |engine, host, pfns| {
                 engine.oom_deflate(host, pfns, PFNS_PER_BUFFER as u64)
             })
             .unwrap_or(0);
@@ -809,11 +815,11 @@ unsafe impl virtio::Driver for Balloon {
             format,
             in_flight,
             index: QueueIndex::new(*features, *in_flight),
-            state <- new_mutex!(State::new(*in_flight)?),
+            state <- new_mutex!(State::new(State::buffers(*in_flight)?)),
             stats <- new_mutex!(StatsState { queue: None }),
             reporting_queue <- new_mutex!(None),
             hint <- new_mutex!(HintState::new()),
-            hint_blocks <- new_spinlock!(HintBlocks::new()?),
+            hint_blocks <- new_spinlock!(HintBlocks::new()),
             acked <- crate::new_wait_queue!("virtio_balloon_rs::acked"),
             update_work <- new_delayed_work!("virtio_balloon_rs::update"),
             stats_work <- new_delayed_work!("virtio_balloon_rs::stats"),
@@ -827,7 +833,7 @@ unsafe impl virtio::Driver for Balloon {
             waiting_for_host: Atomic::new(false),
             device_was_reset: Atomic::new(false),
             hint_config_changed: Atomic::new(false),
-            prealloc <- new_mutex!(Prealloc::new()?),
+            prealloc <- new_mutex!(Prealloc::new(BulkPages::new(PFNS_PER_BUFFER)?)),
             view: KBox::pin_init(
                 debugfs::directory(
                     crate::debugfs_root().ok_or(ENOENT)?,
