@@ -454,6 +454,21 @@ vm-test-stock-arm64: check-stock-arm64
 		--test-threads=1 $(addprefix --skip ,$(STOCK_ARM64_SKIP)) || rc=1; \
 	exit $$rc
 
+# --- Fault tests: a balloon host that misbehaves on purpose -------------------
+#
+# The balloon is a vhost-user device (QEMU's vhost-user-test-device-pci with
+# virtio-id 5) served by qemu-test/fault-device (balloon-fault-device), which
+# behaves as QEMU's balloon or breaks the rules on command. Its QEMU is
+# trixie-backports' (>= 10.2), unpacked into the cache with its own libc
+# (qemu-test/fault-qemu.sh), never installed into the machine.
+.PHONY: fault-qemu print-fault-qemu
+
+fault-qemu:
+	@bash qemu-test/fault-qemu.sh >/dev/null
+
+print-fault-qemu:
+	@bash qemu-test/fault-qemu.sh
+
 # --- Everything --------------------------------------------------------------
 #
 # Every suite on every kernel, one after the other; each runs even if an
