@@ -461,13 +461,24 @@ vm-test-stock-arm64: check-stock-arm64
 # behaves as QEMU's balloon or breaks the rules on command. Its QEMU is
 # trixie-backports' (>= 10.2), unpacked into the cache with its own libc
 # (qemu-test/fault-qemu.sh), never installed into the machine.
-.PHONY: fault-qemu print-fault-qemu
+.PHONY: fault-qemu print-fault-qemu fault-device print-fault-device
 
 fault-qemu:
 	@bash qemu-test/fault-qemu.sh >/dev/null
 
 print-fault-qemu:
 	@bash qemu-test/fault-qemu.sh
+
+# A target directory of its own: the VM tests ask for the backend from
+# inside `cargo test`, which holds the workspace's build directory lock.
+FAULT_DEVICE_TARGET := $(TOP)/build/fault-device
+FAULT_DEVICE := $(FAULT_DEVICE_TARGET)/release/balloon-fault-device
+
+fault-device:
+	@cargo build -q --release -p fault-device --target-dir $(FAULT_DEVICE_TARGET)
+
+print-fault-device: fault-device
+	@echo $(FAULT_DEVICE)
 
 # --- Everything --------------------------------------------------------------
 #
