@@ -461,7 +461,7 @@ vm-test-stock-arm64: check-stock-arm64
 # behaves as QEMU's balloon or breaks the rules on command. Its QEMU is
 # trixie-backports' (>= 10.2), unpacked into the cache with its own libc
 # (qemu-test/fault-qemu.sh), never installed into the machine.
-.PHONY: fault-qemu print-fault-qemu fault-device print-fault-device
+.PHONY: fault-qemu print-fault-qemu fault-device print-fault-device test-faults
 
 fault-qemu:
 	@bash qemu-test/fault-qemu.sh >/dev/null
@@ -479,6 +479,15 @@ fault-device:
 
 print-fault-device: fault-device
 	@echo $(FAULT_DEVICE)
+
+# The fault VM tests (qemu-test/tests/faults_vm.rs) on the x86_64 test
+# kernel, or on the kernel KDIR= names (e.g. KDIR=$$(make -s
+# print-debug-kdir), with the module built for it by `make module KDIR=...`).
+test-faults: $(if $(filter $(KDIR_TEST),$(KDIR)),setup) fault-qemu fault-device
+	$(MAKE) module
+	VBRS_KDIR=$(KDIR) VBRS_MODULE=$(TOP)/virtio_balloon_rs.ko \
+		VBRS_FAULT_QEMU=$$(bash qemu-test/fault-qemu.sh) VBRS_FAULT_DEVICE=$(FAULT_DEVICE) \
+		cargo test -p qemu-test --test faults_vm -- --test-threads=1 $(TEST_ARGS)
 
 # --- Everything --------------------------------------------------------------
 #

@@ -170,7 +170,13 @@ impl Vm {
                 || config.machine.has_pcie(arch),
             "root ports need PCIe: the microvm machine has none"
         );
-        let mut balloon = format!("{},id=balloon0", config.machine.balloon_device());
+        let mut balloon = format!(
+            "{},id=balloon0",
+            config
+                .balloon_device
+                .as_deref()
+                .unwrap_or(config.machine.balloon_device())
+        );
         if config.balloon_on_root_port {
             balloon.push_str(",bus=");
             balloon.push_str(ROOT_PORT);
@@ -179,7 +185,10 @@ impl Vm {
             balloon.push(',');
             balloon.push_str(&config.balloon_options);
         }
-        let qemu = arch.qemu_binary();
+        let qemu = match &config.qemu {
+            Some(qemu) => qemu.display().to_string(),
+            None => arch.qemu_binary(),
+        };
         let mut command = Command::new(&qemu);
         command
             .arg("-name")
