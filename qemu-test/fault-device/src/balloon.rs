@@ -126,6 +126,12 @@ pub struct State {
     /// Stats buffers still to return as soon as they come (a storm).
     stats_storm: u64,
     config_changes_sent: u64,
+    /// Queues stopped (`GET_VRING_BASE`: the guest reset the device, or
+    /// QEMU stopped it) and `RESET_DEVICE` messages.
+    vring_stops: u64,
+    resets: u64,
+    /// QEMU has started the device (features set) and not stopped it.
+    started: bool,
     backend_channel: Option<BackendChannel>,
     /// vhost's own handle of the channel: kept, or its socket closes.
     backend: Option<Backend>,
@@ -215,13 +221,24 @@ impl Balloon {
     /// Sends `count` config change messages. The state's lock is not held
     /// while writing: QEMU may be waiting for this device's answer to a
     /// GET_CONFIG before it reads the channel again.
+    ///
+    /// Refused while the device is not started: QEMU 11.1's
+    /// vhost-user-base then has no VirtIODevice behind its vhost device
+    /// (`vhost_dev.vdev` is set by `vhost_dev_start`) and crashes on the
+    /// message (`vub_config_notifier` -> `virtio_notify_config(NULL)`).
     pub fn config_changed(&self, count: u64) -> Result<()> {
-        let mut channel = self
-            .lock()
-            .backend_channel
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("no backend channel (BACKEND_REQ not negotiated yet)"))?
-            .try_clone()?;
+        let mut channel = {
+            let state = self.lock();
+            anyhow::ensure!(
+                state.started,
+                "the device is not started (no driver, or it was reset): QEMU would crash on a config change"
+            );
+            state
+                .backend_channel
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("no backend channel (BACKEND_REQ not negotiated)"))?
+                .try_clone()?
+        };
         for _ in 0..count {
             channel.config_changed()?;
             self.lock().config_changes_sent += 1;
@@ -571,7 +588,7 @@ impl State {
              config_writes={} config_changes_sent={} pages_inflated={} pages_deflated={} \
              pages_punched={} balloon_pages={} punch_errors={} unknown_deflates={} \
              double_inflates={} reported_bytes={} hinted_bytes={} hint_cmd_ids={} \
-             hint_stops={} stats_received={}",
+             hint_stops={} stats_received={} vring_stops={} resets={}",
             self.offered,
             self.acked,
             self.num_pages,
@@ -592,6 +609,8 @@ impl State {
             self.hint_cmd_ids_seen.len(),
             self.hint_stops_seen,
             self.stats_received,
+            self.vring_stops,
+            self.resets,
         );
         let roles = Balloon::roles(self.acked);
         for (role, queue) in &self.queues {
@@ -652,6 +671,7 @@ impl VhostUserBackend for Balloon {
     fn acked_features(&self, features: u64) {
         self.forget_buffers(None);
         let mut state = self.lock();
+        state.started = true;
         state.acked =
             features & ((1 << 32) - 1) & !VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         eprintln!(
@@ -669,6 +689,9 @@ impl VhostUserBackend for Balloon {
 
     fn reset_device(&self) {
         self.forget_buffers(None);
+        let mut state = self.lock();
+        state.resets += 1;
+        state.started = false;
     }
 
     fn set_event_idx(&self, _enabled: bool) {}
@@ -714,9 +737,15 @@ impl VhostUserBackend for Balloon {
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
-        let role = Balloon::roles(self.lock().acked)
-            .get(queue_index as usize)
-            .copied();
+        let role = {
+            let mut state = self.lock();
+            state.vring_stops += 1;
+            state.started = false;
+            eprintln!("fault-device: queue {queue_index} stopped");
+            Balloon::roles(state.acked)
+                .get(queue_index as usize)
+                .copied()
+        };
         if let Some(role) = role {
             self.forget_buffers(Some(role));
         }
