@@ -266,10 +266,33 @@ impl Balloon {
         let held = std::mem::take(&mut self.lock().queue(role).held);
         let mut count = 0;
         for buffer in held {
-            self.give_back(&vring, role, buffer, None)?;
+            // The stats queue's faults apply when its buffer is returned.
+            let kind = if role == Role::Stats {
+                self.take_fault(role)
+            } else {
+                None
+            };
+            self.finish(&vring, role, buffer, kind)?;
             count += 1;
         }
         Ok(count)
+    }
+
+    /// Returns `buffer` as the fault `kind` says: late, never (held
+    /// again), or at once (twice, bogus id or length, or as it should).
+    fn finish(
+        &self,
+        vring: &VringRwLock,
+        role: Role,
+        buffer: Held,
+        kind: Option<FaultKind>,
+    ) -> Result<()> {
+        match kind {
+            Some(FaultKind::Late(ms)) => self.return_late(vring, role, buffer, ms),
+            Some(FaultKind::Never) => self.lock().queue(role).held.push(buffer),
+            kind => self.give_back(vring, role, buffer, kind)?,
+        }
+        Ok(())
     }
 
     /// Sets (or with `None` clears) the fault of `role`.
@@ -340,7 +363,13 @@ impl Balloon {
                 used_len: 0,
             };
             self.lock().queue(role).seen += 1;
-            let fault = self.take_fault(role);
+            // The stats buffer is held until stats are requested: its
+            // fault is taken when it is returned.
+            let fault = if role == Role::Stats {
+                None
+            } else {
+                self.take_fault(role)
+            };
             if fault == Some(FaultKind::Never) {
                 // Neither read nor returned: held until `release` or a reset.
                 self.lock().queue(role).held.push(buffer);
@@ -350,10 +379,14 @@ impl Balloon {
                 .map(|d| (d.addr().0, d.len(), d.is_write_only()))
                 .collect();
             match self.handle_buffer(role, &memory, &descriptors, fault) {
-                Outcome::Return => match fault {
-                    Some(FaultKind::Late(ms)) => self.return_late(vring, role, buffer, ms),
-                    kind => self.give_back(vring, role, buffer, kind)?,
-                },
+                Outcome::Return => {
+                    let kind = if role == Role::Stats {
+                        self.take_fault(role)
+                    } else {
+                        fault
+                    };
+                    self.finish(vring, role, buffer, kind)?;
+                }
                 Outcome::Hold => self.lock().queue(role).held.push(buffer),
                 Outcome::Drop => self.lock().queue(role).dropped += 1,
             }
@@ -764,9 +797,9 @@ impl VhostUserBackend for Balloon {
         }
         {
             let mut state = self.lock();
-            if state.vrings.len() != vrings.len() {
-                state.vrings = vrings.to_vec();
-            }
+            // The vrings of the current connection (a new one after QEMU
+            // came again).
+            state.vrings = vrings.to_vec();
         }
         let index = usize::from(device_event);
         let Some(vring) = vrings.get(index) else {

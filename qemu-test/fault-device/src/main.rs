@@ -89,12 +89,6 @@ fn main() -> Result<()> {
     let control_balloon = balloon.clone();
     thread::spawn(move || control::serve(control, control_balloon));
 
-    let mut daemon = VhostUserDaemon::new(
-        "balloon-fault-device".to_string(),
-        balloon,
-        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-    )
-    .map_err(|e| anyhow::anyhow!("vhost-user daemon: {e:?}"))?;
     eprintln!(
         "fault-device: listening on {} (control {}), features {:#x}, faults {:?}",
         options.socket.display(),
@@ -102,10 +96,20 @@ fn main() -> Result<()> {
         features,
         options.faults
     );
-    // One connection: the device lives as long as its VM.
-    daemon
-        .serve(&options.socket)
-        .map_err(|e| anyhow::anyhow!("vhost-user connection: {e:?}"))?;
-    eprintln!("fault-device: QEMU disconnected");
-    Ok(())
+    // One VM at a time, but a VM may come again (the harness retries a
+    // boot that failed before any driver ran): a daemon per connection,
+    // as a daemon's worker threads end with its connection; the device's
+    // state carries over.
+    loop {
+        let mut daemon = VhostUserDaemon::new(
+            "balloon-fault-device".to_string(),
+            balloon.clone(),
+            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+        )
+        .map_err(|e| anyhow::anyhow!("vhost-user daemon: {e:?}"))?;
+        daemon
+            .serve(&options.socket)
+            .map_err(|e| anyhow::anyhow!("vhost-user connection: {e:?}"))?;
+        eprintln!("fault-device: QEMU disconnected");
+    }
 }
