@@ -487,7 +487,7 @@ test-faults: $(if $(filter $(KDIR_TEST),$(KDIR)),setup) fault-qemu fault-device
 	$(MAKE) module
 	VBRS_KDIR=$(KDIR) VBRS_MODULE=$(TOP)/virtio_balloon_rs.ko \
 		VBRS_FAULT_QEMU=$$(bash qemu-test/fault-qemu.sh) VBRS_FAULT_DEVICE=$(FAULT_DEVICE) \
-		cargo test -p qemu-test --test faults_vm -- --test-threads=1 $(TEST_ARGS)
+		cargo test --no-fail-fast -p qemu-test --test faults_vm -- --test-threads=1 --include-ignored $(TEST_ARGS)
 
 # --- Everything --------------------------------------------------------------
 #

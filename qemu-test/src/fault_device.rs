@@ -216,7 +216,7 @@ impl FaultDevice {
                     self.command("counters")?
                 );
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
