@@ -456,6 +456,41 @@ vm-test-stock-arm64: check-stock-arm64
 		--test-threads=1 $(addprefix --skip ,$(STOCK_ARM64_SKIP)) || rc=1; \
 	exit $$rc
 
+# --- Fault tests: a balloon host that misbehaves on purpose -------------------
+#
+# The balloon is a vhost-user device (QEMU's vhost-user-test-device-pci with
+# virtio-id 5) served by qemu-test/fault-device (balloon-fault-device), which
+# behaves as QEMU's balloon or breaks the rules on command. Its QEMU is
+# trixie-backports' (>= 10.2), unpacked into the cache with its own libc
+# (qemu-test/fault-qemu.sh), never installed into the machine.
+.PHONY: fault-qemu print-fault-qemu fault-device print-fault-device test-faults
+
+fault-qemu:
+	@bash qemu-test/fault-qemu.sh >/dev/null
+
+print-fault-qemu:
+	@bash qemu-test/fault-qemu.sh
+
+# A target directory of its own: the VM tests ask for the backend from
+# inside `cargo test`, which holds the workspace's build directory lock.
+FAULT_DEVICE_TARGET := $(TOP)/build/fault-device
+FAULT_DEVICE := $(FAULT_DEVICE_TARGET)/release/balloon-fault-device
+
+fault-device:
+	@cargo build -q --release -p fault-device --target-dir $(FAULT_DEVICE_TARGET)
+
+print-fault-device: fault-device
+	@echo $(FAULT_DEVICE)
+
+# The fault VM tests (qemu-test/tests/faults_vm.rs) on the x86_64 test
+# kernel, or on the kernel KDIR= names (e.g. KDIR=$$(make -s
+# print-debug-kdir), with the module built for it by `make module KDIR=...`).
+test-faults: $(if $(filter $(KDIR_TEST),$(KDIR)),setup) fault-qemu fault-device
+	$(MAKE) module
+	VBRS_KDIR=$(KDIR) VBRS_MODULE=$(TOP)/virtio_balloon_rs.ko \
+		VBRS_FAULT_QEMU=$$(bash qemu-test/fault-qemu.sh) VBRS_FAULT_DEVICE=$(FAULT_DEVICE) \
+		cargo test --no-fail-fast -p qemu-test --test faults_vm -- --test-threads=1 --include-ignored $(TEST_ARGS)
+
 # --- Everything --------------------------------------------------------------
 #
 # Every suite on every kernel, one after the other; each runs even if an

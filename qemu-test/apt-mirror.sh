@@ -19,17 +19,22 @@ debian_mirror() {
 	printf '%s\n' "$mirror"
 }
 
-# apt_foreign STATE ARCH SUITE TOOL ARGS...: runs TOOL (apt-get or apt-cache)
-# on ARCH's packages of SUITE main only, with its lists and downloads in
-# STATE; `apt_foreign STATE ARCH SUITE apt-get update` fetches the lists.
+# apt_foreign STATE ARCH SUITES TOOL ARGS...: runs TOOL (apt-get or apt-cache)
+# on ARCH's packages of the main component of SUITES (one suite, or several
+# separated by spaces, e.g. "trixie trixie-backports": a backport's
+# dependencies come from its release), with its lists and downloads in
+# STATE and an empty dpkg status (nothing counts as installed);
+# `apt_foreign STATE ARCH SUITES apt-get update` fetches the lists.
 apt_foreign() {
-	local state=$1 arch=$2 suite=$3 tool=$4 mirror
+	local state=$1 arch=$2 suites=$3 tool=$4 mirror suite
 	shift 4
 	if [ ! -f "$state/sources.list" ]; then
 		mirror=$(debian_mirror) || return 1
 		mkdir -p "$state/lists/partial" "$state/archives/partial"
-		printf 'deb [arch=%s signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s %s main\n' \
-			"$arch" "$mirror" "$suite" >"$state/sources.list"
+		for suite in $suites; do
+			printf 'deb [arch=%s signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s %s main\n' \
+				"$arch" "$mirror" "$suite"
+		done >"$state/sources.list"
 	fi
 	"$tool" -q -o APT::Architecture="$arch" -o APT::Architectures::="$arch" \
 		-o Dir::State::Lists="$state/lists" -o Dir::Cache="$state" \

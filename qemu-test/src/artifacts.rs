@@ -91,6 +91,26 @@ pub const C_MODULE: Artifact = Artifact {
     how_to_build: "run `make setup` to build the test kernel and its modules",
 };
 
+/// The fault tests' QEMU (trixie-backports', with
+/// `vhost-user-test-device-pci`), the wrapper `qemu-test/fault-qemu.sh`
+/// writes.
+pub const FAULT_QEMU: Artifact = Artifact {
+    what: "the fault tests' QEMU (qemu-test/fault-qemu.sh)",
+    env_var: "VBRS_FAULT_QEMU",
+    in_kernel_build: None,
+    make_target: "print-fault-qemu",
+    how_to_build: "run `make print-fault-qemu` (it fetches and unpacks it)",
+};
+
+/// The vhost-user balloon of the fault tests, `balloon-fault-device`.
+pub const FAULT_DEVICE: Artifact = Artifact {
+    what: "the vhost-user balloon balloon-fault-device (qemu-test/fault-device)",
+    env_var: "VBRS_FAULT_DEVICE",
+    in_kernel_build: None,
+    make_target: "print-fault-device",
+    how_to_build: "run `make print-fault-device` (it builds it)",
+};
+
 impl Artifact {
     /// Finds the file: from the environment variable, else from the Makefile.
     ///

@@ -198,6 +198,13 @@ pub struct VmConfig {
     /// Empty PCIe root ports to hot-plug devices into
     /// ([`spare_root_port`] names them).
     pub spare_root_ports: u32,
+    /// The QEMU binary, instead of the architecture's
+    /// ([`crate::Arch::qemu_binary`]): the fault tests' QEMU.
+    pub qemu: Option<PathBuf>,
+    /// The balloon's whole `-device` value (type and options, without
+    /// `id=`), instead of QEMU's own balloon: a vhost-user balloon
+    /// ([`crate::fault_device`]).
+    pub balloon_device: Option<String>,
 }
 
 impl VmConfig {
@@ -221,6 +228,8 @@ impl VmConfig {
             boot_timeout: BOOT_TIMEOUT,
             balloon_on_root_port: false,
             spare_root_ports: 0,
+            qemu: None,
+            balloon_device: None,
         }
     }
 
