@@ -30,6 +30,7 @@ use qemu_test::scaled;
 use qemu_test::Driver;
 use qemu_test::FaultOptions;
 use qemu_test::FaultVm;
+use qemu_test::GuestShell;
 use qemu_test::Result;
 use qemu_test::VmConfig;
 
