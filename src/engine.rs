@@ -396,6 +396,18 @@ impl Engine {
         self.late
     }
 
+    /// Balloon pages the late buffer names (0 without one): neither in the
+    /// balloon nor the guest's until it comes back or the device is reset.
+    pub fn late_pages(&self) -> u64 {
+        match self.late {
+            Some(Late::Inflate(pages) | Late::Deflate(pages)) => pages,
+            Some(Late::MigrationInflate | Late::MigrationDeflate) => {
+                u64::from(self.geometry.balloon_pages_per_page())
+            }
+            None => 0,
+        }
+    }
+
     fn actual(&self) -> u32 {
         // `pages` never exceeds the RAM limit, itself clamped to what
         // `num_pages` (a u32) can ask for; saturate anyway rather than wrap.

@@ -37,6 +37,10 @@ pub(super) struct EngineView {
     /// In balloon (4 KiB) pages.
     reserve_pages: u64,
     stalled: bool,
+    /// Balloon (4 KiB) pages named by the buffer the host holds past its
+    /// deadline: neither in the balloon nor the guest's until it comes
+    /// back or the device is reset.
+    late_pages: u64,
     /// Whole 2 MiB blocks in the balloon.
     blocks: u64,
 }
@@ -87,6 +91,7 @@ impl DebugView {
             backoff_ms: engine.backoff_ms(),
             reserve_pages: engine.reserve() * self.balloon_pages_per_page,
             stalled: engine.is_stalled(),
+            late_pages: engine.late_pages(),
             blocks: engine.blocks(),
         };
     }
@@ -149,6 +154,7 @@ figures! {
     hint_blocks_held => |_, v| v.hint_blocks_held.load(Relaxed);
     host_stalled => |e, _| u8::from(e.stalled);
     late_buffers => |e, _| e.counters.late_buffers;
+    late_pages => |e, _| e.late_pages;
     balloon_blocks => |e, _| e.blocks;
     blocks_inflated => |e, _| e.counters.blocks_inflated;
     blocks_compacted => |_, v| v.blocks_compacted.load(Relaxed);
