@@ -565,15 +565,20 @@ fn allocation_failures_between_successes_log_rarely() {
     model.check();
 }
 
+/// A 64 MiB guest whose balloon has reached `pages` balloon pages.
+fn settled_at(pages: u64) -> (Model, Engine) {
+    let mut model = Model::new(12, 64 * MIB);
+    let mut engine = engine_for(&model, 0);
+    model.num_pages = pages as u32;
+    assert_eq!(run_until_settled(&mut engine, &mut model), Step::Reached);
+    (model, engine)
+}
+
 #[test]
 fn a_target_set_during_an_oom_deflate_is_followed() {
     // Defect: the target was read after the deflate, so a new one the host
     // set meanwhile was taken for the one the OOM deflate went below.
-    let total = 64 * MIB;
-    let mut model = Model::new(12, total);
-    let mut engine = engine_for(&model, 0);
-    model.num_pages = (32 * MIB) as u32;
-    assert_eq!(run_until_settled(&mut engine, &mut model), Step::Reached);
+    let (mut model, mut engine) = settled_at(32 * MIB);
     let mut buffer = vec![0u32; PFNS_PER_BUFFER];
     model.target_while_told = Some((40 * MIB) as u32);
     assert_eq!(engine.oom_deflate(&mut model, &mut buffer, 256), 256);
@@ -609,11 +614,7 @@ fn an_oom_deflate_gives_back_what_it_is_asked_in_every_format() {
 fn a_drain_after_allocation_back_offs_still_retries_a_refused_buffer() {
     // Defect: the drain gave up after its first refused buffer when
     // allocations had backed off before, counting those as refusals.
-    let total = 64 * MIB;
-    let mut model = Model::new(12, total);
-    let mut engine = engine_for(&model, 0);
-    model.num_pages = (8 * MIB) as u32;
-    assert_eq!(run_until_settled(&mut engine, &mut model), Step::Reached);
+    let (mut model, mut engine) = settled_at(8 * MIB);
     model.alloc_left = Some(0);
     model.num_pages = (16 * MIB) as u32;
     let mut buffer = vec![0u32; PFNS_PER_BUFFER];
@@ -670,11 +671,7 @@ fn the_step_after_a_late_buffer_allocates_for_itself() {
 fn nothing_is_sent_to_a_reset_device() {
     // Defect: a migration between the reset and the end of the teardown
     // sent to the reset device and waited for it.
-    let total = 64 * MIB;
-    let mut model = Model::new(12, total);
-    let mut engine = engine_for(&model, 0);
-    model.num_pages = (8 * MIB) as u32;
-    assert_eq!(run_until_settled(&mut engine, &mut model), Step::Reached);
+    let (mut model, mut engine) = settled_at(8 * MIB);
     let sent = model.buffers.len();
     engine.device_reset();
     assert!(migrate_one(&mut engine, &mut model, 3).is_err());
