@@ -94,12 +94,7 @@ impl FaultDevice {
     /// Starts the device for a VM named `name` and waits for its sockets.
     pub fn start(name: &str, options: &FaultOptions) -> Result<FaultDevice> {
         let binary = FAULT_DEVICE.find()?;
-        let run_dir = std::env::temp_dir().join(format!(
-            "vbrs-fault-{}-{}",
-            std::process::id(),
-            unique_number()
-        ));
-        std::fs::create_dir_all(&run_dir)?;
+        let run_dir = crate::qemu::fresh_run_dir("vbrs-fault-")?;
         let log_dir = crate::target_dir().join("vm-logs");
         std::fs::create_dir_all(&log_dir)?;
         let log = log_dir.join(format!(

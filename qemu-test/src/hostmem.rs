@@ -260,12 +260,7 @@ impl HugetlbPool {
             pool.added
         );
         if mount {
-            let dir = std::env::temp_dir().join(format!(
-                "vbrs-bench-hugetlbfs-{}-{}",
-                std::process::id(),
-                crate::qemu::unique_number()
-            ));
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let dir = crate::qemu::fresh_run_dir("vbrs-bench-hugetlbfs-")?;
             pool.dir = Some(dir.clone());
             run(Command::new("mount")
                 .args(["-t", "hugetlbfs", "-o"])

@@ -181,9 +181,7 @@ impl Domain {
         std::fs::create_dir_all(&log_dir)
             .with_context(|| format!("creating {}", log_dir.display()))?;
         // libvirt's QEMU user must reach the files and sockets.
-        let run_dir = std::env::temp_dir().join(&name);
-        std::fs::create_dir_all(&run_dir)
-            .with_context(|| format!("creating {}", run_dir.display()))?;
+        let run_dir = crate::qemu::fresh_run_dir(&format!("{name}-"))?;
         let readable = |path: &Path, mode: u32| -> Result<()> {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
                 .with_context(|| format!("chmod {}", path.display()))

@@ -62,6 +62,20 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lines of the kernel log printed when a VM goes away uncleanly.
 const TAIL_LINES: usize = 60;
 
+/// A new, empty directory for a guest's sockets and files, `<prefix>` and
+/// a random suffix, in the system's temporary directory (socket paths must
+/// fit in 108 bytes: not in the repository). Its name is one no other
+/// process has: a name made of the process id once met the stale socket
+/// of an earlier process with the same id ("Address already in use"). The
+/// caller removes it.
+pub fn fresh_run_dir(prefix: &str) -> Result<PathBuf> {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .with_context(|| format!("creating a {prefix}* directory in the temporary directory"))?;
+    Ok(dir.keep())
+}
+
 /// Returns a number no other call in this process returns.
 pub fn unique_number() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -122,11 +136,7 @@ impl Vm {
         };
 
         let log_dir = make_log_dir(&config.name)?;
-        // Socket paths must fit in 108 bytes: keep them out of the repo.
-        let run_dir =
-            std::env::temp_dir().join(format!("vbrs-{}-{}", std::process::id(), unique_number()));
-        std::fs::create_dir_all(&run_dir)
-            .with_context(|| format!("creating {}", run_dir.display()))?;
+        let run_dir = fresh_run_dir("vbrs-")?;
         // From here on, an early return kills QEMU and removes the run dir.
         let mut starting = Starting {
             child: None,

@@ -159,9 +159,15 @@ void vbrs_set_block_offline(struct page *page, unsigned int order)
 	}
 }
 
-bool vbrs_page_is_cma(struct page *page)
+/*
+ * Free pages in CMA pageblocks. Whether a page is in one
+ * (is_migrate_cma_page()) cannot be asked from a module: the
+ * pageblock's migrate type is read by get_pfnblock_migratetype(), which
+ * is not exported (Debian's kernels have CONFIG_CMA). The counter is.
+ */
+unsigned long vbrs_free_cma_pages(void)
 {
-	return is_migrate_cma_page(page);
+	return global_zone_page_state(NR_FREE_CMA_PAGES);
 }
 
 int vbrs_virtqueue_add_inbuf_block(struct virtqueue *vq, struct page *page, unsigned int order)

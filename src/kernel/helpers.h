@@ -47,7 +47,7 @@ void vbrs_release_pages(struct page **pages, int nr);
 void vbrs_put_page(struct page *page);
 void vbrs_free_pages(struct page *page, unsigned int order);
 void vbrs_set_block_offline(struct page *page, unsigned int order);
-bool vbrs_page_is_cma(struct page *page);
+unsigned long vbrs_free_cma_pages(void);
 int vbrs_virtqueue_add_inbuf_block(struct virtqueue *vq, struct page *page, unsigned int order);
 void vbrs_balloon_devinfo_init(struct balloon_dev_info *info);
 unsigned long vbrs_totalram_pages(void);

@@ -60,13 +60,15 @@ impl<const ORDER: u32> Pages<ORDER> {
     ///
     /// A movable request may be served from a CMA pageblock, which must
     /// stay free for its contiguous allocations, and the block never moves
-    /// (it is off the balloon core's list): such a block goes straight back
-    /// and counts as none made.
+    /// (it is off the balloon core's list). A module cannot ask a page's
+    /// migrate type (`get_pfnblock_migratetype` is not exported), so no
+    /// block is made this way while any CMA page is free: then none can
+    /// come from CMA.
     pub(crate) fn alloc_compacted_block() -> Option<Self> {
         if !Self::compactable() {
             return None;
         }
-        let block = Self::alloc_block(
+        Self::alloc_block(
             bindings::VBRS___GFP_MOVABLE
                 | bindings::VBRS___GFP_DIRECT_RECLAIM
                 | bindings::VBRS___GFP_IO
@@ -74,12 +76,7 @@ impl<const ORDER: u32> Pages<ORDER> {
                 | bindings::VBRS___GFP_NORETRY
                 | bindings::VBRS___GFP_NOWARN
                 | bindings::VBRS___GFP_NOMEMALLOC,
-        )?;
-        // SAFETY: the block is a valid page block (type invariant).
-        if unsafe { bindings::vbrs_page_is_cma(block.as_raw()) } {
-            return None;
-        }
-        Some(block)
+        )
     }
 
     /// Marks every page of the block offline (`PageOffline`), as the
@@ -94,9 +91,13 @@ impl<const ORDER: u32> Pages<ORDER> {
 
     /// Whether blocks of this order are made by compaction: those of at
     /// least a pageblock.
+    ///
+    /// Not while any CMA page is free: see [`Pages::alloc_compacted_block`].
     pub(crate) fn compactable() -> bool {
-        // SAFETY: no preconditions.
-        ORDER >= unsafe { bindings::vbrs_pageblock_order() }
+        // SAFETY: no preconditions (a constant, and a global counter).
+        unsafe {
+            ORDER >= bindings::vbrs_pageblock_order() && bindings::vbrs_free_cma_pages() == 0
+        }
     }
 
     fn alloc_block(gfp: bindings::gfp_t) -> Option<Self> {
