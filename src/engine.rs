@@ -262,6 +262,9 @@ pub struct Engine {
     counters: Counters,
     last_clamped: bool,
     held_target: Option<u32>,
+    /// The target the balloon last reached: while the host's target is
+    /// another, the engine is moving towards it.
+    rest_target: Option<u32>,
     last_target: u32,
 }
 
@@ -296,6 +299,7 @@ impl Engine {
             counters: Counters::default(),
             last_clamped: false,
             held_target: None,
+            rest_target: None,
             last_target: 0,
         }
     }
@@ -536,6 +540,7 @@ impl Engine {
         let step = match target.direction(self.pages) {
             Direction::Reached => {
                 self.backoff.succeed();
+                self.rest_target = Some(num_pages);
                 return Step::Reached;
             }
             Direction::Inflate(_) if self.held_target.is_some() => {
@@ -868,8 +873,9 @@ impl Engine {
     /// of memory (`DEFLATE_ON_OOM`), telling the host first, and returns how
     /// many went back.
     ///
-    /// The balloon then stays below the host's target until the host sets
-    /// a new one: re-inflating at once would only cause the next OOM.
+    /// If the balloon was at rest on the host's target, it then stays
+    /// below it until the host sets a new one: re-inflating at once would
+    /// only cause the next OOM. On the way to a newer target it carries on.
     pub fn oom_deflate<B: Backend>(
         &mut self,
         backend: &mut B,
@@ -893,7 +899,14 @@ impl Engine {
         }
         let freed = before - self.pages;
         if freed > 0 {
-            self.held_target = Some(target);
+            // At rest on the target, the balloon stays below it until the
+            // host asks anew. On the way to a target the host set since,
+            // it carries on once the guest has its pages (as the C
+            // driver's update work does): that target is the host's
+            // newest request, not the one the guest could not afford.
+            if self.rest_target == Some(target) {
+                self.held_target = Some(target);
+            }
             self.counters.oom_deflated += freed;
             self.counters.oom_events += 1;
             backend.write_actual(self.actual());

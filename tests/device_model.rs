@@ -708,3 +708,23 @@ fn a_host_alternating_absurd_and_valid_targets_does_not_flood_the_log() {
     );
     model.check();
 }
+
+#[test]
+fn an_oom_on_the_way_to_a_new_target_does_not_stop_it() {
+    // As the C driver's update work: a target the host set after an OOM
+    // deflate is its newest request; an OOM on the way gives pages back
+    // but the balloon carries on once the guest has them.
+    let (mut model, mut engine) = settled_at(32 * MIB);
+    let mut buffer = vec![0u32; PFNS_PER_BUFFER];
+    assert_eq!(engine.oom_deflate(&mut model, &mut buffer, 256), 256);
+    // At rest: held below the target.
+    assert_eq!(run_until_settled(&mut engine, &mut model), Step::Reached);
+    assert_eq!(u64::from(model.actual), 32 * MIB - 256);
+    model.num_pages = (48 * MIB) as u32;
+    assert_eq!(engine.step(&mut model, &mut buffer), Step::Progress);
+    assert_eq!(engine.oom_deflate(&mut model, &mut buffer, 256), 256);
+    assert_eq!(run_until_settled(&mut engine, &mut model), Step::Reached);
+    assert_eq!(u64::from(model.actual), 48 * MIB);
+    assert_eq!(engine.counters().oom_events, 2);
+    model.check();
+}
