@@ -186,3 +186,49 @@ hint, reporting) the next COUNT buffers (default: every one) get KIND:
 The stats queue holds its buffer as QEMU does (returned when stats are
 requested): its faults apply when it is returned. Later faults on a queue
 replace earlier ones.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_specs_parse() {
+        let fault: Fault = "inflate:late=1500@2".parse().unwrap();
+        assert_eq!(
+            fault,
+            Fault {
+                role: Role::Inflate,
+                kind: FaultKind::Late(1500),
+                count: Some(2)
+            }
+        );
+        let fault: Fault = "hint:never".parse().unwrap();
+        assert_eq!(
+            (fault.role, fault.kind, fault.count),
+            (Role::Hint, FaultKind::Never, None)
+        );
+        let fault: Fault = "stats:bogus-len=7".parse().unwrap();
+        assert_eq!(fault.kind, FaultKind::BogusLen(7));
+        assert_eq!(
+            "inflate:cloud-hypervisor".parse::<Fault>().unwrap().kind,
+            FaultKind::CloudHypervisor
+        );
+    }
+
+    #[test]
+    fn bad_fault_specs_are_refused() {
+        for spec in [
+            "inflate",
+            "inflate:late",
+            "inflate:late=x",
+            "inflate:never=3",
+            "inflate:sometimes",
+            "balloon:never",
+            "deflate:firecracker",
+            "inflate:twice@many",
+            "stats:bogus-len=4294967296",
+        ] {
+            assert!(spec.parse::<Fault>().is_err(), "{spec} was accepted");
+        }
+    }
+}

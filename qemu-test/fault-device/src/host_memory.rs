@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 
 use anyhow::anyhow;
 use anyhow::Result;
@@ -64,7 +65,6 @@ pub fn allocated_bytes(memory: &GuestMemoryMmap) -> Result<u64> {
             continue;
         };
         let metadata = file_offset.file().metadata()?;
-        use std::os::unix::fs::MetadataExt;
         if seen.insert((metadata.dev(), metadata.ino())) {
             total += metadata.blocks() * 512;
         }
