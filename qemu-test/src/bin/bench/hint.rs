@@ -48,7 +48,7 @@ pub fn run_all(drivers: &[Driver], rounds: usize, failures: &mut Vec<String>) ->
 pub fn print_summary(results: &[HintSavings]) {
     println!("\nfree page hinting: MiB sent by a migration at 256 MiB/s after 1200 MiB were freed");
     println!(
-        "{:<8} {:>6} {:>22} {:>22} {:>10}",
+        "{:<18} {:>4} {:>20} {:>20} {:>10}",
         "driver", "runs", "no hints (median)", "with hints (median)", "saved"
     );
     for driver in [Driver::C, Driver::Rs] {
@@ -64,7 +64,7 @@ pub fn print_summary(results: &[HintSavings]) {
             .map(|r| r.hinted.transferred_mib().to_string())
             .collect();
         println!(
-            "{:<8} {:>6} {:>18.0} MiB {:>18.0} MiB {:>6.0} MiB   (with hints: {})",
+            "{:<18} {:>4} {:>16.0} MiB {:>16.0} MiB {:>6.0} MiB   (with hints: {})",
             driver.module_name(),
             runs.len(),
             baseline,
