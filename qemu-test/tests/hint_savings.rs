@@ -20,9 +20,14 @@ use qemu_test::migration::HintSavings;
 use qemu_test::Driver;
 use qemu_test::Result;
 
-/// Share of the baseline ours may send beyond the C driver: run-to-run
-/// noise (QEMU's hint window opens and closes with its own bitmap syncs).
-const MARGIN_OF_BASELINE: u64 = 20;
+/// Ours may send this share (1/10) of the baseline beyond the C driver:
+/// the noise between two guests side by side. Where the hint rate decides
+/// (Debian's kernel zeroes every block it hints, the debug kernel checks
+/// it), ours sent from 11 MiB less to 124 MiB more than C's (9.4 % of a
+/// 1314 MiB baseline) in six side-by-side runs of the same driver code
+/// here; on the test kernel they differ by under 1 %. The bug this guards
+/// against cost 56 to 99 % of the baseline.
+const MARGIN_OF_BASELINE: u64 = 10;
 
 fn print(result: &HintSavings) {
     eprintln!(
