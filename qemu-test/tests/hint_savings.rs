@@ -25,10 +25,10 @@ use qemu_test::Result;
 /// the noise between two guests side by side. Where the hint rate decides
 /// (Debian's kernel zeroes every block it hints, the debug kernel checks
 /// it), ours sent from 98 MiB less to 124 MiB more than C's (9.4 % of a
-/// 1314 MiB baseline) in nine side-by-side runs of the same driver code
-/// here, part of it the first guest's advantage; on the test kernel they
-/// differ by under 1 %. The bug this guards against cost 56 to 99 % of
-/// the baseline.
+/// 1314 MiB baseline) in nine side-by-side runs here (the same hint
+/// mechanism), part of it the first guest's advantage; on the test kernel
+/// they differ by under 1 %. The bug this guards against cost 56 to 99 %
+/// of the baseline.
 const MARGIN_OF_BASELINE: u64 = 10;
 
 fn print(result: &HintSavings) {
