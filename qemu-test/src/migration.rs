@@ -10,6 +10,8 @@
 //! tmpfs and frees it, then is migrated at 256 MiB/s, once with no balloon
 //! driver loaded (the baseline: nobody hints) and once with the driver.
 
+use std::sync::Condvar;
+use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -178,15 +180,50 @@ fn rs_counters(vm: &mut Vm) -> Result<Vec<(String, u64)>> {
     Ok(counters)
 }
 
-/// Runs the hint scenario for `driver` in a fresh VM: fill and free,
-/// migrate without a driver, load `driver`, migrate again; then unloads
-/// the driver and checks the kernel log.
-pub fn measure_hint_savings(driver: Driver) -> Result<HintSavings> {
+/// Runs the hint scenario for each of `drivers` at once, a fresh VM each,
+/// in lockstep: the migrations without hints start together, and so do
+/// those with hints. Each VM fills and frees its memory, is migrated
+/// without a driver, loads its driver and is migrated again; then the
+/// driver is unloaded and the kernel log checked.
+///
+/// Side by side, both drivers hint under the same load: on a shared
+/// machine the guests' speed under TCG changes by a factor of two from one
+/// minute to the next, which decides how much a hint round gets done
+/// before the migration reaches the freed memory.
+pub fn measure_hint_savings(drivers: &[Driver]) -> Result<Vec<HintSavings>> {
+    let lockstep = Lockstep::new(drivers.len());
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = drivers
+            .iter()
+            .map(|&driver| {
+                let lockstep = &lockstep;
+                scope.spawn(move || {
+                    let result = measure_in_step(driver, lockstep);
+                    if result.is_err() {
+                        lockstep.fail();
+                    }
+                    result
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .zip(drivers)
+            .map(|(run, driver)| {
+                run.join()
+                    .map_err(|_| anyhow!("the {} run panicked", driver.label()))?
+            })
+            .collect()
+    })
+}
+
+/// One VM of [`measure_hint_savings`].
+fn measure_in_step(driver: Driver, lockstep: &Lockstep) -> Result<HintSavings> {
     let mut vm = Vm::boot(hint_vm_config(
         &format!("hint_savings_{}", driver.label()),
         driver,
     ))?;
     fill_and_free(&mut vm, HINT_FILL_MIB)?;
+    lockstep.wait()?;
     let baseline = migrate_to_nowhere(&mut vm, HINT_BANDWIDTH)?;
     vm.load(driver)?;
     // The device must have negotiated hinting with the driver.
@@ -198,6 +235,7 @@ pub fn measure_hint_savings(driver: Driver) -> Result<HintSavings> {
         "{} did not negotiate FREE_PAGE_HINT: {features:?}",
         driver.module_name()
     );
+    lockstep.wait()?;
     let hinted = migrate_to_nowhere(&mut vm, HINT_BANDWIDTH)?;
     let counters = match driver {
         Driver::Rs => rs_counters(&mut vm)?,
@@ -219,6 +257,61 @@ pub fn measure_hint_savings(driver: Driver) -> Result<HintSavings> {
         counters,
         windows,
     })
+}
+
+/// A barrier that a failed party breaks: the others stop waiting.
+struct Lockstep {
+    parties: usize,
+    state: Mutex<LockstepState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct LockstepState {
+    arrived: usize,
+    generation: u64,
+    failed: bool,
+}
+
+impl Lockstep {
+    fn new(parties: usize) -> Self {
+        Self {
+            parties,
+            state: Mutex::new(LockstepState::default()),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Waits until every party arrived; fails if one of them failed.
+    fn wait(&self) -> Result<()> {
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| anyhow!("lockstep poisoned"))?;
+        let generation = state.generation;
+        state.arrived += 1;
+        if state.arrived == self.parties {
+            state.arrived = 0;
+            state.generation += 1;
+            self.changed.notify_all();
+        }
+        while state.generation == generation && !state.failed {
+            state = self
+                .changed
+                .wait(state)
+                .map_err(|_| anyhow!("lockstep poisoned"))?;
+        }
+        ensure!(!state.failed, "the other VM of the comparison failed");
+        Ok(())
+    }
+
+    /// A party failed: wake and fail every wait.
+    fn fail(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.failed = true;
+        }
+        self.changed.notify_all();
+    }
 }
 
 /// The trace events [`HintWindow::parse`] reads.
@@ -357,6 +450,23 @@ impl std::fmt::Display for HintWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_party_breaks_the_lockstep() {
+        let lockstep = Lockstep::new(2);
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| lockstep.wait());
+            lockstep.fail();
+            assert!(waiter.join().unwrap().is_err());
+        });
+        let lockstep = Lockstep::new(2);
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| lockstep.wait().and_then(|()| lockstep.wait()));
+            assert!(lockstep.wait().is_ok());
+            assert!(lockstep.wait().is_ok());
+            assert!(waiter.join().unwrap().is_ok());
+        });
+    }
 
     #[test]
     fn hint_windows_from_a_trace() {

@@ -2,7 +2,7 @@
 
 //! The balloon bench: the C driver against ours, in one run.
 //!
-//! `cargo run -p qemu-test --release --bin bench -- [--rounds N] [--driver c|rs|both] [--part speed|memory|all] [--backing anon|hugetlbfs|memfd|memfd-hugetlb|all]`
+//! `cargo run -p qemu-test --release --bin bench -- [--rounds N] [--driver c|rs|both] [--part speed|memory|hint|all] [--backing anon|hugetlbfs|memfd|memfd-hugetlb|all]`
 //!
 //! - speed ([`speed`]): inflate/deflate medians over N rounds (default 5, or
 //!   `VBRS_BENCH_ROUNDS`) of 2048 -> 1024 -> 2048 MiB, and ours / C;
@@ -10,6 +10,9 @@
 //!   ballooned, for each guest RAM backing, on fresh and scattered guests
 //!   (the hugetlb backings reserve host huge pages and mount a hugetlbfs for
 //!   the run: root only);
+//! - free page hinting ([`hint`], `--part hint`, not in `all`: it
+//!   migrates): MiB a live migration sends after the guest freed 1200 MiB,
+//!   without hints and with each driver's, `--rounds` runs (default 1);
 //! - a plot ([`plot`]) of round 1's balloon over time for each driver, in
 //!   `<target>/bench/balloon.svg`.
 //!
@@ -17,6 +20,7 @@
 //! measurement that cannot be made fails the run (exit status 1), after the
 //! other parts have run.
 
+mod hint;
 mod memory;
 mod plot;
 mod speed;
@@ -59,12 +63,16 @@ struct Args {
     drivers: Vec<Driver>,
     speed: bool,
     memory: bool,
+    hint: bool,
+    /// Whether `--rounds` was given (the hint part runs once by default).
+    rounds_given: bool,
     backings: Vec<Backing>,
     /// `buffers_in_flight` values to time our driver at (speed part).
     in_flight: Vec<usize>,
 }
 
-const USAGE: &str = "usage: bench [--rounds N] [--driver c|rs|both] [--part speed|memory|all] \
+const USAGE: &str =
+    "usage: bench [--rounds N] [--driver c|rs|both] [--part speed|memory|hint|all] \
 [--backing anon|hugetlbfs|memfd|memfd-hugetlb|all] [--in-flight 1,2,4,8,16]\n\
 (VBRS_BENCH_ROUNDS=N sets the default of --rounds, 5)";
 
@@ -86,6 +94,8 @@ fn parse_args() -> Result<Args> {
         drivers: vec![Driver::C, Driver::Rs],
         speed: true,
         memory: true,
+        hint: false,
+        rounds_given: false,
         backings: Backing::ALL.to_vec(),
         in_flight: Vec::new(),
     };
@@ -96,7 +106,10 @@ fn parse_args() -> Result<Args> {
                 .ok_or_else(|| anyhow!("{arg} needs {what} (try --help)"))
         };
         match arg.as_str() {
-            "--rounds" => args.rounds = parse_rounds(&value("a number")?, "--rounds")?,
+            "--rounds" => {
+                args.rounds = parse_rounds(&value("a number")?, "--rounds")?;
+                args.rounds_given = true;
+            }
             "--driver" => {
                 args.drivers = match value("c, rs or both")?.as_str() {
                     "c" => vec![Driver::C],
@@ -106,12 +119,14 @@ fn parse_args() -> Result<Args> {
                 };
             }
             "--part" => {
-                (args.speed, args.memory) = match value("speed, memory or all")?.as_str() {
-                    "speed" => (true, false),
-                    "memory" => (false, true),
-                    "all" => (true, true),
-                    other => bail!("--part: {other:?} is not speed, memory or all"),
-                };
+                (args.speed, args.memory, args.hint) =
+                    match value("speed, memory, hint or all")?.as_str() {
+                        "speed" => (true, false, false),
+                        "memory" => (false, true, false),
+                        "hint" => (false, false, true),
+                        "all" => (true, true, false),
+                        other => bail!("--part: {other:?} is not speed, memory, hint or all"),
+                    };
             }
             "--backing" => {
                 args.backings = match value("a backing")?.as_str() {
@@ -197,6 +212,12 @@ fn main() -> ExitCode {
     if args.memory {
         let results = memory::run_all(&args.backings, &args.drivers, &mut failures);
         memory::print_summary(&results);
+    }
+
+    if args.hint {
+        let rounds = if args.rounds_given { args.rounds } else { 1 };
+        let results = hint::run_all(&args.drivers, rounds, &mut failures);
+        hint::print_summary(&results);
     }
 
     println!("\nbench took {:.0} s", started.elapsed().as_secs_f64());
