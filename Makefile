@@ -259,8 +259,7 @@ test-stock-quick: stock-kernel
 # `make bench` on the stock kernel: Debian's own virtio_balloon.ko against ours
 # (the speed part unless BENCH_ARGS says otherwise, e.g. "--part all").
 bench-stock: stock-kernel
-	$(STOCK_ENV) VBRS_C_MODULE=$(STOCK_C_MODULE) \
-		cargo run -q -p qemu-test --release --bin bench -- $(or $(BENCH_ARGS),--part speed)
+	$(STOCK_ENV) cargo run -q -p qemu-test --release --bin bench -- $(or $(BENCH_ARGS),--part speed)
 
 # `dkms install -k <kver>` of this tree in the stock root, checked.
 test-stock-dkms: stock-kernel
