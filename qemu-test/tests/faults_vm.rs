@@ -292,8 +292,17 @@ fn late_inflate_buffers_then_returned_let_updates_resume() -> Result<()> {
     for i in 0..LATE_ROUNDS {
         step(&mut fvm, boundary - 6 + i % 16)?;
     }
-    let late = console_lines(&fvm, "host did not return the");
-    let resumed = console_lines(&fvm, "balloon updates resume");
+    // The serial console may lag the device's socket (a debug kernel
+    // prints slowly): give the last lines time to arrive before counting.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (late, resumed) = loop {
+        let late = console_lines(&fvm, "host did not return the");
+        let resumed = console_lines(&fvm, "balloon updates resume");
+        if resumed == late || Instant::now() > deadline {
+            break (late, resumed);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     eprintln!(
         "late from {boundary} ms on; {late} late buffers, {resumed} resumes in {round} steps"
     );
