@@ -5,11 +5,10 @@
 //! memory statistics, gives pages back on OOM and reports free pages.
 //!
 //! The policy is `balloon_logic`, the device and the pages are reached
-//! through [`crate::virtio`] and [`crate::mm`]. The only `unsafe` code here
-//! is this state's promises to those layers: the `unsafe impl`s of their
-//! owner traits and the `unsafe` calls that register its handlers with mm
-//! (that it drops the registrations before it goes), each with the SAFETY
-//! comment that says where it keeps them.
+//! through [`crate::virtio`] and [`crate::mm`]. No `unsafe` block: the
+//! only `unsafe` here is this state's promises to those layers, the
+//! `unsafe impl`s of their owner traits, each with the SAFETY comment
+//! that says where it keeps them.
 
 use balloon_logic::engine::{
     Backend as _,
@@ -73,6 +72,7 @@ use crate::mm::{
     PageList,
     ReportedPages,
     ReportingHandler,
+    RegistrationOwner,
     ReportingRegistration,
     ShrinkerRegistration, //
 };
@@ -267,6 +267,12 @@ impl_has_delayed_work! {
 impl_embeds!(Balloon {
     pages: BalloonDevInfo<Balloon>,
 });
+
+// SAFETY: the state's registrations live in its `registrations` field
+// only; `quiesce` and `teardown`, which unbind and a failed start run
+// before the state goes, drop them, and that field is the state's first,
+// so dropped before the rest of it in any case.
+unsafe impl RegistrationOwner for Balloon {}
 
 /// The balloon's registrations with mm, each in place while it is `Some`:
 /// made by `bring_up`, dropped by `quiesce` (the OOM notifier, the
@@ -555,23 +561,16 @@ impl Balloon {
         }
         {
             let mut registrations = self.registrations.lock();
-            // Each registration is dropped by `quiesce` or `teardown`, which
-            // unbind and a failed start run before the state goes, and
-            // `registrations` is the state's first field, so dropped before
-            // the rest of it in any case.
             if self.features.contains(Features::DEFLATE_ON_OOM) {
-                // SAFETY: the state outlives it (above).
-                let oom = unsafe { OomRegistration::new(self, ()) };
+                let oom = OomRegistration::new(self, ());
                 registrations.oom = Some(KBox::pin_init(oom, GFP_KERNEL)?);
             }
             if let Some(capacity) = reporting_capacity {
-                // SAFETY: the state outlives it (above).
-                let reporting = unsafe { ReportingRegistration::new(self, capacity) };
+                let reporting = ReportingRegistration::new(self, capacity);
                 registrations.reporting = Some(KBox::pin_init(reporting, GFP_KERNEL)?);
             }
             if self.features.contains(Features::FREE_PAGE_HINT) {
-                // SAFETY: the state outlives it (above).
-                let shrinker = unsafe { ShrinkerRegistration::new(self, c"virtio-balloon-rs") };
+                let shrinker = ShrinkerRegistration::new(self, c"virtio-balloon-rs");
                 registrations.hint_shrinker = Some(KBox::pin_init(shrinker, GFP_KERNEL)?);
             }
         }

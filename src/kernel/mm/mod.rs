@@ -17,7 +17,8 @@ mod shrinker;
 
 pub(crate) use registration::{
     Embedded,
-    Embeds, //
+    Embeds,
+    RegistrationOwner, //
 };
 
 pub(crate) use balloon::{

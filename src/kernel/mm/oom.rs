@@ -10,12 +10,13 @@ use kernel::prelude::*;
 
 use super::registration::{
     Kind,
-    Registration, //
+    Registration,
+    RegistrationOwner, //
 };
 use crate::bindings;
 
 /// An owner the OOM notifier chain calls when the guest runs out of memory.
-pub(crate) trait OomHandler: Sync {
+pub(crate) trait OomHandler: RegistrationOwner {
     /// The guest is out of memory: free what can be freed, return the
     /// number of pages freed (process context, may sleep).
     fn out_of_memory(&self) -> u64;

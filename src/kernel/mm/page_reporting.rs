@@ -10,7 +10,8 @@ use kernel::prelude::*;
 
 use super::registration::{
     Kind,
-    Registration, //
+    Registration,
+    RegistrationOwner, //
 };
 use super::PAGE_SHIFT;
 use crate::bindings;
@@ -31,7 +32,7 @@ impl ReportedPages<'_> {
 }
 
 /// An owner the page reporting core hands free pages to report.
-pub(crate) trait ReportingHandler: Sync {
+pub(crate) trait ReportingHandler: RegistrationOwner {
     /// Reports `pages` to the host; returns once the host has them.
     fn report(&self, pages: &ReportedPages<'_>) -> Result;
 }

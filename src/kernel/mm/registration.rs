@@ -10,6 +10,13 @@ use core::ptr::NonNull;
 use kernel::prelude::*;
 use kernel::types::Opaque;
 
+/// An owner whose handlers the kernel may call through a [`Registration`].
+///
+/// # Safety
+///
+/// `Self` drops every [`Registration`] made of it before it goes itself.
+pub(crate) unsafe trait RegistrationOwner: Sync {}
+
 /// What one kind of registration is: the C descriptor the kernel keeps,
 /// how it is filled and registered, and how it is unregistered.
 ///
@@ -20,7 +27,7 @@ use kernel::types::Opaque;
 /// no callback runs or will run through it.
 pub(crate) unsafe trait Kind {
     /// The owner whose handler the callbacks call.
-    type Owner: Sync;
+    type Owner: RegistrationOwner;
     /// The descriptor the kernel keeps while registered.
     type Raw;
     /// What registering needs besides the owner.
@@ -63,13 +70,9 @@ unsafe impl<K: Kind> Sync for Registration<K> {}
 unsafe impl<K: Kind> Send for Registration<K> {}
 
 impl<K: Kind> Registration<K> {
-    /// Registers `owner`'s handler with `args`.
-    ///
-    /// # Safety
-    ///
-    /// `owner` outlives the registration: it drops the registration (or
-    /// has it dropped) before it goes itself.
-    pub(crate) unsafe fn new(owner: &K::Owner, args: K::Args) -> impl PinInit<Self, Error> {
+    /// Registers `owner`'s handler with `args`; `owner` outlives the
+    /// registration (the [`RegistrationOwner`] contract).
+    pub(crate) fn new(owner: &K::Owner, args: K::Args) -> impl PinInit<Self, Error> {
         let owner = NonNull::from(owner);
         try_pin_init!(Self {
             // Set before the descriptor is registered: a callback may come

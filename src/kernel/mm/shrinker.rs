@@ -9,12 +9,13 @@ use kernel::prelude::*;
 
 use super::registration::{
     Kind,
-    Registration, //
+    Registration,
+    RegistrationOwner, //
 };
 use crate::bindings;
 
 /// An owner reclaim asks for pages.
-pub(crate) trait ShrinkerHandler: Sync {
+pub(crate) trait ShrinkerHandler: RegistrationOwner {
     /// Pages the owner could free.
     fn count(&self) -> u64;
     /// Frees up to `pages` pages and returns how many it freed.
