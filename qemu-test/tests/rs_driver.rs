@@ -12,7 +12,6 @@ mod common;
 use std::time::Duration;
 use std::time::Instant;
 
-use anyhow::anyhow;
 use anyhow::ensure;
 use balloon_logic::features::{Features, DRIVER_FEATURE_BITS};
 use common::actual_mib;
@@ -26,6 +25,7 @@ use common::negotiated_features;
 use common::start_hog;
 use common::unload_and_power_off;
 use common::vmstat;
+use common::wait_settled;
 use common::GUEST_MIB;
 use qemu_test::initramfs::RS_MODULE_PATH;
 use qemu_test::scaled;
@@ -171,26 +171,6 @@ fn rapidly_changing_targets_settle_on_the_last() -> Result<()> {
     ensure!(actual_mib(&mut vm)? == 1200, "did not stay at 1200 MiB");
     expect_memtotal(&mut vm, memtotal - 848 * 1024)?;
     unload_and_power_off(vm, Some(memtotal))
-}
-
-/// Polls `actual` until it has not moved for `quiet`, and returns it (MiB).
-fn wait_settled(vm: &mut Vm, quiet: Duration, timeout: Duration) -> Result<u64> {
-    let start = Instant::now();
-    let mut last = actual_mib(vm)?;
-    let mut since = Instant::now();
-    while start.elapsed() < timeout {
-        std::thread::sleep(Duration::from_millis(200));
-        let now = actual_mib(vm)?;
-        if now != last {
-            last = now;
-            since = Instant::now();
-        } else if since.elapsed() >= quiet {
-            return Ok(last);
-        }
-    }
-    Err(anyhow!(
-        "actual still moving after {timeout:?} (last {last} MiB)"
-    ))
 }
 
 #[test]

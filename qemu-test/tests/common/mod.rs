@@ -10,6 +10,7 @@
 )]
 
 use std::time::Duration;
+use std::time::Instant;
 
 use anyhow::anyhow;
 use anyhow::ensure;
@@ -211,4 +212,24 @@ pub fn start_hog(vm: &mut Vm, mib: u64, hold_secs: u64, log: &str) -> Result<u64
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Polls `actual` until it has not moved for `quiet`, and returns it (MiB).
+pub fn wait_settled(vm: &mut Vm, quiet: Duration, timeout: Duration) -> Result<u64> {
+    let start = Instant::now();
+    let mut last = actual_mib(vm)?;
+    let mut since = Instant::now();
+    while start.elapsed() < timeout {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = actual_mib(vm)?;
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            return Ok(last);
+        }
+    }
+    Err(anyhow!(
+        "actual still moving after {timeout:?} (last {last} MiB)"
+    ))
 }
