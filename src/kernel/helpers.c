@@ -170,7 +170,8 @@ unsigned long vbrs_free_cma_pages(void)
 	return global_zone_page_state(NR_FREE_CMA_PAGES);
 }
 
-int vbrs_virtqueue_add_inbuf_block(struct virtqueue *vq, struct page *page, unsigned int order)
+int vbrs_virtqueue_add_inbuf_block(struct virtqueue *vq, struct page *page, unsigned int order,
+				   void *token)
 {
 	struct scatterlist sg;
 	void *addr;
@@ -180,7 +181,7 @@ int vbrs_virtqueue_add_inbuf_block(struct virtqueue *vq, struct page *page, unsi
 		return -EINVAL;
 	addr = page_address(page);
 	sg_init_one(&sg, addr, PAGE_SIZE << order);
-	return virtqueue_add_inbuf(vq, &sg, 1, addr, GFP_KERNEL);
+	return virtqueue_add_inbuf(vq, &sg, 1, token, GFP_KERNEL);
 }
 
 void vbrs_balloon_devinfo_init(struct balloon_dev_info *info)

@@ -48,7 +48,8 @@ void vbrs_put_page(struct page *page);
 void vbrs_free_pages(struct page *page, unsigned int order);
 void vbrs_set_block_offline(struct page *page, unsigned int order);
 unsigned long vbrs_free_cma_pages(void);
-int vbrs_virtqueue_add_inbuf_block(struct virtqueue *vq, struct page *page, unsigned int order);
+int vbrs_virtqueue_add_inbuf_block(struct virtqueue *vq, struct page *page, unsigned int order,
+				   void *token);
 void vbrs_balloon_devinfo_init(struct balloon_dev_info *info);
 unsigned long vbrs_totalram_pages(void);
 unsigned long vbrs_global_node_page_state(int item);

@@ -30,14 +30,61 @@ use crate::mm::{
 use super::config::FreePageHintCmdId;
 use crate::virtio::{
     Device,
+    Readable,
     Virtqueue, //
 };
 
-/// Free page hinting: the queue (which owns the command id buffers the
-/// host reads) and the round's command ids; the blocks hinted so far are
-/// in [`HintBlocks`].
+/// What rides on a hint queue buffer: a command id the device reads, or
+/// nothing, for a hinted block (the device learns its address from the
+/// descriptor and hands the buffer back unwritten).
+pub(super) struct HintToken {
+    cmd_id: Option<[u8; 4]>,
+}
+
+impl HintToken {
+    /// A command id, in the device's byte order.
+    fn cmd_id(id: u32) -> Result<KBox<Self>> {
+        Ok(KBox::new(
+            Self {
+                cmd_id: Some(id.to_ne_bytes()),
+            },
+            GFP_KERNEL,
+        )?)
+    }
+
+    /// A hinted block's.
+    fn block() -> Result<KBox<Self>> {
+        Ok(KBox::new(Self { cmd_id: None }, GFP_KERNEL | __GFP_NOWARN)?)
+    }
+}
+
+impl Readable for HintToken {
+    fn bytes(&self) -> &[u8] {
+        self.cmd_id.as_ref().map_or(&[], |id| id.as_slice())
+    }
+}
+
+/// The hint queue's type.
+pub(super) type HintQueue = Virtqueue<KBox<HintToken>>;
+
+/// Takes back every buffer the device has used on the hint queue.
+fn drain_used(queue: &mut HintQueue) {
+    while queue.get_buf().is_some() {}
+}
+
+/// Adds the start or stop id `id` (the device's byte order) to the queue.
+fn send_cmd_id(queue: &mut HintQueue, id: u32) -> Result {
+    queue
+        .add_outbuf(HintToken::cmd_id(id)?)
+        .map_err(|(err, _)| err)?;
+    queue.kick();
+    Ok(())
+}
+
+/// Free page hinting: the queue and the round's command ids; the blocks
+/// hinted so far are in [`HintBlocks`].
 pub(super) struct HintState {
-    pub(super) queue: Option<Virtqueue>,
+    pub(super) queue: Option<HintQueue>,
     /// Id of the round last started (the guest's byte order).
     pub(super) active: u32,
     /// The command id as last read from the config space.
@@ -111,23 +158,21 @@ impl Balloon {
             }
             HintAction::Start(id) => {
                 self.view.hint_rounds.fetch_add(1, Relaxed);
-                queue.drain_used();
+                drain_used(queue);
                 *active = id;
                 let start = hint::cmd_id_to_device(id, little_endian);
-                if let Err(err) = queue.send(&start.to_ne_bytes()) {
+                if let Err(err) = send_cmd_id(queue, start) {
                     failed("cannot send the hint start id", err);
                     return;
                 }
-                queue.kick();
                 let round = self.send_hints(dev, queue, received, id);
                 if let Some(err) = round.queue_error {
                     failed("cannot hint a free block", err);
                 }
-                queue.drain_used();
+                drain_used(queue);
                 let stop = hint::cmd_id_to_device(hint::CMD_ID_STOP, little_endian);
-                match queue.send(&stop.to_ne_bytes()) {
-                    Ok(()) => queue.kick(),
-                    Err(err) => failed("cannot send the hint stop id", err),
+                if let Err(err) = send_cmd_id(queue, stop) {
+                    failed("cannot send the hint stop id", err);
                 }
                 dev_dbg!(
                     dev,
@@ -148,7 +193,7 @@ impl Balloon {
     pub(super) fn send_hints(
         &self,
         dev: &Device<Bound>,
-        queue: &mut Virtqueue,
+        queue: &mut HintQueue,
         received: &mut ReceivedCmdId,
         id: u32,
     ) -> RoundStats {
@@ -168,18 +213,33 @@ impl Balloon {
                 round.end = "unbind";
                 break;
             }
-            queue.drain_used();
+            drain_used(queue);
             // One descriptor stays free for the stop id.
             if queue.num_free() <= 1 {
                 round.ring_full_waits += 1;
-                queue.wait_used(&self.acked, poll);
+                drop(queue.wait_buf(&self.acked, poll));
                 continue;
             }
             let Some(block) = Pages::<HINT_BLOCK_ORDER>::alloc_free_block() else {
                 round.end = "no free block";
                 break;
             };
-            if let Err(err) = queue.add_hint(&block) {
+            let token = match HintToken::block() {
+                Ok(token) => token,
+                Err(_) => {
+                    round.end = "no memory for a hint";
+                    break;
+                }
+            };
+            // SAFETY: a free page hint is device-writable only because the
+            // protocol says hints are: the device notes the block's
+            // address (it will not migrate those pages) and hands the
+            // buffer back unwritten (QEMU's `get_free_page_hints` pushes it
+            // with length 0), so the guest may reuse the block at any time,
+            // as the C driver's shrinker does. The buffer's life is not
+            // tied to the block's on purpose: a host that stops consuming
+            // the queue must not pin the blocks on its ring.
+            if let Err((err, _)) = unsafe { queue.add_inbuf_block(&block, token) } {
                 round.queue_error = Some(err);
                 round.end = "the queue";
                 break;

@@ -36,10 +36,12 @@ use super::config::{
     Actual,
     NumPages, //
 };
+use super::pfn_queue::{
+    PfnQueue,
+    SendError, //
+};
 use crate::virtio::{
     Device,
-    SendError,
-    Virtqueue,
     WaitQueue, //
 };
 
@@ -147,8 +149,8 @@ impl Prealloc {
 /// The engine's view of the device and the pages, for one locked section.
 pub(super) struct DeviceBackend<'a> {
     pub(super) dev: &'a Device<Bound>,
-    pub(super) inflate_queue: &'a mut Virtqueue,
-    pub(super) deflate_queue: &'a mut Virtqueue,
+    pub(super) inflate_queue: &'a mut PfnQueue,
+    pub(super) deflate_queue: &'a mut PfnQueue,
     pub(super) acked: &'a WaitQueue,
     pub(super) balloon: Embedded<'a, Balloon, BalloonDevInfo<Balloon>>,
     pub(super) staged_inflate: Pin<&'a mut PageList>,

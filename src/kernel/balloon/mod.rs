@@ -5,10 +5,11 @@
 //! memory statistics, gives pages back on OOM and reports free pages.
 //!
 //! The policy is `balloon_logic`, the device and the pages are reached
-//! through [`crate::virtio`] and [`crate::mm`]. No `unsafe` block: the
-//! only `unsafe` here is this state's promises to those layers, the
-//! `unsafe impl`s of their owner traits, each with the SAFETY comment
-//! that says where it keeps them.
+//! through [`crate::virtio`] and [`crate::mm`]. The `unsafe` here is this
+//! state's promises to those layers: the `unsafe impl`s of their owner
+//! traits, and two buffers over memory the queue's token does not own (a
+//! free page hint, a free page report), each with the SAFETY comment that
+//! says where it keeps them.
 
 use balloon_logic::engine::{
     Backend as _,
@@ -31,7 +32,6 @@ use balloon_logic::pfn::{
     PageGeometry,
     PFNS_PER_BUFFER, //
 };
-use balloon_logic::stats;
 use balloon_logic::target::reserve_pages;
 use kernel::debugfs::Scope;
 use kernel::device::{
@@ -105,6 +105,7 @@ mod config;
 mod debugfs;
 mod free_page_hint;
 mod host;
+mod pfn_queue;
 mod queues;
 mod stats_queue;
 
@@ -123,6 +124,7 @@ use host::{
     DeviceBackend,
     Prealloc, //
 };
+use pfn_queue::PfnQueue;
 use queues::QueueIndex;
 use stats_queue::StatsState;
 
@@ -132,11 +134,11 @@ use stats_queue::StatsState;
 struct State {
     /// The policy and the balloon's size; `None` while the device is down.
     engine: Option<Engine>,
-    inflate_queue: Option<Virtqueue>,
-    deflate_queue: Option<Virtqueue>,
+    inflate_queue: Option<PfnQueue>,
+    deflate_queue: Option<PfnQueue>,
     /// The device's queue set, holding the handles not taken out.
     queues: Option<Virtqueues>,
-    /// PFN arrays the engine fills (the queues copy them into buffers of
+    /// PFN arrays the engine fills (the queues copy them into arrays of
     /// their own, kmalloc memory as DMA needs).
     pfns: KVVec<u32>,
     /// Pages allocated for the inflate in flight.
@@ -218,7 +220,7 @@ pub(crate) struct Balloon {
     #[pin]
     stats: Mutex<StatsState>,
     #[pin]
-    reporting_queue: Mutex<Option<Virtqueue>>,
+    reporting_queue: Mutex<Option<Virtqueue<()>>>,
     #[pin]
     hint: Mutex<HintState>,
     #[pin]
@@ -496,9 +498,17 @@ impl Balloon {
     /// Sets the device up: queues, poison value, stats, notifiers.
     fn bring_up(&self, dev: &Device<Core<'_>>) -> Result {
         let index = self.index;
+        // Allocated before the queues exist: nothing to undo if this fails.
+        let inflate_arrays = PfnQueue::arrays(self.in_flight)?;
+        let deflate_arrays = PfnQueue::arrays(self.in_flight)?;
+        let stats_buffer = KBox::init(pin_init::init_zeroed(), GFP_KERNEL)?;
         let mut queues = dev.find_vqs::<Self>(index.specs())?;
-        let inflate_queue = queues.take(index.inflate);
-        let deflate_queue = queues.take(index.deflate);
+        let inflate_queue = queues
+            .take(index.inflate)
+            .map(|queue| PfnQueue::new(queue, inflate_arrays));
+        let deflate_queue = queues
+            .take(index.deflate)
+            .map(|queue| PfnQueue::new(queue, deflate_arrays));
         let stats_queue = index.stats.and_then(|i| queues.take(i));
         let reporting_queue = index.reporting.and_then(|i| queues.take(i));
         let hint_queue = index.free_page.and_then(|i| queues.take(i));
@@ -508,7 +518,11 @@ impl Balloon {
         // Every handle goes where teardown looks for it before anything
         // else can fail: teardown puts them all back and deletes the
         // queues, and with them their interrupt handlers.
-        self.stats.lock().queue = stats_queue;
+        {
+            let mut stats = self.stats.lock();
+            stats.queue = stats_queue;
+            stats.buffer = Some(stats_buffer);
+        }
         *self.reporting_queue.lock() = reporting_queue;
         {
             let mut hint = self.hint.lock();
@@ -551,13 +565,19 @@ impl Balloon {
         dev.ready();
         dev.write_config::<Actual>(0)?;
 
-        if let Some(queue) = self.stats.lock().queue.as_mut() {
+        {
             // Prime the stats queue: the host returns this buffer when it
             // wants fresh figures.
-            let mut buffer = [0u8; stats::BUFFER_SIZE];
-            let len = self.fill_stats(&mut buffer);
-            queue.send(&buffer[..len])?;
-            queue.kick();
+            let mut guard = self.stats.lock();
+            let StatsState { queue, buffer } = &mut *guard;
+            if let (Some(queue), Some(mut first)) = (queue.as_mut(), buffer.take()) {
+                self.fill_stats(&mut first);
+                if let Err((err, first)) = queue.add_outbuf(first) {
+                    *buffer = Some(first);
+                    return Err(err);
+                }
+                queue.kick();
+            }
         }
         {
             let mut registrations = self.registrations.lock();
@@ -672,18 +692,23 @@ impl Balloon {
             let state = state.as_mut().project();
             let counters = state.engine.take().map(|engine| engine.counters());
             if let Some(mut queues) = state.queues.take() {
+                // Each queue goes back with what the device held on it,
+                // which the reset made the guest's again.
                 let index = self.index;
-                let taken = [
-                    (Some(index.inflate), state.inflate_queue.take()),
-                    (Some(index.deflate), state.deflate_queue.take()),
-                    (index.stats, self.stats.lock().queue.take()),
-                    (index.reporting, self.reporting_queue.lock().take()),
-                    (index.free_page, self.hint.lock().queue.take()),
-                ];
-                for (slot, queue) in taken {
-                    if let (Some(slot), Some(queue)) = (slot, queue) {
-                        queues.put_back(slot, queue);
-                    }
+                if let Some(queue) = state.inflate_queue.take() {
+                    queues.put_back(index.inflate, queue.into_queue(), &reset);
+                }
+                if let Some(queue) = state.deflate_queue.take() {
+                    queues.put_back(index.deflate, queue.into_queue(), &reset);
+                }
+                if let (Some(i), Some(queue)) = (index.stats, self.stats.lock().queue.take()) {
+                    queues.put_back(i, queue, &reset);
+                }
+                if let (Some(i), Some(queue)) = (index.reporting, self.reporting_queue.lock().take()) {
+                    queues.put_back(i, queue, &reset);
+                }
+                if let (Some(i), Some(queue)) = (index.free_page, self.hint.lock().queue.take()) {
+                    queues.put_back(i, queue, &reset);
                 }
                 dev.del_vqs(queues, reset);
             }
@@ -746,7 +771,34 @@ impl ReportingHandler for Balloon {
         if reset() {
             return Err(ENODEV);
         }
-        queue.report_and_wait(pages, &self.acked, host_timeout(), reset)?;
+        let (sg, nents) = pages.raw();
+        // SAFETY: the page reporting core's scatterlist and the pages it
+        // names stay valid, and unused by the core, until this callback
+        // returns, which it does only once the device handed the buffer
+        // back or was reset (below).
+        unsafe { queue.add_inbuf_sg(sg, nents, ()) }.map_err(|(err, ())| err)?;
+        queue.kick();
+        // The device may discard the pages until it hands the buffer back,
+        // and the core cannot take back pages still being reported: wait
+        // as long as it takes, logging once, until the buffer comes back
+        // or the driver's own reset ends the report (the device's status
+        // word is not trusted for that); whoever resets wakes `acked`.
+        let poll = kernel::time::msecs_to_jiffies(100);
+        let warn_after = host_timeout();
+        let mut waited: kernel::time::Jiffies = 0;
+        while queue.wait_buf(&self.acked, poll).is_none() {
+            if reset() {
+                return Err(ENODEV);
+            }
+            let before = waited;
+            waited = waited.saturating_add(poll);
+            if before < warn_after && waited >= warn_after {
+                dev_warn!(
+                    self.device(),
+                    "host has not returned a free page report yet; still waiting\n"
+                );
+            }
+        }
         self.view.free_page_reports.fetch_add(1, Relaxed);
         Ok(())
     }
@@ -813,9 +865,12 @@ unsafe impl virtio::Driver for Balloon {
             features,
             format,
             in_flight,
-            index: QueueIndex::new(*features, *in_flight),
+            index: QueueIndex::new(*features),
             state <- new_mutex!(State::new(State::buffers(*in_flight)?)),
-            stats <- new_mutex!(StatsState { queue: None }),
+            stats <- new_mutex!(StatsState {
+                queue: None,
+                buffer: None
+            }),
             reporting_queue <- new_mutex!(None),
             hint <- new_mutex!(HintState::new()),
             hint_blocks <- new_spinlock!(HintBlocks::new()),

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The device's queues for the negotiated features: where each role sits,
-//! its name, and the buffers it owns.
+//! and its name.
 
 use balloon_logic::features::{
     self,
@@ -9,8 +9,6 @@ use balloon_logic::features::{
     Features,
     QueueRole, //
 };
-use balloon_logic::pfn::PFNS_PER_BUFFER;
-use balloon_logic::stats;
 
 use crate::virtio::QueueSpec;
 
@@ -28,12 +26,11 @@ pub(super) struct QueueIndex {
 }
 
 impl QueueIndex {
-    /// The queues of `features`, the inflate and deflate queues owning
-    /// `in_flight` buffers each.
-    pub(super) fn new(features: Features, in_flight: usize) -> Self {
+    /// The queues of `features`.
+    pub(super) fn new(features: Features) -> Self {
         let (layout, count) = queue_layout(features);
         let mut index = Self {
-            specs: [queue_spec(QueueRole::Inflate, in_flight); features::MAX_QUEUES],
+            specs: [queue_spec(QueueRole::Inflate); features::MAX_QUEUES],
             count,
             inflate: 0,
             deflate: 1,
@@ -43,7 +40,7 @@ impl QueueIndex {
         };
         for (i, role) in layout.iter().take(count).enumerate() {
             let Some(role) = *role else { continue };
-            index.specs[i] = queue_spec(role, in_flight);
+            index.specs[i] = queue_spec(role);
             match role {
                 QueueRole::Inflate => index.inflate = i,
                 QueueRole::Deflate => index.deflate = i,
@@ -61,23 +58,14 @@ impl QueueIndex {
     }
 }
 
-/// Each queue's name and the device-readable buffers it owns, by role.
-pub(super) fn queue_spec(role: QueueRole, in_flight: usize) -> QueueSpec {
-    let (name, out_buffers, out_buffer_size) = match role {
-        // `in_flight` PFN arrays at a time.
-        QueueRole::Inflate => (c"inflate", in_flight, PFNS_PER_BUFFER * 4),
-        QueueRole::Deflate => (c"deflate", in_flight, PFNS_PER_BUFFER * 4),
-        // The host keeps the stats buffer until it wants fresh figures.
-        QueueRole::Stats => (c"stats", 1, stats::BUFFER_SIZE),
-        // A round's start and stop ids, with room for ids the host has not
-        // handed back yet.
-        QueueRole::FreePage => (c"free_page_vq", 4, 4),
-        // Reports are the page reporting core's scatterlists.
-        QueueRole::Reporting => (c"reporting_vq", 0, 0),
+/// Each queue's name, by role (the names QEMU and the C driver use).
+pub(super) fn queue_spec(role: QueueRole) -> QueueSpec {
+    let name = match role {
+        QueueRole::Inflate => c"inflate",
+        QueueRole::Deflate => c"deflate",
+        QueueRole::Stats => c"stats",
+        QueueRole::FreePage => c"free_page_vq",
+        QueueRole::Reporting => c"reporting_vq",
     };
-    QueueSpec {
-        name,
-        out_buffers,
-        out_buffer_size,
-    }
+    QueueSpec { name }
 }

@@ -27,11 +27,8 @@ use super::config::{
 };
 use super::driver::Adapter;
 use super::virtqueue::{
-    OutBuffer,
     QueueSpec,
-    Virtqueue,
-    Virtqueues,
-    MAX_QUEUES, //
+    Virtqueues, //
 };
 use super::Driver;
 use crate::bindings;
@@ -275,73 +272,53 @@ impl Device<Core<'_>> {
     }
 
     /// Finds the queues of `specs`, in order, each with a completion
-    /// callback that calls `T::queue_done` and the device-readable buffers
-    /// it owns.
+    /// callback that calls `T::queue_done`.
     pub(crate) fn find_vqs<T: Driver>(&self, specs: &[QueueSpec]) -> Result<Virtqueues> {
         let count = specs.len();
-        if count > MAX_QUEUES {
-            return Err(EINVAL);
+        let mut info = KVec::with_capacity(count, GFP_KERNEL)?;
+        let mut vqs = KVec::with_capacity(count, GFP_KERNEL)?;
+        for spec in specs {
+            info.push(
+                bindings::virtqueue_info {
+                    name: spec.name.as_char_ptr(),
+                    callback: Some(Adapter::<T>::queue_callback),
+                    ..Default::default()
+                },
+                GFP_KERNEL,
+            )?;
+            vqs.push(core::ptr::null_mut(), GFP_KERNEL)?;
         }
-        // Allocate the buffers first: no queue exists yet if this fails.
-        let mut out: [KVec<OutBuffer>; MAX_QUEUES] = Default::default();
-        for (buffers, spec) in out.iter_mut().zip(specs) {
-            for _ in 0..spec.out_buffers {
-                let mut bytes = KVec::with_capacity(spec.out_buffer_size, GFP_KERNEL)?;
-                bytes.resize(spec.out_buffer_size, 0, GFP_KERNEL)?;
-                buffers.push(
-                    OutBuffer {
-                        bytes,
-                        in_flight: false,
-                    },
-                    GFP_KERNEL,
-                )?;
-            }
-        }
-        let mut info: [bindings::virtqueue_info; MAX_QUEUES] = Default::default();
-        for (slot, spec) in info.iter_mut().zip(specs) {
-            slot.name = spec.name.as_char_ptr();
-            slot.callback = Some(Adapter::<T>::queue_callback);
-        }
-        let mut vqs = [core::ptr::null_mut(); MAX_QUEUES];
+        let mut slots = KVec::with_capacity(count, GFP_KERNEL)?;
         // SAFETY: `self` is valid; `vqs` and `info` hold `count` entries and
         // outlive the call; the names are `'static`.
         to_result(unsafe {
             bindings::vbrs_virtio_find_vqs(
                 self.as_raw(),
-                count as u32,
+                u32::try_from(count).map_err(|_| EINVAL)?,
                 vqs.as_mut_ptr(),
                 info.as_mut_ptr(),
             )
         })?;
-        let mut queues = Virtqueues {
-            slots: Default::default(),
-            count,
-        };
-        for ((slot, vq), out) in queues.slots.iter_mut().zip(vqs).zip(out).take(count) {
+        for vq in vqs {
             // INVARIANT: the core just created this queue; it lives until
             // `del_vqs`, which only deletes once every handle is back.
-            *slot = NonNull::new(vq).map(|vq| Virtqueue { vq, out });
+            // Cannot fail: `slots` has room for `count`.
+            let _ = slots.push(NonNull::new(vq), GFP_KERNEL);
         }
+        let queues = Virtqueues { slots };
         Ok(queues)
     }
 
     /// Deletes the queues, after the reset `_reset` proves.
     ///
-    /// Every handle [`Virtqueues::take`] gave out must have been put back;
-    /// if one is missing the queues are left alone (and logged), since
+    /// Every handle [`Virtqueues::take`] gave out must have been put back
+    /// ([`Virtqueues::put_back`], which drops what the device held); if
+    /// one is missing the queues are left alone (and logged), since
     /// deleting them would leave that handle dangling.
-    pub(crate) fn del_vqs(&self, mut queues: Virtqueues, _reset: DeviceReset) {
-        // `queues` (every handle) is consumed here; it is dropped at the end.
-        if queues.slots.iter().take(queues.count).any(Option::is_none) {
+    pub(crate) fn del_vqs(&self, queues: Virtqueues, _reset: DeviceReset) {
+        if queues.slots.iter().any(Option::is_none) {
             dev_err!(self, "not deleting virtqueues: a handle is still out\n");
             return;
-        }
-        // The reset made the device drop every buffer: they are ours again.
-        for queue in queues.slots.iter_mut().flatten() {
-            queue
-                .out
-                .iter_mut()
-                .for_each(|buffer| buffer.in_flight = false);
         }
         // SAFETY: `self` is valid and every handle to the queues has been
         // consumed (checked above), so nothing uses them any more.

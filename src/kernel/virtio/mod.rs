@@ -6,7 +6,8 @@
 //! id table and the bus [`Adapter`] for `kernel::driver::Registration`
 //! (`driver.rs`), a [`Device`] in its device context for feature bits,
 //! config space and status (`device.rs`), the [`Virtqueue`]s
-//! found on it, which own the buffers the device reads (`virtqueue.rs`), and
+//! found on it, typed by the data each buffer carries as its token
+//! (`virtqueue.rs`), and
 //! the two kernel objects the driver sleeps and defers on: [`WaitQueue`]
 //! (`wait_queue.rs`) and work items of a [`WorkOwner`] (`work.rs`). Every `unsafe` block
 //! of the module that touches virtio lives below this directory.
@@ -31,7 +32,7 @@ pub(crate) use driver::{
 };
 pub(crate) use virtqueue::{
     QueueSpec,
-    SendError,
+    Readable,
     Virtqueue,
     Virtqueues, //
 };
