@@ -6,9 +6,11 @@
 
 use std::path::Path;
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::bail;
+use anyhow::ensure;
 
 use crate::arch::Arch;
 use crate::driver::Driver;
@@ -332,6 +334,131 @@ impl VmConfig {
     }
 }
 
+/// The files a booting VM's QEMU command line names.
+#[derive(Debug, Clone, Copy)]
+pub struct BootFiles<'a> {
+    /// The guest kernel image.
+    pub kernel: &'a Path,
+    /// The initramfs.
+    pub initrd: &'a Path,
+    /// The console's unix socket (QEMU connects to it).
+    pub console: &'a Path,
+    /// The shell port's unix socket.
+    pub shell: &'a Path,
+    /// The QMP unix socket.
+    pub qmp: &'a Path,
+}
+
+impl VmConfig {
+    /// The guest kernel's command line: the console, the machine's
+    /// options, then [`VmConfig::cmdline`].
+    pub fn kernel_cmdline(&self) -> String {
+        let mut cmdline = format!("console={} panic=-1", self.arch.console_tty());
+        for extra in [self.machine.cmdline(self.arch), self.cmdline.as_str()] {
+            if !extra.is_empty() {
+                cmdline.push(' ');
+                cmdline.push_str(extra);
+            }
+        }
+        cmdline
+    }
+
+    /// The balloon's `-device` value: the device (QEMU's for the machine,
+    /// or [`VmConfig::balloon_device`]), `id=balloon0`, its root port and
+    /// [`VmConfig::balloon_options`].
+    pub fn balloon_device_arg(&self) -> String {
+        let mut balloon = format!(
+            "{},id=balloon0",
+            self.balloon_device
+                .as_deref()
+                .unwrap_or(self.machine.balloon_device())
+        );
+        if self.balloon_on_root_port {
+            balloon.push_str(",bus=");
+            balloon.push_str(ROOT_PORT);
+        }
+        if !self.balloon_options.is_empty() {
+            balloon.push(',');
+            balloon.push_str(&self.balloon_options);
+        }
+        balloon
+    }
+
+    /// The `-device pcie-root-port` arguments: [`ROOT_PORT`] for the
+    /// balloon if it sits on one, then the spare ports, each its own
+    /// chassis.
+    pub fn root_port_args(&self) -> Vec<String> {
+        let balloon_port = self.balloon_on_root_port.then(|| ROOT_PORT.to_string());
+        let spare = (1..=self.spare_root_ports).map(spare_root_port);
+        balloon_port
+            .into_iter()
+            .chain(spare)
+            .zip(1..)
+            .flat_map(|(id, chassis)| {
+                [
+                    "-device".to_string(),
+                    format!("pcie-root-port,id={id},bus=pcie.0,chassis={chassis}"),
+                ]
+            })
+            .collect()
+    }
+
+    /// The QEMU command that boots this VM with `accel` from `files`: no
+    /// default devices, the console, the shell port and QMP on their
+    /// sockets, the root ports, the balloon, then
+    /// [`VmConfig::qemu_args`].
+    pub fn qemu_command(&self, accel: Accel, files: &BootFiles<'_>) -> Result<Command> {
+        let arch = self.arch;
+        ensure!(
+            !(self.balloon_on_root_port || self.spare_root_ports > 0)
+                || self.machine.has_pcie(arch),
+            "root ports need PCIe: the microvm machine has none"
+        );
+        let qemu = match &self.qemu {
+            Some(qemu) => qemu.display().to_string(),
+            None => arch.qemu_binary(),
+        };
+        let socket = |id: &str, path: &Path| format!("socket,id={id},path={}", path.display());
+        let mut command = Command::new(qemu);
+        command
+            .arg("-name")
+            .arg(format!("vbrs-{}", self.name))
+            .args(["-machine", self.machine.qemu_name(arch)])
+            .args(accel.qemu_args(arch))
+            .arg("-m")
+            .arg(self.memory_mib.to_string())
+            .arg("-smp")
+            .arg(self.smp.to_string())
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+            ])
+            .arg("-kernel")
+            .arg(files.kernel)
+            .arg("-initrd")
+            .arg(files.initrd)
+            .arg("-append")
+            .arg(self.kernel_cmdline())
+            .arg("-chardev")
+            .arg(socket("console", files.console))
+            .args(["-serial", "chardev:console"])
+            .arg("-chardev")
+            .arg(socket("shell", files.shell))
+            .args(self.machine.shell_serial_args(arch))
+            .arg("-chardev")
+            .arg(socket("qmp", files.qmp))
+            .args(["-mon", "chardev=qmp,mode=control"])
+            .args(self.root_port_args())
+            .arg("-device")
+            .arg(self.balloon_device_arg())
+            .args(&self.qemu_args);
+        Ok(command)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,5 +485,76 @@ mod tests {
         assert_eq!(Machine::Mmio.qemu_name(Arch::Arm64), "virt,gic-version=3");
         assert!(Machine::Mmio.has_pcie(Arch::Arm64));
         assert!(!Machine::Mmio.has_pcie(Arch::X86_64));
+    }
+
+    /// The arguments of `command`, as strings.
+    fn args(command: &Command) -> Vec<String> {
+        command
+            .get_args()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn qemu_command_names_files_balloon_and_ports() {
+        let files = BootFiles {
+            kernel: Path::new("/k/bzImage"),
+            initrd: Path::new("/r/initrd"),
+            console: Path::new("/r/console.sock"),
+            shell: Path::new("/r/shell.sock"),
+            qmp: Path::new("/r/qmp.sock"),
+        };
+        let mut config = VmConfig::new("cmd")
+            .memory_mib(1024)
+            .smp(1)
+            .balloon_options("deflate-on-oom=on")
+            .cmdline("quiet")
+            .qemu_args(["-s"])
+            .balloon_on_root_port()
+            .spare_root_ports(1);
+        config.arch = Arch::X86_64;
+        let command = config.qemu_command(Accel::Tcg, &files).unwrap();
+        assert_eq!(command.get_program(), Arch::X86_64.qemu_binary().as_str());
+        let args = args(&command);
+        let after = |flag: &str| {
+            let at = args.iter().position(|a| a == flag).unwrap();
+            args[at + 1].clone()
+        };
+        assert_eq!(after("-m"), "1024");
+        assert_eq!(after("-smp"), "1");
+        assert_eq!(after("-kernel"), "/k/bzImage");
+        assert_eq!(after("-initrd"), "/r/initrd");
+        assert_eq!(after("-append"), "console=ttyS0 panic=-1 quiet");
+        assert!(args.contains(&"socket,id=qmp,path=/r/qmp.sock".to_string()));
+        assert!(args.contains(&"pcie-root-port,id=rp1,bus=pcie.0,chassis=1".to_string()));
+        assert!(args.contains(&"pcie-root-port,id=rp2,bus=pcie.0,chassis=2".to_string()));
+        assert!(
+            args.contains(&"virtio-balloon-pci,id=balloon0,bus=rp1,deflate-on-oom=on".to_string())
+        );
+        assert_eq!(args.last().unwrap(), "-s");
+        // The balloon comes after its root port.
+        let port = args
+            .iter()
+            .position(|a| a.starts_with("pcie-root-port,id=rp1"));
+        let balloon = args
+            .iter()
+            .position(|a| a.starts_with("virtio-balloon-pci"));
+        assert!(port < balloon);
+    }
+
+    #[test]
+    fn root_ports_need_pcie() {
+        let files = BootFiles {
+            kernel: Path::new("k"),
+            initrd: Path::new("i"),
+            console: Path::new("c"),
+            shell: Path::new("s"),
+            qmp: Path::new("q"),
+        };
+        let mut config = VmConfig::new("mmio")
+            .machine(Machine::Mmio)
+            .balloon_on_root_port();
+        config.arch = Arch::X86_64;
+        assert!(config.qemu_command(Accel::Tcg, &files).is_err());
     }
 }

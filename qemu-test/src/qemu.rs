@@ -19,7 +19,6 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Child;
-use std::process::Command;
 use std::process::Stdio;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -28,10 +27,9 @@ use std::time::Instant;
 use std::time::SystemTime;
 
 use crate::artifacts;
-use crate::config::spare_root_port;
 use crate::config::Accel;
+use crate::config::BootFiles;
 use crate::config::VmConfig;
-use crate::config::ROOT_PORT;
 use crate::console::check_clean_console;
 use crate::console::last_lines;
 use crate::console::ConsoleRules;
@@ -156,75 +154,15 @@ impl Vm {
         let (shell_path, shell_listener) = listen("shell")?;
         let (qmp_path, qmp_listener) = listen("qmp")?;
 
-        let mut cmdline = format!("console={} panic=-1", arch.console_tty());
-        if !config.machine.cmdline(arch).is_empty() {
-            cmdline.push(' ');
-            cmdline.push_str(config.machine.cmdline(arch));
-        }
-        if !config.cmdline.is_empty() {
-            cmdline.push(' ');
-            cmdline.push_str(&config.cmdline);
-        }
-        ensure!(
-            !(config.balloon_on_root_port || config.spare_root_ports > 0)
-                || config.machine.has_pcie(arch),
-            "root ports need PCIe: the microvm machine has none"
-        );
-        let mut balloon = format!(
-            "{},id=balloon0",
-            config
-                .balloon_device
-                .as_deref()
-                .unwrap_or(config.machine.balloon_device())
-        );
-        if config.balloon_on_root_port {
-            balloon.push_str(",bus=");
-            balloon.push_str(ROOT_PORT);
-        }
-        if !config.balloon_options.is_empty() {
-            balloon.push(',');
-            balloon.push_str(&config.balloon_options);
-        }
-        let qemu = match &config.qemu {
-            Some(qemu) => qemu.display().to_string(),
-            None => arch.qemu_binary(),
+        let files = BootFiles {
+            kernel: &kernel_image,
+            initrd: &initrd,
+            console: &console_path,
+            shell: &shell_path,
+            qmp: &qmp_path,
         };
-        let mut command = Command::new(&qemu);
-        command
-            .arg("-name")
-            .arg(format!("vbrs-{}", config.name))
-            .args(["-machine", config.machine.qemu_name(arch)])
-            .args(accel.qemu_args(arch))
-            .arg("-m")
-            .arg(config.memory_mib.to_string())
-            .arg("-smp")
-            .arg(config.smp.to_string())
-            .args([
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-                "-no-reboot",
-            ])
-            .arg("-kernel")
-            .arg(&kernel_image)
-            .arg("-initrd")
-            .arg(&initrd)
-            .arg("-append")
-            .arg(&cmdline)
-            .arg("-chardev")
-            .arg(format!("socket,id=console,path={}", console_path.display()))
-            .args(["-serial", "chardev:console"])
-            .arg("-chardev")
-            .arg(format!("socket,id=shell,path={}", shell_path.display()))
-            .args(config.machine.shell_serial_args(arch))
-            .arg("-chardev")
-            .arg(format!("socket,id=qmp,path={}", qmp_path.display()))
-            .args(["-mon", "chardev=qmp,mode=control"])
-            .args(root_port_args(&config))
-            .arg("-device")
-            .arg(&balloon)
-            .args(&config.qemu_args);
+        let mut command = config.qemu_command(accel, &files)?;
+        let qemu = command.get_program().to_string_lossy().into_owned();
 
         let qemu_log_path = log_dir.join("qemu.log");
         let mut qemu_log = File::create(&qemu_log_path)
@@ -433,25 +371,6 @@ impl GuestShell for Vm {
     }
 }
 
-/// The `-device pcie-root-port` arguments of `config`: [`ROOT_PORT`] for
-/// the balloon if it sits on one, then the spare ports, each its own
-/// chassis.
-fn root_port_args(config: &VmConfig) -> Vec<String> {
-    let balloon_port = config.balloon_on_root_port.then(|| ROOT_PORT.to_string());
-    let spare = (1..=config.spare_root_ports).map(spare_root_port);
-    balloon_port
-        .into_iter()
-        .chain(spare)
-        .zip(1..)
-        .flat_map(|(id, chassis)| {
-            [
-                "-device".to_string(),
-                format!("pcie-root-port,id={id},bus=pcie.0,chassis={chassis}"),
-            ]
-        })
-        .collect()
-}
-
 /// What a boot failure says when the kernel reported a problem (KASAN,
 /// lockdep, a warning) while booting, before any module was loaded.
 const BOOT_REPORT: &str =
@@ -630,7 +549,7 @@ mod tests {
             .balloon_on_root_port()
             .spare_root_ports(2);
         assert_eq!(
-            root_port_args(&config),
+            config.root_port_args(),
             [
                 "-device",
                 "pcie-root-port,id=rp1,bus=pcie.0,chassis=1",
@@ -640,7 +559,7 @@ mod tests {
                 "pcie-root-port,id=rp3,bus=pcie.0,chassis=3",
             ]
         );
-        assert!(root_port_args(&VmConfig::new("y")).is_empty());
+        assert!(VmConfig::new("y").root_port_args().is_empty());
     }
 
     #[test]
