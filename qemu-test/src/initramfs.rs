@@ -5,7 +5,7 @@
 //!
 //! The archive holds a static busybox with a link for each of its applets,
 //! an `/init` script, the driver modules under `/lib/modules/`, the
-//! `/bin/memhog` helper (compiled with `gcc -static` on first use) and any
+//! `/bin/memhog` helper (built static by `build.rs` with the `cc` crate) and any
 //! extra files a test asks for.
 
 use std::collections::BTreeSet;
@@ -20,6 +20,7 @@ use std::process::Command;
 use crate::arch::Arch;
 use crate::Result;
 use anyhow::bail;
+use anyhow::ensure;
 use anyhow::Context;
 use cpio::newc::ModeFileType;
 use cpio::NewcBuilder;
@@ -34,13 +35,6 @@ pub const RS_MODULE_PATH: &str = "/lib/modules/virtio_balloon_rs.ko";
 
 /// Guest path of the in-tree C driver module.
 pub const C_MODULE_PATH: &str = "/lib/modules/virtio_balloon.ko";
-
-/// Source of the `/bin/memhog` helper.
-const MEMHOG_SOURCE: &str = include_str!("../guest/memhog.c");
-
-/// Source of the `scatter` helper (the bench's fragmented guests; added to
-/// an initramfs with [`crate::VmConfig::file`]).
-const SCATTER_SOURCE: &str = include_str!("../guest/scatter.c");
 
 /// The `/init` script; `@SHELL_TTY@` stands for the shell's serial port
 /// ([`Arch::shell_tty`]).
@@ -182,66 +176,29 @@ impl<W: Write> Cpio<W> {
     }
 }
 
-/// Compiles `/bin/memhog` for `arch` (once per source version) and returns
-/// its path.
+/// `/bin/memhog` for `arch`, built with the crate (`build.rs`).
 pub fn memhog(arch: Arch) -> Result<PathBuf> {
-    guest_helper(arch, "memhog", MEMHOG_SOURCE)
+    guest_helper(arch, "memhog")
 }
 
-/// Compiles the `scatter` helper for the guest kernel's architecture (once
-/// per source version) and returns its path: `scatter <MiB> <keep_every>`
-/// fragments the guest's free memory.
+/// The `scatter` helper for the guest kernel's architecture, built with
+/// the crate: `scatter <MiB> <keep_every>` fragments the guest's free
+/// memory (the bench's fragmented guests; added to an initramfs with
+/// [`crate::VmConfig::file`]).
 pub fn scatter() -> Result<PathBuf> {
-    guest_helper(
-        crate::kernel::guest_kernel()?.arch,
-        "scatter",
-        SCATTER_SOURCE,
-    )
+    guest_helper(crate::kernel::guest_kernel()?.arch, "scatter")
 }
 
-/// Compiles a static guest helper for `arch` from C `source` (once per
-/// source version) and returns its path.
-///
-/// The binary is kept under `<target>/qemu-test/`, named after the
-/// architecture and a hash of its source; it is built into a temporary name
-/// and renamed, so tests running at the same time never see half a file.
-fn guest_helper(arch: Arch, name: &str, source_text: &str) -> Result<PathBuf> {
-    use std::hash::Hash;
-    use std::hash::Hasher;
-
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    source_text.hash(&mut hasher);
-    let dir = crate::target_dir().join("qemu-test");
-    let binary = dir.join(format!(
-        "{name}-{}-{:016x}",
+/// The static guest helper `name` for `arch`, which `build.rs` built
+/// from `guest/<name>.c` if the architecture's compiler was installed.
+fn guest_helper(arch: Arch, name: &str) -> Result<PathBuf> {
+    let binary = Path::new(env!("OUT_DIR")).join(format!("{name}-{}", arch.kernel_name()));
+    ensure!(
+        binary.is_file(),
+        "no {name} for {}: {} was not installed when qemu-test was built (`make setup`, or `make test-arm64` for arm64, installs it; cargo then builds it)",
         arch.kernel_name(),
-        hasher.finish()
-    ));
-    if binary.is_file() {
-        return Ok(binary);
-    }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let unique = format!("{}-{}", std::process::id(), crate::qemu::unique_number());
-    let source = dir.join(format!("{name}-{unique}.c"));
-    let partial = dir.join(format!("{name}-{unique}.tmp"));
-    std::fs::write(&source, source_text).with_context(|| format!("writing {name}.c"))?;
-    let cc = arch.static_cc();
-    let output = Command::new(cc)
-        .args(["-static", "-O2", "-Wall", "-o"])
-        .arg(&partial)
-        .arg(&source)
-        .output()
-        .with_context(|| format!("running {cc} for {name} (`make setup` installs it)"))?;
-    let _ = std::fs::remove_file(&source);
-    if !output.status.success() {
-        let _ = std::fs::remove_file(&partial);
-        bail!(
-            "{cc} -static failed for {name} ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    std::fs::rename(&partial, &binary).with_context(|| format!("renaming {name}"))?;
+        arch.static_cc()
+    );
     Ok(binary)
 }
 
