@@ -17,6 +17,8 @@ mod bindings;
 mod logger;
 mod mm;
 mod virtio;
+mod wait_queue;
+mod workqueue;
 
 module! {
     type: BalloonModule,

@@ -40,10 +40,8 @@ use super::pfn_queue::{
     PfnQueue,
     SendError, //
 };
-use crate::virtio::{
-    Device,
-    WaitQueue, //
-};
+use crate::virtio::Device;
+use crate::wait_queue::WaitQueue;
 
 /// Pages allocated for the next inflate before the balloon lock is taken,
 /// so that direct reclaim never runs under it (the OOM notifier waits for

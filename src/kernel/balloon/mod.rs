@@ -86,8 +86,10 @@ use crate::virtio::{
     BoundDevice,
     Device,
     Virtqueue,
-    Virtqueues,
-    WaitQueue,
+    Virtqueues, //
+};
+use crate::wait_queue::WaitQueue;
+use crate::workqueue::{
     WorkOwner,
     WorkRef, //
 };

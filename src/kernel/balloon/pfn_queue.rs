@@ -9,9 +9,9 @@ use kernel::time::Jiffies;
 
 use crate::virtio::{
     Readable,
-    Virtqueue,
-    WaitQueue, //
+    Virtqueue, //
 };
+use crate::wait_queue::WaitQueue;
 
 /// One inflate or deflate buffer: up to [`PFNS_PER_BUFFER`] PFNs, in the
 /// device's byte order.

@@ -5,19 +5,17 @@
 //! Shaped so that it could become `kernel::virtio`: a [`Driver`] trait, its
 //! id table and the bus [`Adapter`] for `kernel::driver::Registration`
 //! (`driver.rs`), a [`Device`] in its device context for feature bits,
-//! config space and status (`device.rs`), the [`Virtqueue`]s
-//! found on it, typed by the data each buffer carries as its token
-//! (`virtqueue.rs`), and
-//! the two kernel objects the driver sleeps and defers on: [`WaitQueue`]
-//! (`wait_queue.rs`) and work items of a [`WorkOwner`] (`work.rs`). Every `unsafe` block
-//! of the module that touches virtio lives below this directory.
+//! config space and status (`device.rs`), and the [`Virtqueue`]s found on
+//! it, typed by the data each buffer carries as its token
+//! (`virtqueue.rs`). What is not virtio but what a virtio driver sleeps
+//! and defers on is beside it: [`crate::wait_queue`] and
+//! [`crate::workqueue`]. Every `unsafe` block of the module that touches
+//! virtio lives below this directory.
 
 pub(crate) mod config;
 mod device;
 mod driver;
 mod virtqueue;
-mod wait_queue;
-mod work;
 
 pub(crate) use device::{
     Transport,
@@ -35,9 +33,4 @@ pub(crate) use virtqueue::{
     Readable,
     Virtqueue,
     Virtqueues, //
-};
-pub(crate) use wait_queue::WaitQueue;
-pub(crate) use work::{
-    WorkOwner,
-    WorkRef, //
 };

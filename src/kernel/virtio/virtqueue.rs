@@ -29,7 +29,7 @@ use kernel::time::Jiffies;
 use kernel::types::ForeignOwnable;
 
 use super::device::DeviceReset;
-use super::WaitQueue;
+use crate::wait_queue::WaitQueue;
 use crate::bindings;
 
 /// What to set up for one virtqueue.
@@ -265,7 +265,7 @@ impl<T: ForeignOwnable> Virtqueue<T> {
         // valid; the helper only calls `virtqueue_get_buf` on it.
         let token = unsafe {
             bindings::vbrs_wait_for_buf(
-                waiter.head.get(),
+                waiter.as_raw(),
                 self.vq.as_ptr(),
                 isize::try_from(timeout).unwrap_or(isize::MAX),
             )

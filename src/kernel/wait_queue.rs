@@ -22,7 +22,7 @@ use kernel::task::TASK_NORMAL;
 #[pin_data]
 pub(crate) struct WaitQueue {
     #[pin]
-    pub(super) head: Opaque<bindings::wait_queue_head>,
+    head: Opaque<bindings::wait_queue_head>,
 }
 
 // SAFETY: a wait queue head is designed for concurrent use from any context.
@@ -35,7 +35,7 @@ unsafe impl Send for WaitQueue {}
 #[macro_export]
 macro_rules! new_wait_queue {
     ($name:literal) => {
-        $crate::virtio::WaitQueue::new(
+        $crate::wait_queue::WaitQueue::new(
             ::kernel::c_str!($name),
             ::kernel::static_lock_class!(),
         )
@@ -52,6 +52,11 @@ impl WaitQueue {
                 unsafe { bindings::__init_waitqueue_head(slot, name.as_char_ptr(), key.as_ptr()) }
             }),
         })
+    }
+
+    /// The wait queue head, for the C helpers that wait on it.
+    pub(crate) fn as_raw(&self) -> *mut bindings::wait_queue_head {
+        self.head.get()
     }
 
     /// Wakes every sleeper (the `wake_up` macro); callable from interrupt
