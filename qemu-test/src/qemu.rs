@@ -279,6 +279,16 @@ impl Vm {
         &self.config
     }
 
+    /// Kills QEMU without a shutdown, for a test that expects the guest
+    /// to be stuck (the C driver's rmmod waiting for a host that stopped
+    /// answering, where a power-off would wait for the same device lock).
+    /// The logs are kept only with `VBRS_KEEP_LOGS`, as after a clean exit.
+    pub fn abandon(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.clean_exit = true;
+    }
+
     /// Powers the guest off (`poweroff -f`; on microvm `reboot -f`, see
     /// [`crate::Machine::Mmio`]) and waits for QEMU to exit.
     ///
