@@ -38,6 +38,16 @@ use crate::bindings;
 /// and tears it down; [`Bound`] while it is bound to the driver, where the
 /// driver may use it (config space, wakeup events); [`Normal`] anywhere.
 ///
+/// ```ignore
+/// // In `Driver::probe`, with a `&Device<Core>`: find the queues, take
+/// // one typed by the data its buffers carry, read a config field, go
+/// // live. `teardown` resets and gives the queues back (`del_vqs`).
+/// let mut queues = dev.find_vqs::<MyDriver>(&[QueueSpec { name: c"requests" }])?;
+/// let requests: Virtqueue<KBox<Request>> = queues.take(0).ok_or(ENODEV)?;
+/// let capacity = dev.read_config::<Capacity>().ok_or(ENODEV)?;
+/// dev.ready();
+/// ```
+///
 /// # Invariants
 ///
 /// The wrapped `virtio_device` is valid for as long as a `&Device` exists:
