@@ -548,9 +548,10 @@ fn broken_inflate_queue(fault: &str) -> Result<()> {
         &format!("host_timeout_ms={HOST_TIMEOUT_MS}"),
     )?;
     balloon_mib(&fvm, 64)?;
+    // Read before the target is set: the faulty return may come at once.
+    let returned = fvm.device.counter("inflate.returned")?;
     fvm.device.command(&format!("fault inflate:{fault}@1"))?;
     fvm.device.set_target_pages(128 * PAGES_PER_MIB)?;
-    let returned = fvm.device.counter("inflate.returned")?;
     fvm.device
         .wait_counters("the faulty return", step_timeout(), |c| {
             Ok(number(c, "inflate.returned")? > returned)
@@ -612,9 +613,10 @@ fn broken_inflate_queue_c(fault: &str) -> Result<()> {
     )?;
     load(&mut fvm, driver, "")?;
     balloon_mib(&fvm, 64)?;
+    // Read before the target is set: the faulty return may come at once.
+    let returned = fvm.device.counter("inflate.returned")?;
     fvm.device.command(&format!("fault inflate:{fault}@1"))?;
     fvm.device.set_target_pages(128 * PAGES_PER_MIB)?;
-    let returned = fvm.device.counter("inflate.returned")?;
     fvm.device
         .wait_counters("the faulty return", step_timeout(), |c| {
             Ok(number(c, "inflate.returned")? > returned)
@@ -1100,9 +1102,9 @@ fn oom_deflate(driver: Driver, buffer_format: u32) -> Result<()> {
     // The first OOM deflate is held for a while: the new target comes
     // while it is in flight.
     fvm.device.command("fault deflate:late=2000@1")?;
+    let deflated_before = fvm.device.counter("pages_deflated")?;
     fvm.vm
         .spawn(&format!("memhog {hog_mib} 3"), "/tmp/memhog.log")?;
-    let deflated_before = fvm.device.counter("pages_deflated")?;
     fvm.device
         .wait_counters("an OOM deflate", step_timeout(), |c| {
             Ok(number(c, "pages_deflated")? > deflated_before)
