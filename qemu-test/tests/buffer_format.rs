@@ -7,25 +7,21 @@
 
 mod common;
 
-use std::time::Duration;
-
 use anyhow::anyhow;
 use anyhow::ensure;
 use common::balloon_to_mib;
 use common::boot;
 use common::debugfs;
 use common::expect_memtotal;
+use common::settle_at_impossible_target;
 use common::unload_and_power_off;
-use common::wait_settled;
 use common::GUEST_MIB;
 use qemu_test::kernel::guest_kernel;
-use qemu_test::scaled;
 use qemu_test::Driver;
 use qemu_test::GuestShell;
 use qemu_test::Result;
 use qemu_test::Vm;
 use qemu_test::VmConfig;
-use qemu_test::MIB;
 
 /// [`boot`]s a guest and loads our module with `params`.
 fn boot_with_params(config: VmConfig, params: &str) -> Result<Vm> {
@@ -118,12 +114,7 @@ fn many_buffers_in_flight_stop_at_the_reserve_floor() -> Result<()> {
             Driver::Rs.guest_path(),
             &format!("buffers_in_flight={in_flight}"),
         )?;
-        vm.qmp().balloon(10 * MIB)?;
-        let settled = wait_settled(
-            &mut vm,
-            Duration::from_secs(4),
-            scaled(Duration::from_secs(120)),
-        )?;
+        let settled = settle_at_impossible_target(&mut vm)?;
         let available = vm.meminfo("MemAvailable")?;
         eprintln!("{in_flight} in flight: settled at {settled} MiB, MemAvailable {available} kB");
         floors.push(available);

@@ -526,6 +526,23 @@ fn queues_of_three_c() -> Result<()> {
     small_queues(Driver::C, 3)
 }
 
+/// Balloons 64 MiB, has the host answer the next inflate buffer with
+/// `fault`, sets a target of 128 MiB, waits for that faulty return and
+/// then past the driver's timeout, for it to notice and act.
+fn break_inflate_queue(fvm: &FaultVm, fault: &str) -> Result<()> {
+    balloon_mib(fvm, 64)?;
+    // Read before the target is set: the faulty return may come at once.
+    let returned = fvm.device.counter("inflate.returned")?;
+    fvm.device.command(&format!("fault inflate:{fault}@1"))?;
+    fvm.device.set_target_pages(128 * PAGES_PER_MIB)?;
+    fvm.device
+        .wait_counters("the faulty return", step_timeout(), |c| {
+            Ok(number(c, "inflate.returned")? > returned)
+        })?;
+    std::thread::sleep(Duration::from_millis(3 * HOST_TIMEOUT_MS));
+    Ok(())
+}
+
 /// (b) Finding 6: the host returns an inflate buffer with an id that is
 /// not in flight (`bogus-id`), or its id twice (`twice`, the second one no
 /// longer in flight); the guest's ring code marks the queue broken. The
@@ -547,17 +564,7 @@ fn broken_inflate_queue(fault: &str) -> Result<()> {
         driver,
         &format!("host_timeout_ms={HOST_TIMEOUT_MS}"),
     )?;
-    balloon_mib(&fvm, 64)?;
-    // Read before the target is set: the faulty return may come at once.
-    let returned = fvm.device.counter("inflate.returned")?;
-    fvm.device.command(&format!("fault inflate:{fault}@1"))?;
-    fvm.device.set_target_pages(128 * PAGES_PER_MIB)?;
-    fvm.device
-        .wait_counters("the faulty return", step_timeout(), |c| {
-            Ok(number(c, "inflate.returned")? > returned)
-        })?;
-    // Give the driver time to notice and to act (past its timeout).
-    std::thread::sleep(Duration::from_millis(3 * HOST_TIMEOUT_MS));
+    break_inflate_queue(&fvm, fault)?;
     let counters = fvm.device.counters()?;
     let host_pages = number(&counters, "balloon_pages")?;
     // Pages the guest withholds: its balloon, and those a late buffer
@@ -600,28 +607,22 @@ fn inflate_id_returned_twice_keeps_pages_until_reset_rs() -> Result<()> {
     broken_inflate_queue("twice")
 }
 
-/// The C driver when the inflate queue breaks (`fault`: a used id never
-/// sent): the ring code marks the queue broken,
-/// `virtqueue_get_buf` returns nothing from then on, and C's `tell_host`
-/// waits for ever: the balloon stops short of the target and rmmod hangs.
-fn broken_inflate_queue_c(fault: &str) -> Result<()> {
+/// The C driver when the inflate queue breaks (a used id never sent): the
+/// ring code marks the queue broken, `virtqueue_get_buf` returns nothing
+/// from then on, and C's `tell_host` waits for ever: the balloon stops
+/// short of the target and rmmod hangs.
+#[test]
+#[ignore = "the fault tests: make test-faults"]
+fn broken_inflate_queue_c_stops_and_hangs_in_rmmod() -> Result<()> {
     let driver = Driver::C;
+    let fault = "bogus-id";
     let mut fvm = boot(
         &format!("broken-inflate-{fault}"),
         driver,
         &FaultOptions::default(),
     )?;
     load(&mut fvm, driver, "")?;
-    balloon_mib(&fvm, 64)?;
-    // Read before the target is set: the faulty return may come at once.
-    let returned = fvm.device.counter("inflate.returned")?;
-    fvm.device.command(&format!("fault inflate:{fault}@1"))?;
-    fvm.device.set_target_pages(128 * PAGES_PER_MIB)?;
-    fvm.device
-        .wait_counters("the faulty return", step_timeout(), |c| {
-            Ok(number(c, "inflate.returned")? > returned)
-        })?;
-    std::thread::sleep(Duration::from_millis(3 * HOST_TIMEOUT_MS));
+    break_inflate_queue(&fvm, fault)?;
     let actual = fvm.device.actual_pages()?;
     eprintln!("C driver after the broken queue: actual {actual} pages");
     ensure!(
@@ -629,12 +630,6 @@ fn broken_inflate_queue_c(fault: &str) -> Result<()> {
         "C reached the target through a broken inflate queue ({actual} pages)"
     );
     expect_c_rmmod_hangs(fvm)
-}
-
-#[test]
-#[ignore = "the fault tests: make test-faults"]
-fn broken_inflate_queue_c_stops_and_hangs_in_rmmod() -> Result<()> {
-    broken_inflate_queue_c("bogus-id")
 }
 
 /// The C driver with an inflate buffer's id returned twice: C sends one

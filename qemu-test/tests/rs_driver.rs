@@ -22,10 +22,10 @@ use common::expect_exact_target;
 use common::expect_memtotal;
 use common::guest_pages;
 use common::negotiated_features;
+use common::settle_at_impossible_target;
 use common::start_hog;
 use common::unload_and_power_off;
 use common::vmstat;
-use common::wait_settled;
 use common::GUEST_MIB;
 use qemu_test::initramfs::RS_MODULE_PATH;
 use qemu_test::scaled;
@@ -179,12 +179,7 @@ fn impossible_target_settles_without_oom_and_recovers() -> Result<()> {
     let memtotal = vm.meminfo("MemTotal")?;
     vm.load(RS)?;
     // The C driver panics the guest here ("System is deadlocked on memory").
-    vm.qmp().balloon(10 * MIB)?;
-    let settled = wait_settled(
-        &mut vm,
-        Duration::from_secs(4),
-        scaled(Duration::from_secs(120)),
-    )?;
+    let settled = settle_at_impossible_target(&mut vm)?;
     eprintln!("asked for 10 MiB, settled at {settled} MiB");
     // RAM the kernel never manages (memmap, KASAN shadow on a debug
     // kernel...) is not in MemTotal and cannot be ballooned: "most" is of

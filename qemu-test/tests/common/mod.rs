@@ -233,3 +233,10 @@ pub fn wait_settled(vm: &mut Vm, quiet: Duration, timeout: Duration) -> Result<u
         "actual still moving after {timeout:?} (last {last} MiB)"
     ))
 }
+
+/// Asks for a 10 MiB balloon target, more than the guest can give, and
+/// returns where `actual` settles (MiB): where the driver's reserve stops it.
+pub fn settle_at_impossible_target(vm: &mut Vm) -> Result<u64> {
+    vm.qmp().balloon(10 * MIB)?;
+    wait_settled(vm, Duration::from_secs(4), scaled(Duration::from_secs(120)))
+}
